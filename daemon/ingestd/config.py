@@ -1,0 +1,236 @@
+"""Configuration: one frozen, typed object built from file, environment and flags, in that order."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import platformdirs
+
+APP_NAME = "ingestd"
+ENV_PREFIX = "INGESTD_"
+ENV_CONFIG = "INGESTD_CONFIG"
+DEFAULT_USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+)
+DEFAULT_REFERER = "https://www.tiktok.com/"
+LogFormat = Literal["auto", "json", "console"]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the daemon can be told. See README, "Configuration"."""
+
+    data_dir: Path
+    state_dir: Path
+    concurrency: int = 8
+    timeout: float = 45.0
+    max_attempts: int = 5
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    max_file_bytes: int = 512 * 1024 * 1024
+    min_free_bytes: int = 1024 * 1024 * 1024
+    ca_bundle: Path | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    http2: bool = True
+    user_agent: str = DEFAULT_USER_AGENT
+    referer: str = DEFAULT_REFERER
+    log_format: LogFormat = "auto"
+    log_file: Path | None = None
+    settle_seconds: float = 5.0
+    max_extract_bytes: int = 512 * 1024 * 1024
+    rescan_seconds: float = 30.0
+    progress_seconds: float = 60.0
+
+    @property
+    def raw_dir(self) -> Path:
+        """Where extracts are dropped."""
+        return self.data_dir / "raw"
+
+    @property
+    def media_dir(self) -> Path:
+        """Where videos are published."""
+        return self.data_dir / "media_assets"
+
+    @property
+    def manifest_path(self) -> Path:
+        """The SQLite manifest."""
+        return self.state_dir / "manifest.sqlite3"
+
+
+# How each key is read from a string (environment) and what values it accepts.
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected a boolean, got {text!r}")
+
+
+def _parse_list(text: str) -> list[str]:
+    text = text.strip()
+    if text.startswith("["):
+        value = tomllib.loads(f"v = {text}")["v"]
+        if not isinstance(value, list):
+            raise ValueError("expected a list")
+        return cast(list[str], value)
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+_PATH_KEYS = frozenset({"data_dir", "state_dir", "ca_bundle", "log_file"})
+_INT_KEYS = frozenset({"concurrency", "max_attempts", "max_file_bytes", "min_free_bytes"}) | {
+    "max_extract_bytes"
+}
+_FLOAT_KEYS = frozenset(
+    {"timeout", "backoff_base", "backoff_max", "settle_seconds", "rescan_seconds"}
+) | {"progress_seconds"}
+_ENV_PARSERS: dict[str, Callable[[str], object]] = {
+    **dict.fromkeys(_PATH_KEYS, str),
+    **dict.fromkeys(_INT_KEYS, int),
+    **dict.fromkeys(_FLOAT_KEYS, float),
+    "allowed_hosts": _parse_list,
+    "http2": _parse_bool,
+    "user_agent": str,
+    "referer": str,
+    "log_format": str,
+}
+KEYS = frozenset(f.name for f in fields(Config))
+assert frozenset(_ENV_PARSERS) == KEYS
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "concurrency": (1, 1024),
+    "timeout": (0.1, 86400),
+    "max_attempts": (1, 1000),
+    "backoff_base": (0, 86400),
+    "backoff_max": (0, 7 * 86400),
+    "max_file_bytes": (1, 2**50),
+    "min_free_bytes": (0, 2**60),
+    "settle_seconds": (0, 86400),
+    "max_extract_bytes": (2, 2**40),
+    "rescan_seconds": (0.1, 86400),
+    "progress_seconds": (0.1, 86400),
+}
+
+
+def _coerce(key: str, value: object, base: Path) -> object:
+    """Check one value's type and range; resolve relative paths against `base`."""
+    if key in _PATH_KEYS:
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise ConfigError(f"{key}: expected a path, got {value!r}")
+        path = Path(os.path.expanduser(str(value)))
+        return path if path.is_absolute() else (base / path)
+    if key in _INT_KEYS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    elif key in _FLOAT_KEYS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+    elif key == "http2":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    elif key == "allowed_hosts":
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(h, str) and h.strip() for h in value
+        ):
+            raise ConfigError(f"{key}: expected a list of host names, got {value!r}")
+        return tuple(h.strip().lower().rstrip(".") for h in value)
+    elif key == "log_format":
+        if value not in ("auto", "json", "console"):
+            raise ConfigError(f"{key}: expected auto, json or console, got {value!r}")
+    elif not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if key in _RANGES:
+        low, high = _RANGES[key]
+        number = cast(float, value)
+        if not low <= number <= high:
+            raise ConfigError(f"{key}: {value!r} is outside {low:g}..{high:g}")
+    return value
+
+
+def default_config_path(env: Mapping[str, str]) -> Path | None:
+    """The config file used when none is named: systemd's, else the user config dir's."""
+    candidates = []
+    if env.get("CONFIGURATION_DIRECTORY"):
+        candidates.append(Path(env["CONFIGURATION_DIRECTORY"].split(":")[0]) / "config.toml")
+    candidates.append(Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _defaults(env: Mapping[str, str]) -> dict[str, object]:
+    state = env.get("STATE_DIRECTORY")
+    return {
+        "data_dir": Path(platformdirs.user_data_dir(APP_NAME)),
+        "state_dir": Path(state.split(":")[0])
+        if state
+        else Path(platformdirs.user_state_dir(APP_NAME)),
+    }
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _check_keys(source: str, keys: object) -> None:
+    unknown = sorted(set(cast(Mapping[str, object], keys)) - KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(KEYS))})"
+        )
+
+
+def load_config(
+    config_path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+    cwd: Path | None = None,
+) -> Config:
+    """Build the Config: defaults < TOML file < INGESTD_* environment < `overrides` (flags)."""
+    env = os.environ if env is None else env
+    cwd = cwd or Path.cwd()
+    values: dict[str, object] = {}
+    path_arg = config_path or env.get(ENV_CONFIG) or default_config_path(env)
+    if path_arg:
+        path = Path(path_arg)
+        path = path if path.is_absolute() else cwd / path
+        table = _read_file(path)
+        _check_keys(f"config file {path}", table)
+        values.update({k: _coerce(k, v, path.parent) for k, v in table.items()})
+    env_values: dict[str, object] = {}
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG:
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in KEYS:
+            _check_keys(f"environment variable {name}", {key: None})
+        try:
+            env_values[key] = _ENV_PARSERS[key](text)
+        except ValueError as exc:
+            raise ConfigError(f"environment variable {name}: {exc}") from exc
+    values.update({k: _coerce(k, v, cwd) for k, v in env_values.items()})
+    if overrides:
+        _check_keys("command line", overrides)
+        values.update({k: _coerce(k, v, cwd) for k, v in overrides.items() if v is not None})
+    merged = {**_defaults(env), **values}
+    config = Config(**cast(dict[str, Any], merged))
+    if config.backoff_max < config.backoff_base:
+        raise ConfigError("backoff_max must not be smaller than backoff_base")
+    return config

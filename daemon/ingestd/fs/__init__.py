@@ -1,0 +1,1 @@
+"""Filesystem edge: safe extract reads, part files, atomic publish, the watcher."""

@@ -1,0 +1,240 @@
+"""Blocking filesystem work: safe extract reads, part files, atomic publish, hard links.
+
+Everything here blocks; the service layer calls it from worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingestd.policy.settle import FileSignature
+
+READ_CHUNK = 1024 * 1024
+
+
+class ExtractReadError(Exception):
+    """An extract could not be read: `skip` means it is not an extract at all (FIFO, symlink...)."""
+
+    def __init__(self, message: str, *, skip: bool, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.skip = skip
+        self.too_large = too_large
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractBytes:
+    """An extract's content, with its digest and the signature of the version read."""
+
+    data: bytes
+    sha256: str
+    signature: FileSignature
+
+
+def signature_of(st: os.stat_result) -> FileSignature:
+    """The cheap identity of one version of a file."""
+    return FileSignature(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def lstat_regular(path: Path) -> FileSignature | None:
+    """The signature of `path` if it is a regular file (not following symlinks), else None."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return signature_of(st) if stat.S_ISREG(st.st_mode) else None
+
+
+def read_extract(path: Path, max_bytes: int) -> ExtractBytes:
+    """Read a whole extract without following symlinks or blocking on FIFOs."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        skip = exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENXIO, errno.EISDIR)
+        raise ExtractReadError(f"open failed: {exc.strerror}", skip=skip) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ExtractReadError("not a regular file", skip=True)
+        digest = hashlib.sha256()
+        if st.st_size > max_bytes:
+            raise ExtractReadError(
+                f"{st.st_size} bytes > cap {max_bytes}", skip=False, too_large=True
+            )
+        chunks: list[bytes] = []
+        total = 0
+        while chunk := os.read(fd, READ_CHUNK):
+            total += len(chunk)
+            if total > max_bytes:
+                raise ExtractReadError(f"grew past cap {max_bytes}", skip=False, too_large=True)
+            digest.update(chunk)
+            chunks.append(chunk)
+        return ExtractBytes(b"".join(chunks), digest.hexdigest(), signature_of(st))
+    except OSError as exc:
+        raise ExtractReadError(f"read failed: {exc.strerror}", skip=False) from exc
+    finally:
+        os.close(fd)
+
+
+def list_extracts(raw_dir: Path) -> list[Path]:
+    """Candidate extracts in `raw_dir`, oldest name first."""
+    try:
+        names = os.listdir(raw_dir)
+    except OSError:
+        return []
+    return [raw_dir / n for n in sorted(names) if is_extract_name(n)]
+
+
+def is_extract_name(name: str) -> bool:
+    """Only `extract_*.json`, never hidden or temporary files."""
+    return name.startswith("extract_") and name.endswith(".json") and "/" not in name
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes available to this process on the filesystem holding `path`."""
+    return shutil.disk_usage(path).free
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or link in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(root: Path, relative: Path) -> Path:
+    """Create `root/relative` (one level below root), refusing to traverse a symlink."""
+    target = root / relative
+    root.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        target.mkdir(mode=0o775)
+    st = target.lstat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, f"{target} is not a real directory")
+    return target
+
+
+class PartFile:
+    """A `.part` file being filled: appends, hashes as it goes, publishes by atomic rename.
+
+    Methods are serialized by a lock, so a write still running in a worker thread when its task
+    is cancelled cannot race the close that follows.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._fd: int | None = os.open(path, flags, 0o644)
+        st = os.fstat(self._fd)
+        if not stat.S_ISREG(st.st_mode):
+            self.close()
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        self.size = st.st_size
+        self._hash = hashlib.sha256()
+        self._hashed = 0
+
+    def _require_fd(self) -> int:
+        if self._fd is None:
+            raise OSError(errno.EBADF, "part file is closed")
+        return self._fd
+
+    def head(self, n: int) -> bytes:
+        """The first `n` bytes already on disk."""
+        with self._lock:
+            return os.pread(self._require_fd(), n, 0)
+
+    def hash_existing(self) -> None:
+        """Feed the bytes already on disk (a resumed download) into the digest."""
+        with self._lock:
+            fd = self._require_fd()
+            while self._hashed < self.size:
+                chunk = os.pread(fd, min(READ_CHUNK, self.size - self._hashed), self._hashed)
+                if not chunk:
+                    raise OSError(errno.EIO, "part file shrank while hashing")
+                self._hash.update(chunk)
+                self._hashed += len(chunk)
+
+    def truncate(self) -> None:
+        """Start over from zero bytes."""
+        with self._lock:
+            os.ftruncate(self._require_fd(), 0)
+            self.size = 0
+            self._hash = hashlib.sha256()
+            self._hashed = 0
+
+    def write(self, data: bytes) -> None:
+        """Append `data` and hash it."""
+        with self._lock:
+            fd = self._require_fd()
+            view = memoryview(data)
+            offset = self.size
+            while view:
+                written = os.pwrite(fd, view, offset)
+                offset += written
+                view = view[written:]
+            self._hash.update(data)
+            self.size = offset
+            self._hashed = offset
+
+    def publish(self, final: Path) -> str:
+        """fsync, rename to `final`, fsync the folder; return the sha256. Closes the file."""
+        with self._lock:
+            fd = self._require_fd()
+            if self._hashed != self.size:
+                raise OSError(errno.EIO, "digest does not cover the whole file")
+            os.fsync(fd)
+            os.close(fd)
+            self._fd = None
+            os.rename(self.path, final)
+            fsync_dir(final.parent)
+            return self._hash.hexdigest()
+
+    def close(self) -> None:
+        """Close without publishing; the .part stays for a later resume."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def discard(self) -> None:
+        """Close and delete: the content is known to be useless."""
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def link_into(source: Path, target: Path) -> bool:
+    """Make `target` a hard link to `source` (atomically replacing anything else there).
+
+    Falls back to a copy where hard links are impossible. Returns False if already linked.
+    """
+    try:
+        if os.path.samefile(source, target):
+            return False
+    except FileNotFoundError:
+        pass
+    temp = target.with_name(f".{target.name}.link")
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()
+    try:
+        os.link(source, temp)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP):
+            raise
+        shutil.copyfile(source, temp, follow_symlinks=False)
+        with open(temp, "rb+") as handle:
+            os.fsync(handle.fileno())
+    os.rename(temp, target)
+    fsync_dir(target.parent)
+    return True

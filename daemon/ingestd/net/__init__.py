@@ -1,0 +1,1 @@
+"""Network edge: the only code that imports httpx/httpcore."""

@@ -1,0 +1,247 @@
+"""HTTP fetching: the only code that imports httpx/httpcore. Foreign exceptions stop here.
+
+One `httpx.AsyncClient` (HTTP/2 when enabled) lives as long as the daemon. Redirects are followed
+by hand so that every hop passes the URL policy, and a network backend checks the resolved
+addresses at connect time, so a host cannot pass the check and then resolve somewhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import typing
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import certifi
+import httpcore
+import httpx
+
+from ingestd.policy.retry import Reason
+from ingestd.policy.urls import address_is_public, check_url, host_matches
+
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class FetchFailed(Exception):
+    """A request or its body failed; `reason` classifies it for the retry policy."""
+
+    def __init__(self, reason: Reason, detail: str = "", status: int | None = None) -> None:
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+
+
+class SetupError(Exception):
+    """The HTTP client cannot be built (bad CA bundle...)."""
+
+
+class _UnsafeDestination(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """What the client needs from the config."""
+
+    http2: bool
+    timeout: float
+    user_agent: str
+    referer: str
+    ca_bundle: Path | None
+    max_connections: int
+    allowed_hosts: tuple[str, ...]
+
+
+class _HostPolicy:
+    """Shared, replaceable view of the allowed hosts (a reload swaps the tuple)."""
+
+    def __init__(self, allowed_hosts: tuple[str, ...]) -> None:
+        self.allowed_hosts = allowed_hosts
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves the host itself and connects only to addresses the policy permits."""
+
+    def __init__(self, policy: _HostPolicy) -> None:
+        self._policy = policy
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        allowed = self._policy.allowed_hosts
+        if allowed:
+            if not host_matches(host, allowed):
+                raise _UnsafeDestination(f"host {host} is not in allowed_hosts")
+            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if not addresses or not all(address_is_public(a) for a in addresses):
+            raise _UnsafeDestination(f"{host} resolves to a non-public address")
+        error: Exception = httpcore.ConnectError(f"no address for {host}")
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        raise error
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _Transport(httpx.AsyncHTTPTransport):
+    """httpx's transport with the guarded network backend under its connection pool."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, settings: HttpSettings, policy: _HostPolicy):
+        limits = httpx.Limits(
+            max_connections=settings.max_connections,
+            max_keepalive_connections=settings.max_connections,
+        )
+        super().__init__(verify=ssl_context, http2=settings.http2, limits=limits)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=True,
+            http2=settings.http2,
+            network_backend=_GuardedBackend(policy),
+        )
+
+
+def build_ssl_context(
+    ca_bundle: Path | None, env: Mapping[str, str] = os.environ
+) -> ssl.SSLContext:
+    """Trust certifi's roots, plus SSL_CERT_FILE / SSL_CERT_DIR, plus `ca_bundle`."""
+    try:
+        context = ssl.create_default_context(cafile=certifi.where())
+        if env.get("SSL_CERT_FILE"):
+            context.load_verify_locations(cafile=env["SSL_CERT_FILE"])
+        if env.get("SSL_CERT_DIR"):
+            context.load_verify_locations(capath=env["SSL_CERT_DIR"])
+        if ca_bundle is not None:
+            context.load_verify_locations(cafile=str(ca_bundle))
+    except (OSError, ssl.SSLError) as exc:
+        raise SetupError(f"cannot load CA certificates: {exc}") from exc
+    return context
+
+
+def _translate(exc: BaseException, *, in_body: bool) -> FetchFailed:
+    if isinstance(exc, _UnsafeDestination):
+        return FetchFailed(Reason.UNSAFE_URL, str(exc))
+    if isinstance(exc, httpx.TimeoutException):
+        return FetchFailed(Reason.TIMEOUT, type(exc).__name__)
+    if isinstance(exc, httpx.RemoteProtocolError) and in_body:
+        return FetchFailed(Reason.TRUNCATED, str(exc)[:200])
+    if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol)):
+        return FetchFailed(Reason.UNSAFE_URL, str(exc)[:200])
+    return FetchFailed(Reason.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}"[:200])
+
+
+class Response:
+    """A streaming response: status, a few headers, and the body in raw chunks."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self.status = response.status_code
+        self.http_version = response.http_version
+
+    def header(self, name: str) -> str | None:
+        """A response header, or None."""
+        value: str | None = self._response.headers.get(name)
+        return value
+
+    @property
+    def content_length(self) -> int | None:
+        """The declared body length, or None when absent or malformed."""
+        value = self.header("content-length")
+        if value is None or not value.strip().isdigit():
+            return None
+        return int(value)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, undecoded. Raises FetchFailed."""
+        try:
+            async for chunk in self._response.aiter_raw():
+                yield chunk
+        except (httpx.HTTPError, httpx.StreamError, _UnsafeDestination) as exc:
+            raise _translate(exc, in_body=True) from exc
+
+
+class Fetcher:
+    """GETs URLs through one shared HTTP/2 client, enforcing the URL policy on every hop."""
+
+    def __init__(self, settings: HttpSettings) -> None:
+        self._policy = _HostPolicy(settings.allowed_hosts)
+        context = build_ssl_context(settings.ca_bundle)
+        self._client = httpx.AsyncClient(
+            transport=_Transport(context, settings, self._policy),
+            timeout=httpx.Timeout(settings.timeout),
+            follow_redirects=False,
+            trust_env=False,
+            headers={
+                "User-Agent": settings.user_agent,
+                "Referer": settings.referer,
+                "Accept": "*/*",
+                "Accept-Encoding": "identity",
+            },
+        )
+
+    def set_allowed_hosts(self, allowed_hosts: tuple[str, ...]) -> None:
+        """Change the host policy for all later requests and connections."""
+        self._policy.allowed_hosts = allowed_hosts
+
+    @asynccontextmanager
+    async def get(self, url: str, headers: Mapping[str, str]) -> AsyncIterator[Response]:
+        """Open a streaming GET, following at most MAX_REDIRECTS checked redirects."""
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            verdict = check_url(current, self._policy.allowed_hosts)
+            if not verdict.allowed:
+                raise FetchFailed(Reason.UNSAFE_URL, verdict.reason)
+            try:
+                request = self._client.build_request("GET", current, headers=dict(headers))
+                response = await self._client.send(request, stream=True)
+            except (httpx.HTTPError, httpx.StreamError, _UnsafeDestination) as exc:
+                raise _translate(exc, in_body=False) from exc
+            try:
+                location = response.headers.get("location")
+                if response.status_code in _REDIRECTS and location:
+                    try:
+                        current = str(response.url.join(location))
+                    except (httpx.InvalidURL, ValueError) as exc:
+                        raise FetchFailed(Reason.UNSAFE_URL, "malformed redirect") from exc
+                    continue
+                yield Response(response)
+                return
+            finally:
+                await response.aclose()
+        raise FetchFailed(Reason.TOO_MANY_REDIRECTS, f"more than {MAX_REDIRECTS}")
+
+    async def aclose(self) -> None:
+        """Close every connection."""
+        await self._client.aclose()
+
+
+__all__: typing.Final = ["FetchFailed", "Fetcher", "HttpSettings", "Response", "SetupError"]

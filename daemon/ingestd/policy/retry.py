@@ -1,0 +1,146 @@
+"""Outcome classification and retry policy for one download attempt."""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+from dataclasses import dataclass
+
+
+class Reason(enum.StrEnum):
+    """Why an attempt did not produce a file. Values are stable: they appear in logs and status."""
+
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    TRUNCATED = "truncated"
+    RANGE_MISMATCH = "range_mismatch"
+    LOCAL_IO = "local_io_error"
+    NOT_VIDEO = "not_video"
+    TOO_LARGE = "too_large"
+    NOT_FOUND = "not_found"
+    FORBIDDEN = "forbidden"
+    URL_EXPIRED = "url_expired"
+    UNSAFE_URL = "unsafe_url"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    HTTP_ERROR = "http_error"
+
+
+RETRYABLE = frozenset(
+    {
+        Reason.RATE_LIMITED,
+        Reason.UNAVAILABLE,
+        Reason.SERVER_ERROR,
+        Reason.TIMEOUT,
+        Reason.CONNECTION_ERROR,
+        Reason.TRUNCATED,
+        Reason.RANGE_MISMATCH,
+        Reason.LOCAL_IO,
+    }
+)
+EXPIRING = frozenset({Reason.FORBIDDEN, Reason.URL_EXPIRED})
+# Local faults (disk full, permissions) are not the item's fault: they do not use up attempts.
+NOT_COUNTED = frozenset({Reason.LOCAL_IO})
+
+
+class Action(enum.StrEnum):
+    """What the manifest should do with the item after an attempt."""
+
+    RETRY = "retry"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed attempt: the reason, the HTTP status if any, and a server-given delay if any."""
+
+    reason: Reason
+    status: int | None = None
+    retry_after: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retry knobs, taken from the config."""
+
+    max_attempts: int
+    backoff_base: float
+    backoff_max: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The verdict for a failed attempt. `delay` is seconds until the next try (RETRY only)."""
+
+    action: Action
+    reason: Reason
+    delay: float = 0.0
+    count_attempt: bool = True
+
+
+def classify_status(status: int) -> Reason | None:
+    """Map an HTTP status to a failure reason; None means success (2xx)."""
+    if 200 <= status < 300:
+        return None
+    if status == 429:
+        return Reason.RATE_LIMITED
+    if status == 503:
+        return Reason.UNAVAILABLE
+    if status >= 500:
+        return Reason.SERVER_ERROR
+    if status == 403:
+        return Reason.FORBIDDEN
+    if status in (404, 410):
+        return Reason.NOT_FOUND
+    if status == 408:
+        return Reason.TIMEOUT
+    return Reason.HTTP_ERROR
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait per a Retry-After header (delta-seconds or HTTP-date); None if unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if value.isascii() and value.isdigit():
+        return float(min(int(value), 10**9))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def backoff_delay(attempt: int, base: float, cap: float, jitter: float) -> float:
+    """Exponential backoff with 'equal jitter': half fixed, half random, never above `cap`.
+
+    `attempt` counts from 1; `jitter` is a number in [0, 1) supplied by the caller.
+    """
+    exponent = min(max(attempt - 1, 0), 62)
+    ceiling = min(cap, base * (2.0**exponent))
+    return ceiling / 2.0 + ceiling / 2.0 * min(max(jitter, 0.0), 1.0)
+
+
+def decide(failure: Failure, attempt: int, policy: RetryPolicy, jitter: float) -> Decision:
+    """Decide what follows a failed attempt number `attempt` (1-based)."""
+    reason = failure.reason
+    if reason in EXPIRING:
+        return Decision(Action.EXPIRED, reason)
+    if reason not in RETRYABLE:
+        return Decision(Action.FAILED, reason)
+    counted = reason not in NOT_COUNTED
+    if counted and attempt >= policy.max_attempts:
+        return Decision(Action.FAILED, reason)
+    if failure.retry_after is not None and reason in (Reason.RATE_LIMITED, Reason.UNAVAILABLE):
+        delay = min(max(failure.retry_after, 0.0), policy.backoff_max)
+    else:
+        delay = backoff_delay(attempt, policy.backoff_base, policy.backoff_max, jitter)
+    return Decision(Action.RETRY, reason, delay, count_attempt=counted)

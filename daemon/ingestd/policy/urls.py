@@ -1,0 +1,142 @@
+"""URL policy: which URLs may be fetched, which addresses may be connected to, expiry, redaction."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
+
+ALLOWED_SCHEMES = frozenset({"http", "https"})
+MAX_URL_LENGTH = 8192
+EXPIRY_PARAMS = frozenset({"expire", "x-expires", "vexpiration"})
+# Epochs above this are taken to be milliseconds (year 5138 in seconds).
+_MILLIS_THRESHOLD = 100_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class UrlVerdict:
+    """Whether a URL may be requested, and whether its host's addresses still need checking."""
+
+    allowed: bool
+    reason: str = ""
+    check_addresses: bool = False
+    host: str = ""
+
+
+def normalize_host(host: str) -> str:
+    """Lower-case a host name and drop a trailing dot and IPv6 brackets."""
+    return host.strip().strip("[]").rstrip(".").lower()
+
+
+def host_matches(host: str, allowed_hosts: tuple[str, ...]) -> bool:
+    """True when `host` equals an entry, or is a strict subdomain of a `*.suffix` entry."""
+    host = normalize_host(host)
+    for entry in allowed_hosts:
+        pattern = normalize_host(entry)
+        if pattern.startswith("*."):
+            suffix = pattern[1:]  # ".example.com"
+            if host.endswith(suffix) and len(host) > len(suffix):
+                return True
+        elif host == pattern:
+            return True
+    return False
+
+
+def address_is_public(address: str) -> bool:
+    """True only for globally routable unicast addresses (no loopback, private, link-local...)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped or ip.sixtofour
+        if mapped is not None:
+            ip = mapped
+        elif ip.teredo is not None:
+            ip = ip.teredo[1]
+    return bool(ip.is_global) and not ip.is_multicast and not ip.is_reserved
+
+
+def _literal_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def check_url(url: str, allowed_hosts: tuple[str, ...]) -> UrlVerdict:
+    """Decide whether `url` may be requested under the host policy.
+
+    With `allowed_hosts` set, only listed hosts pass (they may resolve anywhere). Without it,
+    any host passes here but its resolved addresses must all be public (`check_addresses`).
+    """
+    if len(url) > MAX_URL_LENGTH:
+        return UrlVerdict(False, "url_too_long")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        _ = parts.port  # raises ValueError on a malformed port
+    except ValueError:
+        return UrlVerdict(False, "malformed_url")
+    if parts.scheme.lower() not in ALLOWED_SCHEMES:
+        return UrlVerdict(False, "scheme_not_allowed")
+    if not host:
+        return UrlVerdict(False, "no_host")
+    if parts.username is not None or parts.password is not None:
+        return UrlVerdict(False, "credentials_in_url")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        return UrlVerdict(False, "control_characters")
+    host = normalize_host(host)
+    if allowed_hosts:
+        if host_matches(host, allowed_hosts):
+            return UrlVerdict(True, host=host)
+        return UrlVerdict(False, "host_not_allowed", host=host)
+    if host == "localhost" or host.endswith(".localhost"):
+        return UrlVerdict(False, "non_public_address", host=host)
+    if _literal_ip(host) and not address_is_public(host):
+        return UrlVerdict(False, "non_public_address", host=host)
+    return UrlVerdict(True, check_addresses=True, host=host)
+
+
+def url_expiry(url: str) -> int | None:
+    """The epoch second at which a signed URL expires (`expire`, `x-expires`, `VExpiration`)."""
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return None
+    for key, value in parse_qsl(query, keep_blank_values=False):
+        if key.lower() in EXPIRY_PARAMS:
+            value = value.strip()
+            if value.isascii() and value.isdigit() and len(value) <= 16:
+                epoch = int(value)
+                return epoch // 1000 if epoch > _MILLIS_THRESHOLD else epoch
+    return None
+
+
+def is_expired(url: str, now: float) -> bool:
+    """True when the URL carries an expiry that is already in the past."""
+    expiry = url_expiry(url)
+    return expiry is not None and expiry <= now
+
+
+def fresher_url(current: str, incoming: str) -> str:
+    """Of two URLs for one video, the one to keep: the later expiry wins, ties go to incoming."""
+    a, b = url_expiry(current), url_expiry(incoming)
+    if a is not None and b is not None and b < a:
+        return current
+    return incoming
+
+
+def redact(url: str) -> str:
+    """Scheme, host and path only: never the signed query string or credentials."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<malformed-url>"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{port}" if port is not None else host
+    return f"{parts.scheme}://{netloc}{parts.path}"

@@ -1,0 +1,162 @@
+"""The extract pipeline: changed paths in raw/ -> safe read -> parse -> merge into the manifest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ingestd.config import Config
+from ingestd.fs.files import ExtractReadError, list_extracts, lstat_regular, read_extract
+from ingestd.log import Logger
+from ingestd.policy.extract import ExtractError, RejectReason, parse_extract
+from ingestd.policy.settle import FileSignature, SettleTracker
+from ingestd.service.db import Db
+
+
+class Ingestor:
+    """Processes extracts one at a time, in name order, each version of each file once."""
+
+    def __init__(self, config: Config, db: Db, log: Logger, on_merged: Callable[[], None]) -> None:
+        self._config = config
+        self._db = db
+        self._log = log
+        self._on_merged = on_merged
+        self._dirty: set[Path] = set()
+        self._kick = asyncio.Event()
+        self._done: dict[Path, FileSignature] = {}
+        self._settle = SettleTracker(config.settle_seconds)
+        self._next_rescan = time.monotonic() + config.rescan_seconds
+
+    def notify(self, paths: list[Path]) -> None:
+        """The watcher saw these paths change."""
+        self._dirty.update(paths)
+        self._kick.set()
+
+    async def scan(self) -> None:
+        """Process every extract in raw/ now, oldest name first."""
+        paths = await asyncio.to_thread(list_extracts, self._config.raw_dir)
+        for path in paths:
+            await self.process(path)
+
+    async def run(self) -> None:
+        """Process changed paths as they are reported; recheck unsettled files; rescan slowly."""
+        while True:
+            now = time.monotonic()
+            deadline = self._next_rescan
+            recheck = self._settle.next_recheck()
+            if recheck is not None:
+                deadline = min(deadline, recheck)
+            if not self._dirty:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), timeout=max(deadline - now, 0.0))
+            self._kick.clear()
+            now = time.monotonic()
+            batch = set(self._dirty)
+            self._dirty.clear()
+            batch.update(Path(p) for p in self._settle.due(now))
+            if now >= self._next_rescan:
+                # A safety net for events the OS dropped (inotify queue overflow).
+                batch.update(await asyncio.to_thread(list_extracts, self._config.raw_dir))
+                self._next_rescan = now + self._config.rescan_seconds
+            for path in sorted(batch):
+                await self.process(path)
+
+    async def process(self, path: Path) -> None:
+        """Handle one path: merge it, skip it, reject it, or wait for it to settle."""
+        signature = await asyncio.to_thread(lstat_regular, path)
+        if signature is None:  # gone, a symlink, a FIFO, a folder: not an extract
+            self._settle.forget(str(path))
+            self._done.pop(path, None)
+            return
+        if self._done.get(path) == signature:
+            return
+        try:
+            content = await asyncio.to_thread(read_extract, path, self._config.max_extract_bytes)
+        except ExtractReadError as exc:
+            if exc.skip:
+                return
+            reason = RejectReason.TOO_LARGE if exc.too_large else RejectReason.UNREADABLE
+            key = f"{reason.value}:{signature.size}:{signature.mtime_ns}"
+            await self._reject(path, key, signature, reason, str(exc))
+            return
+        name = path.name
+        signature = content.signature
+        status = await self._db.run(self._db.manifest.extract_status, name, content.sha256)
+        if status is not None:  # this exact version was handled before (e.g. before a restart)
+            self._settle.forget(str(path))
+            self._done[path] = signature
+            return
+        if await self._db.run(self._db.manifest.content_merged, content.sha256):
+            await self._db.run(
+                self._db.manifest.record_extract,
+                name,
+                content.sha256,
+                signature.size,
+                "duplicate",
+                time.time(),
+            )
+            self._done[path] = signature
+            self._log.info(
+                "extract_skipped",
+                path=str(path),
+                sha256=content.sha256,
+                reason="duplicate_content",
+            )
+            return
+        try:
+            parsed = await asyncio.to_thread(parse_extract, content.data)
+        except ExtractError as exc:
+            if exc.reason is RejectReason.INVALID_JSON:
+                verdict = self._settle.unparsable(str(path), signature, time.monotonic())
+                if not verdict.reject:
+                    self._log.debug("extract_unsettled", path=str(path), detail=exc.detail)
+                    return
+            await self._reject(path, content.sha256, signature, exc.reason, exc.detail)
+            return
+        self._settle.forget(str(path))
+        started = time.monotonic()
+        counts = await self._db.run(self._db.manifest.merge, parsed.records, name, time.time())
+        await self._db.run(
+            self._db.manifest.record_extract,
+            name,
+            content.sha256,
+            signature.size,
+            "merged",
+            time.time(),
+            None,
+            (parsed.total, counts.new, counts.updated, parsed.unusable),
+        )
+        self._done[path] = signature
+        self._log.info(
+            "extract_merged",
+            path=str(path),
+            sha256=content.sha256,
+            records=parsed.total,
+            new=counts.new,
+            updated=counts.updated,
+            unusable=parsed.unusable,
+            duration_s=round(time.monotonic() - started, 3),
+        )
+        self._on_merged()
+
+    async def _reject(
+        self, path: Path, key: str, signature: FileSignature, reason: RejectReason, detail: str
+    ) -> None:
+        self._settle.forget(str(path))
+        self._done[path] = signature
+        if await self._db.run(self._db.manifest.extract_status, path.name, key) is None:
+            await self._db.run(
+                self._db.manifest.record_extract,
+                path.name,
+                key,
+                signature.size,
+                "rejected",
+                time.time(),
+                reason.value,
+            )
+            self._log.warning(
+                "extract_rejected", path=str(path), reason=reason.value, detail=detail[:200]
+            )

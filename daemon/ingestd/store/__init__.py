@@ -1,0 +1,1 @@
+"""Persistence: the SQLite manifest (the only code that speaks SQL)."""

@@ -1,0 +1,437 @@
+"""The manifest: one SQLite file holding every item and every extract seen. The only SQL in ingestd.
+
+Durability: WAL with `synchronous=NORMAL`. A crash of the process loses nothing; a power loss can
+lose the last few commits but never corrupts the database. Every such commit is re-derivable:
+extracts stay in `raw/` and are merged again (merging is idempotent), and a video whose `done`
+mark was lost is downloaded again and published by atomic rename. FULL would add an fsync to every
+state change for no gain in what can be lost for good.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingestd.policy.extract import Record
+from ingestd.policy.merge import Known, State, merge
+
+SCHEMA_VERSION = 1
+_CHUNK = 500  # ids per SELECT ... IN (...) and records per write transaction
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE items (
+        aweme_id        TEXT PRIMARY KEY,
+        url             TEXT NOT NULL,
+        topics          TEXT NOT NULL,            -- JSON array; the first is where the file lives
+        state           TEXT NOT NULL CHECK (state IN
+                            ('pending', 'active', 'done', 'expired', 'failed')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,  -- epoch seconds
+        last_error      TEXT,
+        last_status     INTEGER,
+        bytes           INTEGER,
+        sha256          TEXT,
+        path            TEXT,                     -- relative to media_assets, when done
+        validator       TEXT,                     -- ETag or Last-Modified of the .part file
+        relink          INTEGER NOT NULL DEFAULT 0,
+        sources         TEXT NOT NULL,            -- JSON array of extract file names
+        record          TEXT NOT NULL,            -- the raw record, for later pipeline stages
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL,
+        completed_at    REAL
+    ) WITHOUT ROWID;
+    CREATE INDEX items_due ON items (state, next_attempt_at);
+    CREATE INDEX items_relink ON items (relink) WHERE relink = 1;
+    CREATE TABLE extracts (
+        id           INTEGER PRIMARY KEY,
+        path         TEXT NOT NULL,
+        sha256       TEXT NOT NULL,
+        size         INTEGER NOT NULL,
+        status       TEXT NOT NULL CHECK (status IN ('merged', 'rejected', 'duplicate')),
+        reason       TEXT,
+        records      INTEGER NOT NULL DEFAULT 0,
+        new          INTEGER NOT NULL DEFAULT 0,
+        updated      INTEGER NOT NULL DEFAULT 0,
+        unusable     INTEGER NOT NULL DEFAULT 0,
+        processed_at REAL NOT NULL,
+        UNIQUE (path, sha256)
+    );
+    CREATE INDEX extracts_sha ON extracts (sha256, status);
+    """,
+}
+
+
+class ManifestError(Exception):
+    """The manifest cannot be opened or used (corrupt, wrong version, disk trouble)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """An item claimed for download."""
+
+    aweme_id: str
+    url: str
+    topics: tuple[str | None, ...]
+    attempts: int
+    validator: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MergeCounts:
+    """What merging an extract did."""
+
+    records: int
+    new: int
+    updated: int
+
+
+@dataclass(frozen=True, slots=True)
+class Relink:
+    """A done item whose file must also appear under further topic folders."""
+
+    aweme_id: str
+    path: str
+    topics: tuple[str | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Totals for `ingestd status`."""
+
+    items: dict[str, int]
+    extracts: dict[str, int]
+    bytes_done: int
+
+
+def _chunks(seq: Sequence[Record], size: int) -> Iterator[Sequence[Record]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+class Manifest:
+    """Synchronous manifest API. Use from one thread at a time (the daemon gives it its own)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False) -> Manifest:
+        """Open (creating and migrating unless `readonly`) the manifest at `path`."""
+        try:
+            if readonly:
+                conn = sqlite3.connect(
+                    f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=5.0
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+            conn.execute("PRAGMA busy_timeout = 5000")
+            if not readonly:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                _migrate(conn)
+            else:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version != SCHEMA_VERSION:
+                    raise ManifestError(
+                        f"{path}: schema version {version}, expected {SCHEMA_VERSION}"
+                    )
+        except sqlite3.Error as exc:
+            raise ManifestError(f"{path}: {exc}") from exc
+        return cls(conn)
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL)."""
+        self._conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise ManifestError(str(exc)) from exc
+
+    # --- extracts -------------------------------------------------------------------------
+
+    def extract_status(self, path: str, sha256: str) -> str | None:
+        """How this exact (path, content) was handled before, or None if never seen."""
+        row = self._conn.execute(
+            "SELECT status FROM extracts WHERE path = ? AND sha256 = ?", (path, sha256)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def content_merged(self, sha256: str) -> bool:
+        """True when some extract with this content was merged already."""
+        row = self._conn.execute(
+            "SELECT 1 FROM extracts WHERE sha256 = ? AND status = 'merged' LIMIT 1", (sha256,)
+        ).fetchone()
+        return row is not None
+
+    def record_extract(
+        self,
+        path: str,
+        sha256: str,
+        size: int,
+        status: str,
+        now: float,
+        reason: str | None = None,
+        counts: tuple[int, int, int, int] = (0, 0, 0, 0),
+    ) -> None:
+        """Remember how an extract version was handled."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO extracts (path, sha256, size, status, reason, records, new, updated,"
+                " unusable, processed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (path, sha256) DO UPDATE SET status = excluded.status,"
+                " reason = excluded.reason, processed_at = excluded.processed_at",
+                (path, sha256, size, status, reason, *counts, now),
+            )
+
+    # --- merging --------------------------------------------------------------------------
+
+    def merge(self, records: Sequence[Record], source: str, now: float) -> MergeCounts:
+        """Merge records into the manifest, in short transactions of a few hundred records."""
+        new = updated = 0
+        for chunk in _chunks(records, _CHUNK):
+            with self._write() as db:
+                n, u = self._merge_chunk(db, chunk, source, now)
+            new += n
+            updated += u
+        return MergeCounts(len(records), new, updated)
+
+    def _merge_chunk(
+        self, db: sqlite3.Connection, chunk: Sequence[Record], source: str, now: float
+    ) -> tuple[int, int]:
+        ids = list({r.aweme_id for r in chunk})
+        marks = ",".join("?" * len(ids))
+        known: dict[str, Known] = {
+            aweme_id: Known(url, tuple(json.loads(topics)), tuple(json.loads(sources)), State(st))
+            for aweme_id, url, topics, sources, st in db.execute(
+                f"SELECT aweme_id, url, topics, sources, state FROM items WHERE aweme_id IN ({marks})",  # noqa: S608, E501 - only "?" marks are formatted
+                ids,
+            )
+        }
+        inserted: set[str] = set()
+        dirty: set[str] = set()
+        updated: set[str] = set()
+        reset: set[str] = set()
+        relink: set[str] = set()
+        raw: dict[str, str] = {}
+        for record in chunk:
+            aweme_id = record.aweme_id
+            raw[aweme_id] = record.raw
+            current = known.get(aweme_id)
+            if current is None:
+                known[aweme_id] = Known(record.url, (record.topic,), (source,), State.PENDING)
+                inserted.add(aweme_id)
+                continue
+            change = merge(current, record.url, record.topic, source)
+            known[aweme_id] = Known(change.url, change.topics, change.sources, change.state)
+            if aweme_id in inserted:
+                continue  # a repeat within this chunk folds into the insert
+            dirty.add(aweme_id)
+            if change.changed:
+                updated.add(aweme_id)
+            if change.reset_attempts:
+                reset.add(aweme_id)
+            if change.relink:
+                relink.add(aweme_id)
+        db.executemany(
+            "INSERT INTO items (aweme_id, url, topics, state, sources, record, created_at,"
+            " updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
+            [
+                (
+                    i,
+                    known[i].url,
+                    json.dumps(known[i].topics),
+                    json.dumps(known[i].sources),
+                    raw[i],
+                    now,
+                    now,
+                )
+                for i in inserted
+            ],
+        )
+        db.executemany(
+            "UPDATE items SET url = ?, topics = ?, sources = ?, state = ?, record = ?,"
+            " updated_at = ?,"
+            " attempts = CASE WHEN ? THEN 0 ELSE attempts END,"
+            " next_attempt_at = CASE WHEN ? THEN 0 ELSE next_attempt_at END,"
+            " last_error = CASE WHEN ? THEN NULL ELSE last_error END,"
+            " relink = CASE WHEN ? THEN 1 ELSE relink END"
+            " WHERE aweme_id = ?",
+            [
+                (
+                    known[i].url,
+                    json.dumps(known[i].topics),
+                    json.dumps(known[i].sources),
+                    known[i].state.value,
+                    raw[i],
+                    now,
+                    i in reset,
+                    i in reset,
+                    i in reset,
+                    i in relink,
+                    i,
+                )
+                for i in dirty
+            ],
+        )
+        return len(inserted), len(updated)
+
+    # --- the download queue ---------------------------------------------------------------
+
+    def reset_active(self, now: float) -> int:
+        """Put items left `active` (by a crash) back to pending. Returns how many."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE items SET state = 'pending', updated_at = ? WHERE state = 'active'", (now,)
+            )
+            return cur.rowcount
+
+    def release(self, ids: Iterable[str], now: float) -> None:
+        """Return claimed items to pending without using up an attempt (clean shutdown)."""
+        with self._write() as db:
+            db.executemany(
+                "UPDATE items SET state = 'pending', attempts = max(attempts - 1, 0),"
+                " updated_at = ? WHERE aweme_id = ? AND state = 'active'",
+                [(now, i) for i in ids],
+            )
+
+    def claim_due(self, now: float, limit: int) -> list[Item]:
+        """Atomically move up to `limit` due pending items to active and return them."""
+        if limit <= 0:
+            return []
+        with self._write() as db:
+            rows = db.execute(
+                "UPDATE items SET state = 'active', attempts = attempts + 1, updated_at = ?"
+                " WHERE aweme_id IN (SELECT aweme_id FROM items WHERE state = 'pending'"
+                " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
+                " RETURNING aweme_id, url, topics, attempts, validator",
+                (now, now, limit),
+            ).fetchall()
+        return [Item(r[0], r[1], tuple(json.loads(r[2])), r[3], r[4]) for r in rows]
+
+    def next_due(self) -> float | None:
+        """The earliest retry time among pending items, or None when nothing is pending."""
+        row = self._conn.execute(
+            "SELECT min(next_attempt_at) FROM items WHERE state = 'pending'"
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def set_validator(self, aweme_id: str, validator: str | None) -> None:
+        """Remember the validator (ETag/Last-Modified) that the .part file was written under."""
+        with self._write() as db:
+            db.execute("UPDATE items SET validator = ? WHERE aweme_id = ?", (validator, aweme_id))
+
+    def complete(self, aweme_id: str, size: int, sha256: str, path: str, now: float) -> None:
+        """Mark an item done with its size, digest and relative path."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE items SET state = 'done', bytes = ?, sha256 = ?, path = ?,"
+                " validator = NULL, last_error = NULL, last_status = NULL, completed_at = ?,"
+                " updated_at = ?, relink = 0 WHERE aweme_id = ?",
+                (size, sha256, path, now, now, aweme_id),
+            )
+
+    def finish_failed(
+        self,
+        aweme_id: str,
+        attempted_url: str,
+        state: State,
+        reason: str,
+        status: int | None,
+        next_attempt_at: float,
+        refund_attempt: bool,
+        now: float,
+    ) -> State:
+        """Record a failed attempt. If a newer URL arrived meanwhile, the item is simply pending
+        again with fresh attempts. Returns the state the item ended in."""
+        with self._write() as db:
+            row = db.execute(
+                "SELECT url, state FROM items WHERE aweme_id = ?", (aweme_id,)
+            ).fetchone()
+            if row is None or row[1] != State.ACTIVE.value:
+                return State(row[1]) if row else state
+            if row[0] != attempted_url:
+                state, next_attempt_at, refund_attempt = State.PENDING, 0.0, False
+                db.execute(
+                    "UPDATE items SET state = 'pending', attempts = 0, next_attempt_at = 0,"
+                    " last_error = ?, last_status = ?, updated_at = ? WHERE aweme_id = ?",
+                    (reason, status, now, aweme_id),
+                )
+                return state
+            db.execute(
+                "UPDATE items SET state = ?, next_attempt_at = ?, last_error = ?, last_status = ?,"
+                " attempts = attempts - ?, updated_at = ? WHERE aweme_id = ?",
+                (state.value, next_attempt_at, reason, status, int(refund_attempt), now, aweme_id),
+            )
+        return state
+
+    # --- hard links for further topics ----------------------------------------------------
+
+    def pending_relinks(self, limit: int) -> list[Relink]:
+        """Done items that gained topics since their file was published."""
+        rows = self._conn.execute(
+            "SELECT aweme_id, path, topics FROM items WHERE relink = 1 AND state = 'done' LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [Relink(r[0], r[1], tuple(json.loads(r[2]))) for r in rows]
+
+    def clear_relink(self, aweme_id: str) -> None:
+        """Mark an item's links as made."""
+        with self._write() as db:
+            db.execute("UPDATE items SET relink = 0 WHERE aweme_id = ?", (aweme_id,))
+
+    # --- reporting ------------------------------------------------------------------------
+
+    def counts(self) -> Counts:
+        """Items by state, extracts by outcome, bytes downloaded."""
+        items = {s.value: 0 for s in State}
+        for state, n in self._conn.execute("SELECT state, count(*) FROM items GROUP BY state"):
+            items[state] = n
+        extracts = {"merged": 0, "rejected": 0, "duplicate": 0}
+        for status, n in self._conn.execute(
+            "SELECT status, count(*) FROM extracts GROUP BY status"
+        ):
+            extracts[status] = n
+        (bytes_done,) = self._conn.execute(
+            "SELECT coalesce(sum(bytes), 0) FROM items WHERE state = 'done'"
+        ).fetchone()
+        return Counts(items, extracts, int(bytes_done))
+
+    def item(self, aweme_id: str) -> dict[str, object] | None:
+        """One item's row as a dict (for the CLI and tests)."""
+        cur = self._conn.execute("SELECT * FROM items WHERE aweme_id = ?", (aweme_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        return {d[0]: v for d, v in zip(cur.description, row, strict=True)}
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise ManifestError(
+            f"manifest schema version {version} is newer than this ingestd ({SCHEMA_VERSION})"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {_MIGRATIONS[target]}; PRAGMA user_version = {target}; COMMIT;"
+            )
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise

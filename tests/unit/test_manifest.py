@@ -1,0 +1,151 @@
+"""The manifest on a real SQLite file: merge rules, queue, crash recovery, status counts."""
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ingestd.policy.extract import Record
+from ingestd.policy.merge import State
+from ingestd.store.manifest import SCHEMA_VERSION, Manifest, ManifestError
+
+OLD = "https://h/v?expire=100"
+NEW = "https://h/v?expire=200"
+
+
+def r(aweme_id: str, url: str = OLD, topic: str | None = "a") -> Record:
+    return Record(aweme_id, url, topic, f'{{"aweme_id":"{aweme_id}"}}')
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Manifest:
+    m = Manifest.open(tmp_path / "state" / "manifest.sqlite3")
+    yield m
+    m.close()
+
+
+def test_schema_is_versioned_and_wal(tmp_path: Path, manifest: Manifest) -> None:
+    conn = sqlite3.connect(tmp_path / "state" / "manifest.sqlite3")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(ManifestError, match="newer"):
+        Manifest.open(path)
+
+
+def test_merge_inserts_dedups_and_counts(manifest: Manifest) -> None:
+    counts = manifest.merge([r("1"), r("2"), r("1", topic="b")], "e1.json", now=1.0)
+    assert (counts.records, counts.new, counts.updated) == (3, 2, 0)
+    row = manifest.item("1")
+    assert row is not None and row["topics"] == '["a", "b"]' and row["state"] == "pending"
+    again = manifest.merge([r("1"), r("2")], "e1.json", now=2.0)
+    assert (again.new, again.updated) == (0, 0)
+    more = manifest.merge([r("2", topic="c"), r("3")], "e2.json", now=3.0)
+    assert (more.new, more.updated) == (1, 1)
+    assert manifest.item("2")["sources"] == '["e1.json", "e2.json"]'
+
+
+def test_large_merge_spans_many_short_transactions(manifest: Manifest) -> None:
+    records = [r(str(i)) for i in range(2_345)]
+    counts = manifest.merge(records, "big.json", now=1.0)
+    assert counts.new == 2_345
+    assert manifest.counts().items["pending"] == 2_345
+
+
+def test_claim_marks_active_and_counts_attempts(manifest: Manifest) -> None:
+    manifest.merge([r(str(i)) for i in range(5)], "e.json", now=1.0)
+    claimed = manifest.claim_due(now=10.0, limit=3)
+    assert len(claimed) == 3 and all(i.attempts == 1 for i in claimed)
+    assert manifest.counts().items == {
+        "pending": 2,
+        "active": 3,
+        "done": 0,
+        "expired": 0,
+        "failed": 0,
+    }
+    assert manifest.claim_due(now=10.0, limit=0) == []
+
+
+def test_retry_times_are_respected(manifest: Manifest) -> None:
+    manifest.merge([r("1")], "e.json", now=1.0)
+    (item,) = manifest.claim_due(now=10.0, limit=5)
+    manifest.finish_failed("1", item.url, State.PENDING, "timeout", None, 70.0, False, 10.0)
+    assert manifest.claim_due(now=69.0, limit=5) == []
+    assert manifest.next_due() == 70.0
+    (again,) = manifest.claim_due(now=70.0, limit=5)
+    assert again.attempts == 2
+
+
+def test_crash_recovery_and_clean_release(manifest: Manifest) -> None:
+    manifest.merge([r("1"), r("2")], "e.json", now=1.0)
+    manifest.claim_due(now=2.0, limit=2)
+    manifest.release(["1"], now=3.0)
+    assert manifest.item("1")["attempts"] == 0  # a clean stop does not use up an attempt
+    assert manifest.reset_active(now=4.0) == 1
+    row = manifest.item("2")
+    assert row["state"] == "pending" and row["attempts"] == 1  # a crash does
+
+
+def test_fresh_url_revives_expired_and_failed_items(manifest: Manifest) -> None:
+    manifest.merge([r("1"), r("2")], "e1.json", now=1.0)
+    for item in manifest.claim_due(now=2.0, limit=2):
+        state = State.EXPIRED if item.aweme_id == "1" else State.FAILED
+        manifest.finish_failed(item.aweme_id, item.url, state, "x", 403, 0.0, False, 2.0)
+    counts = manifest.merge([r("1", NEW), r("2", NEW)], "e2.json", now=3.0)
+    assert counts.updated == 2
+    for aweme_id in ("1", "2"):
+        row = manifest.item(aweme_id)
+        assert row["state"] == "pending" and row["attempts"] == 0 and row["url"] == NEW
+        assert row["last_error"] is None
+
+
+def test_done_items_are_never_requeued_but_are_relinked(manifest: Manifest) -> None:
+    manifest.merge([r("1")], "e1.json", now=1.0)
+    manifest.claim_due(now=2.0, limit=1)
+    manifest.complete("1", 100, "ab" * 32, "a/1.mp4", now=3.0)
+    manifest.merge([r("1", NEW, topic="b")], "e2.json", now=4.0)
+    row = manifest.item("1")
+    assert row["state"] == "done" and row["url"] == OLD
+    (relink,) = manifest.pending_relinks(10)
+    assert relink.topics == ("a", "b") and relink.path == "a/1.mp4"
+    manifest.clear_relink("1")
+    assert manifest.pending_relinks(10) == []
+    assert manifest.claim_due(now=100.0, limit=10) == []
+    assert manifest.counts().bytes_done == 100
+
+
+def test_outcome_for_a_superseded_url_requeues(manifest: Manifest) -> None:
+    manifest.merge([r("1")], "e1.json", now=1.0)
+    (item,) = manifest.claim_due(now=2.0, limit=1)
+    manifest.merge([r("1", NEW)], "e2.json", now=3.0)  # arrives while downloading
+    state = manifest.finish_failed("1", item.url, State.EXPIRED, "forbidden", 403, 0.0, False, 4.0)
+    assert state is State.PENDING
+    row = manifest.item("1")
+    assert row["state"] == "pending" and row["url"] == NEW and row["attempts"] == 0
+
+
+def test_extract_bookkeeping(manifest: Manifest) -> None:
+    manifest.record_extract("e1.json", "h1", 10, "merged", now=1.0, counts=(3, 3, 0, 0))
+    manifest.record_extract("bad.json", "h2", 10, "rejected", now=1.0, reason="not_array")
+    assert manifest.extract_status("e1.json", "h1") == "merged"
+    assert manifest.extract_status("e1.json", "other") is None
+    assert manifest.content_merged("h1") and not manifest.content_merged("h2")
+    assert manifest.counts().extracts == {"merged": 1, "rejected": 1, "duplicate": 0}
+
+
+def test_readonly_reader_sees_writer_commits(tmp_path: Path, manifest: Manifest) -> None:
+    manifest.merge([r("1")], "e.json", now=1.0)
+    reader = Manifest.open(tmp_path / "state" / "manifest.sqlite3", readonly=True)
+    try:
+        assert reader.counts().items["pending"] == 1
+        manifest.merge([r("2")], "e2.json", now=2.0)
+        assert reader.counts().items["pending"] == 2
+    finally:
+        reader.close()

@@ -1,0 +1,112 @@
+"""URL and address policy as pure functions: no connection is ever made here."""
+
+import pytest
+
+from ingestd.policy.urls import (
+    address_is_public,
+    check_url,
+    fresher_url,
+    host_matches,
+    is_expired,
+    redact,
+    url_expiry,
+)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.8.9.10",
+        "::1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "fe80::1",
+        "fc00::1",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "255.255.255.255",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "2002:7f00:0001::",  # 6to4 wrapping 127.0.0.1
+        "not-an-ip",
+    ],
+)
+def test_non_public_addresses_are_refused(address: str) -> None:
+    assert not address_is_public(address)
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"])
+def test_public_addresses_pass(address: str) -> None:
+    assert address_is_public(address)
+
+
+def test_host_matching_exact_and_wildcard() -> None:
+    allowed = ("cdn.example.com", "*.tiktokcdn-us.com")
+    assert host_matches("cdn.example.com", allowed)
+    assert host_matches("CDN.Example.com.", allowed)
+    assert host_matches("v77.tiktokcdn-us.com", allowed)
+    assert host_matches("a.b.tiktokcdn-us.com", allowed)
+    assert not host_matches("tiktokcdn-us.com", allowed)
+    assert not host_matches("eviltiktokcdn-us.com", allowed)
+    assert not host_matches("example.com", allowed)
+
+
+def test_check_url_with_allowlist() -> None:
+    allowed = ("localhost",)
+    assert check_url("https://localhost:8443/v/1.mp4?x=1", allowed).allowed
+    verdict = check_url("https://127.0.0.1:8443/v/1.mp4", allowed)
+    assert not verdict.allowed and verdict.reason == "host_not_allowed"
+    # A listed host may resolve anywhere: no address check is requested.
+    assert not check_url("https://localhost/", allowed).check_addresses
+
+
+def test_check_url_without_allowlist() -> None:
+    ok = check_url("https://v77.tiktokcdn-us.com/video/?a=1", ())
+    assert ok.allowed and ok.check_addresses
+    for url, reason in [
+        ("ftp://cdn.example.com/x", "scheme_not_allowed"),
+        ("file:///etc/passwd", "scheme_not_allowed"),
+        ("https:///nohost", "no_host"),
+        ("https://user:pw@cdn.example.com/", "credentials_in_url"),
+        ("https://localhost/x", "non_public_address"),
+        ("https://127.0.0.1/x", "non_public_address"),
+        ("https://[::1]/x", "non_public_address"),
+        ("http://169.254.169.254/latest/meta-data", "non_public_address"),
+        ("https://cdn.example.com:99999/", "malformed_url"),
+        ("https://cdn.example.com/a b", "control_characters"),
+        ("https://cdn.example.com/" + "a" * 9000, "url_too_long"),
+    ]:
+        verdict = check_url(url, ())
+        assert not verdict.allowed, url
+        assert verdict.reason == reason, url
+
+
+def test_expiry_parsing() -> None:
+    assert url_expiry("https://h/p?a=1&expire=1795759200&b=2") == 1795759200
+    assert url_expiry("https://h/p?x-expires=1700000000") == 1700000000
+    assert url_expiry("https://h/p?VExpiration=1700000000") == 1700000000
+    assert url_expiry("https://h/p?expire=1795759200000") == 1795759200  # milliseconds
+    assert url_expiry("https://h/p?expire=soon") is None
+    assert url_expiry("https://h/p") is None
+    assert is_expired("https://h/p?expire=100", now=200)
+    assert not is_expired("https://h/p?expire=300", now=200)
+    assert not is_expired("https://h/p", now=200)
+
+
+def test_fresher_url_prefers_later_expiry() -> None:
+    old = "https://h/p?expire=100"
+    new = "https://h/p?expire=200"
+    assert fresher_url(old, new) == new
+    assert fresher_url(new, old) == new
+    assert fresher_url("https://h/a", "https://h/b") == "https://h/b"
+
+
+def test_redact_drops_query_and_credentials() -> None:
+    url = "https://user:pw@v77.tiktokcdn-us.com:8443/video/o1/?signature=abc&expire=1"
+    assert redact(url) == "https://v77.tiktokcdn-us.com:8443/video/o1/"
+    assert "signature" not in redact("https://h/p?signature=s")
+    assert redact("https://[::1]:9/x?y") == "https://[::1]:9/x"
