@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import ssl
 import typing
@@ -147,16 +148,24 @@ def build_ssl_context(
     return context
 
 
+_QUERY = re.compile(r"(https?://[^\s?#'\"]*)[?#][^\s'\"]*", re.IGNORECASE)
+
+
+def _describe(exc: BaseException) -> str:
+    """A short message for logs, with any URL's signed query string cut off."""
+    return _QUERY.sub(r"\1", f"{type(exc).__name__}: {exc}")[:200]
+
+
 def _translate(exc: BaseException, *, in_body: bool) -> FetchFailed:
     if isinstance(exc, _UnsafeDestination):
         return FetchFailed(Reason.UNSAFE_URL, str(exc))
     if isinstance(exc, httpx.TimeoutException):
         return FetchFailed(Reason.TIMEOUT, type(exc).__name__)
     if isinstance(exc, httpx.RemoteProtocolError) and in_body:
-        return FetchFailed(Reason.TRUNCATED, str(exc)[:200])
+        return FetchFailed(Reason.TRUNCATED, _describe(exc))
     if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol)):
-        return FetchFailed(Reason.UNSAFE_URL, str(exc)[:200])
-    return FetchFailed(Reason.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}"[:200])
+        return FetchFailed(Reason.UNSAFE_URL, _describe(exc))
+    return FetchFailed(Reason.CONNECTION_ERROR, _describe(exc))
 
 
 class Response:

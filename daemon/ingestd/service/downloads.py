@@ -34,7 +34,7 @@ from ingestd.policy.transfer import (
 )
 from ingestd.policy.urls import check_url, is_expired, redact
 from ingestd.service.db import Db
-from ingestd.store.manifest import Item
+from ingestd.store.manifest import Item, ManifestError
 
 WRITE_BATCH = 1024 * 1024  # bytes gathered before one write+hash in a worker thread
 IDLE_RECHECK = 5.0  # seconds between looks at the queue and the free space when idle
@@ -97,7 +97,15 @@ class DownloadPool:
         self._wake.set()
 
     async def run(self) -> None:
-        """Feed the pool until cancelled."""
+        """Feed the pool until cancelled; a manifest error pauses feeding, never ends it."""
+        while True:
+            try:
+                await self._feed()
+            except ManifestError as exc:
+                self._log.error("manifest_error", error=str(exc), retry_in_s=IDLE_RECHECK)
+                await self._wait(IDLE_RECHECK)
+
+    async def _feed(self) -> None:
         while True:
             self._wake.clear()
             if not await self._space_ok():

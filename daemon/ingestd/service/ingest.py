@@ -39,7 +39,7 @@ class Ingestor:
         """Process every extract in raw/ now, oldest name first."""
         paths = await asyncio.to_thread(list_extracts, self._config.raw_dir)
         for path in paths:
-            await self.process(path)
+            await self._guarded(path)
 
     async def run(self) -> None:
         """Process changed paths as they are reported; recheck unsettled files; rescan slowly."""
@@ -62,7 +62,22 @@ class Ingestor:
                 batch.update(await asyncio.to_thread(list_extracts, self._config.raw_dir))
                 self._next_rescan = now + self._config.rescan_seconds
             for path in sorted(batch):
-                await self.process(path)
+                await self._guarded(path)
+
+    async def _guarded(self, path: Path) -> None:
+        # One bad file or a passing manifest error (disk full) must not stop the pipeline;
+        # the path is not marked done, so the next rescan tries it again.
+        try:
+            await self.process(path)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._log.error(
+                "extract_failed",
+                path=str(path),
+                error=repr(exc)[:300],
+                retry_in_s=self._config.rescan_seconds,
+            )
 
     async def process(self, path: Path) -> None:
         """Handle one path: merge it, skip it, reject it, or wait for it to settle."""
