@@ -1,6 +1,7 @@
-"""Command line: `ingestd run` and `ingestd status`.
+"""Command line: run, status, list, retry, logs.
 
-Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error, 3 nothing matched
+(`retry` refused every id, `list` found nothing when asked with --fail-empty).
 """
 
 from __future__ import annotations
@@ -8,13 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from ingestd import __version__
 from ingestd.config import Config, ConfigError, load_config
-from ingestd.store.manifest import Counts, Manifest, ManifestError
+from ingestd.store.manifest import Counts, ItemSummary, Manifest, ManifestError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NO_MATCH = 0, 1, 2, 3
+STATES = ("pending", "active", "done", "expired", "failed")
+T = TypeVar("T")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -26,18 +31,50 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     parser = argparse.ArgumentParser(
-        prog="ingestd", description="Turn scraped TikTok extracts into a local video library."
+        prog="ingestd",
+        description="Turn scraped TikTok extracts into a local video library.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 nothing matched.",
     )
     parser.add_argument("--version", action="version", version=f"ingestd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     run = commands.add_parser("run", help="run the daemon in the foreground")
     _common(run)
     run.add_argument("--concurrency", type=int, metavar="N", help="downloads in flight")
     run.add_argument("--log-format", choices=("auto", "json", "console"))
-    run.add_argument("--log-file", metavar="PATH", help="also append JSON events to this file")
-    status = commands.add_parser("status", help="show counts from the manifest")
+    run.add_argument("--log-file", metavar="PATH", help="JSON-lines event file")
+
+    status = commands.add_parser("status", help="counts by state from the manifest")
     _common(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--watch", action="store_true", help="live view with a progress bar")
+    status.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
+    status.add_argument("--count", type=int, default=0, help="stop after N frames (0: never)")
+
+    lister = commands.add_parser("list", help="items with topic, state, attempts, reason")
+    _common(lister)
+    lister.add_argument("--state", choices=STATES)
+    lister.add_argument("--topic", help="raw topic or its folder name")
+    lister.add_argument("--limit", type=int, default=1000)
+    lister.add_argument("--json", action="store_true", help="machine-readable output")
+    lister.add_argument("--fail-empty", action="store_true", help="exit 3 when nothing matches")
+
+    retry = commands.add_parser(
+        "retry", help="put items back to pending with fresh attempts (safe while running)"
+    )
+    _common(retry)
+    retry.add_argument("--failed", action="store_true", help="every failed item")
+    retry.add_argument("--expired", action="store_true", help="every expired item")
+    retry.add_argument("ids", nargs="*", metavar="AWEME_ID")
+    retry.add_argument("--json", action="store_true", help="machine-readable output")
+
+    logs = commands.add_parser("logs", help="show (and follow) the JSON event log")
+    _common(logs)
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    logs.add_argument("--event", action="append", default=[], metavar="NAME")
+    logs.add_argument("--id", dest="aweme_id", metavar="AWEME_ID")
+    logs.add_argument("--json", action="store_true", help="print the JSON lines as they are")
+    logs.add_argument("--log-file", metavar="PATH", help="read this file instead")
     return parser
 
 
@@ -52,22 +89,104 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides={k: v for k, v in overrides.items() if v is not None})
 
 
-def _status(config: Config, as_json: bool) -> int:
-    from ingestd.service.status import status_document, status_table
+def _read(config: Config, query: Callable[[Manifest], T], default: T) -> T:
+    """Run a read-only query; a manifest that does not exist yet reads as `default`."""
+    if not config.manifest_path.exists():
+        return default
+    manifest = Manifest.open(config.manifest_path, readonly=True)
+    try:
+        return query(manifest)
+    finally:
+        manifest.close()
 
-    path = config.manifest_path
-    if path.exists():
-        manifest = Manifest.open(path, readonly=True)
-        try:
-            counts = manifest.counts()
-        finally:
-            manifest.close()
+
+def _recent_failures(manifest: Manifest) -> list[ItemSummary]:
+    return manifest.list_items(state="failed", limit=5)
+
+
+def _status(config: Config, args: argparse.Namespace) -> int:
+    from ingestd.ops.status import measure_rate, status_document, status_table, watch_frame
+
+    empty = Counts({}, {}, 0)
+    no_items: list[ItemSummary] = []
+    if not args.watch:
+        counts = _read(config, Manifest.counts, empty)
+        if args.json:
+            print(json.dumps(status_document(counts)))
+        else:
+            print(status_table(counts, str(config.manifest_path)))
+        return EXIT_OK
+    previous, previous_time = _read(config, Manifest.counts, empty), time.monotonic()
+    frames = 0
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            time.sleep(max(args.interval, 0.05))
+            counts = _read(config, Manifest.counts, empty)
+            failures = _read(config, _recent_failures, no_items)
+            now = time.monotonic()
+            frame = watch_frame(
+                counts, measure_rate(previous, counts, now - previous_time), failures
+            )
+            previous, previous_time = counts, now
+            print(("\x1b[H\x1b[2J" if tty else "") + frame + ("" if tty else "\n"), flush=True)
+            frames += 1
+            if args.count and frames >= args.count:
+                return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _list(config: Config, args: argparse.Namespace) -> int:
+    from ingestd.ops.status import list_document, list_table
+
+    no_items: list[ItemSummary] = []
+    items = _read(config, lambda m: m.list_items(args.state, args.topic, args.limit), no_items)
+    print(json.dumps(list_document(items)) if args.json else list_table(items))
+    return EXIT_NO_MATCH if args.fail_empty and not items else EXIT_OK
+
+
+def _retry(config: Config, args: argparse.Namespace) -> int:
+    states = [s for s, wanted in (("failed", args.failed), ("expired", args.expired)) if wanted]
+    if not states and not args.ids:
+        print("ingestd: retry needs --failed, --expired or AWEME_IDs", file=sys.stderr)
+        return EXIT_USAGE
+    if not config.manifest_path.exists():
+        print(f"ingestd: no manifest at {config.manifest_path}", file=sys.stderr)
+        return EXIT_FAILURE
+    manifest = Manifest.open(config.manifest_path)
+    try:
+        requeued, refused = manifest.retry(states, args.ids, time.time())
+    finally:
+        manifest.close()
+    if args.json:
+        print(json.dumps({"requeued": requeued, "refused": refused}))
     else:
-        counts = Counts({}, {}, 0)
-    if as_json:
-        print(json.dumps(status_document(counts)))
-    else:
-        print(status_table(counts, str(path)))
+        print(f"requeued {len(requeued)} item(s)")
+        for aweme_id in refused:
+            print(f"refused {aweme_id}: unknown, done or downloading right now", file=sys.stderr)
+    return EXIT_NO_MATCH if refused and not requeued else EXIT_OK
+
+
+def _logs(config: Config, args: argparse.Namespace) -> int:
+    from ingestd.ops.logs import LogFilter, iter_events, renderer
+
+    if config.log_file is None:
+        print("ingestd: no log_file configured", file=sys.stderr)
+        return EXIT_FAILURE
+    if not args.follow and not config.log_file.exists():
+        print(f"ingestd: no log file at {config.log_file}", file=sys.stderr)
+        return EXIT_FAILURE
+    wanted = LogFilter(frozenset(args.event), args.aweme_id)
+    render = renderer(args.json, colors=sys.stdout.isatty())
+    try:
+        for event in iter_events(config.log_file, args.follow):
+            if wanted.matches(event):
+                print(render(event), flush=True)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        sys.stderr.close()  # `ingestd logs | head`: quiet exit
     return EXIT_OK
 
 
@@ -79,21 +198,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ingestd: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.command == "status":
+    commands = {"status": _status, "list": _list, "retry": _retry, "logs": _logs}
+    if args.command in commands:
         try:
-            return _status(config, args.json)
+            return commands[args.command](config, args)
         except ManifestError as exc:
-            print(f"ingestd: cannot read the manifest: {exc}", file=sys.stderr)
+            print(f"ingestd: cannot use the manifest: {exc}", file=sys.stderr)
             return EXIT_FAILURE
     from ingestd import log
     from ingestd.service.daemon import run
 
     try:
-        log.configure(config.log_format, config.log_file)
+        log.configure(config.log_format, config.log_file, config.log_max_bytes, config.log_backups)
     except OSError as exc:
         print(f"ingestd: cannot open log file: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     try:
-        return run(config)
+        return run(config, reload_config=lambda: _config(args))
     finally:
         log.shutdown()

@@ -11,6 +11,8 @@ from typing import Any, Literal, cast
 
 import platformdirs
 
+from ingestd.policy.urls import parse_loopback_address
+
 APP_NAME = "ingestd"
 ENV_PREFIX = "INGESTD_"
 ENV_CONFIG = "INGESTD_CONFIG"
@@ -46,6 +48,9 @@ class Config:
     referer: str = DEFAULT_REFERER
     log_format: LogFormat = "auto"
     log_file: Path | None = None
+    log_max_bytes: int = 64 * 1024 * 1024
+    log_backups: int = 5
+    metrics_address: str = ""
     settle_seconds: float = 5.0
     max_extract_bytes: int = 512 * 1024 * 1024
     rescan_seconds: float = 30.0
@@ -88,9 +93,9 @@ def _parse_list(text: str) -> list[str]:
 
 
 _PATH_KEYS = frozenset({"data_dir", "state_dir", "ca_bundle", "log_file"})
-_INT_KEYS = frozenset({"concurrency", "max_attempts", "max_file_bytes", "min_free_bytes"}) | {
-    "max_extract_bytes"
-}
+_INT_KEYS = frozenset(
+    {"concurrency", "max_attempts", "max_file_bytes", "min_free_bytes", "max_extract_bytes"}
+) | {"log_max_bytes", "log_backups"}
 _FLOAT_KEYS = frozenset(
     {"timeout", "backoff_base", "backoff_max", "settle_seconds", "rescan_seconds"}
 ) | {"progress_seconds"}
@@ -103,6 +108,7 @@ _ENV_PARSERS: dict[str, Callable[[str], object]] = {
     "user_agent": str,
     "referer": str,
     "log_format": str,
+    "metrics_address": str,
 }
 KEYS = frozenset(f.name for f in fields(Config))
 assert frozenset(_ENV_PARSERS) == KEYS
@@ -119,6 +125,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_extract_bytes": (2, 2**40),
     "rescan_seconds": (0.1, 86400),
     "progress_seconds": (0.1, 86400),
+    "log_max_bytes": (0, 2**40),
+    "log_backups": (0, 100),
 }
 
 
@@ -150,6 +158,11 @@ def _coerce(key: str, value: object, base: Path) -> object:
             raise ConfigError(f"{key}: expected auto, json or console, got {value!r}")
     elif not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string, got {value!r}")
+    elif key == "metrics_address" and value:
+        try:
+            parse_loopback_address(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from exc
     if key in _RANGES:
         low, high = _RANGES[key]
         number = cast(float, value)
@@ -161,19 +174,26 @@ def _coerce(key: str, value: object, base: Path) -> object:
 def default_config_path(env: Mapping[str, str]) -> Path | None:
     """The config file used when none is named: systemd's, else the user config dir's."""
     candidates = []
-    if env.get("CONFIGURATION_DIRECTORY"):
-        candidates.append(Path(env["CONFIGURATION_DIRECTORY"].split(":")[0]) / "config.toml")
+    configuration = _systemd_dir(env, "CONFIGURATION_DIRECTORY")
+    if configuration is not None:
+        candidates.append(configuration / "config.toml")
     candidates.append(Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml")
     return next((c for c in candidates if c.is_file()), None)
 
 
+def _systemd_dir(env: Mapping[str, str], name: str) -> Path | None:
+    # systemd passes colon-separated lists; ours name one directory each.
+    value = env.get(name)
+    return Path(value.split(":")[0]) if value else None
+
+
 def _defaults(env: Mapping[str, str]) -> dict[str, object]:
-    state = env.get("STATE_DIRECTORY")
+    logs = _systemd_dir(env, "LOGS_DIRECTORY") or Path(platformdirs.user_log_dir(APP_NAME))
     return {
         "data_dir": Path(platformdirs.user_data_dir(APP_NAME)),
-        "state_dir": Path(state.split(":")[0])
-        if state
-        else Path(platformdirs.user_state_dir(APP_NAME)),
+        "state_dir": _systemd_dir(env, "STATE_DIRECTORY")
+        or Path(platformdirs.user_state_dir(APP_NAME)),
+        "log_file": logs / "ingestd.jsonl",
     }
 
 

@@ -1,8 +1,14 @@
-"""Structured logging: one JSON object per line on stdout (console on a TTY), plus a file."""
+"""Structured logging: one JSON object per line on stdout (console on a TTY) and in a file.
+
+The file is rotated by size (`<name>.1` ... `<name>.N`) and reopened on every configure(), so
+an external logrotate works too (SIGHUP reloads the config, which reopens the file).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -14,19 +20,62 @@ from structlog.typing import EventDict, WrappedLogger
 from ingestd.config import LogFormat
 
 Logger = structlog.typing.FilteringBoundLogger
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_BACKUPS = 5
+
+
+def render_json(event: EventDict) -> str:
+    """The one JSON rendering used everywhere (stdout, file, `ingestd logs --json`)."""
+    return json.dumps(event, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+class _RotatingFile:
+    """Append-only JSON-lines file, rotated when it passes `max_bytes`."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self._max_bytes = max_bytes
+        self._backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle: IO[str] = self._open()
+
+    def _open(self) -> IO[str]:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return os.fdopen(fd, "a", encoding="utf-8")
+
+    def write(self, line: str) -> None:
+        self._handle.write(line + "\n")
+        self._handle.flush()
+        if self._max_bytes and self._handle.tell() >= self._max_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        self._handle.close()
+        for n in range(self._backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
+        if self._backups > 0:
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._handle = self._open()
+
+    def close(self) -> None:
+        self._handle.close()
 
 
 class _Sink:
-    """Writes rendered lines to stdout and, as JSON, to an append-only file. Thread safe."""
+    """Writes each event to stdout (JSON or console) and to the file (JSON). Thread safe."""
 
-    def __init__(self, stream: TextIO, console: bool, file: IO[str] | None) -> None:
+    def __init__(self, stream: TextIO, console: bool, file: _RotatingFile | None) -> None:
         self._stream = stream
         self._console = structlog.dev.ConsoleRenderer(colors=stream.isatty()) if console else None
         self._file = file
         self._lock = threading.Lock()
 
     def emit(self, event: EventDict) -> None:
-        line = json.dumps(event, default=str, ensure_ascii=False, separators=(",", ":"))
+        line = render_json(event)
         text = self._console(None, "", dict(event)) if self._console else line
         with self._lock:
             try:
@@ -35,11 +84,9 @@ class _Sink:
             except (OSError, ValueError):
                 pass  # stdout gone (closed pipe): keep running, the file may still work
             if self._file is not None:
-                try:
-                    self._file.write(line + "\n")
-                    self._file.flush()
-                except (OSError, ValueError):
-                    pass
+                # A full disk must not stop the daemon; stdout still has the event.
+                with contextlib.suppress(OSError, ValueError):
+                    self._file.write(line)
 
     def close(self) -> None:
         with self._lock:
@@ -48,36 +95,39 @@ class _Sink:
                 self._file = None
 
 
-class _SinkLogger:
-    """The structlog 'logger' at the end of the chain: hands the event dict to the sink."""
+_sink: _Sink | None = None
+_sink_lock = threading.Lock()
 
-    def __init__(self, sink: _Sink) -> None:
-        self._sink = sink
+
+class _SinkLogger:
+    """The end of the structlog chain. Looks the sink up per event, so a reconfigure applies to
+    loggers that were bound before it."""
 
     def _emit(self, event: EventDict) -> None:
-        self._sink.emit(event)
+        sink = _sink
+        if sink is not None:
+            sink.emit(event)
 
     debug = info = warning = error = critical = msg = _emit
 
 
 def _finish(_: WrappedLogger, __: str, event: EventDict) -> Any:
-    # Hand the dict itself to the sink; it renders once for each destination.
     return (event,), {}
 
 
-_sink: _Sink | None = None
-
-
-def configure(log_format: LogFormat = "json", log_file: Path | None = None) -> None:
-    """Set up structlog for the process. Safe to call again (it replaces the sinks)."""
+def configure(
+    log_format: LogFormat = "json",
+    log_file: Path | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    backups: int = DEFAULT_BACKUPS,
+) -> None:
+    """Set up logging for the process; calling it again swaps the sinks (and reopens the file)."""
     global _sink
     stream = sys.stdout
     console = log_format == "console" or (log_format == "auto" and stream.isatty())
-    file = None
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        file = log_file.open("a", encoding="utf-8")
-    old, _sink = _sink, _Sink(stream, console, file)
+    file = _RotatingFile(log_file, max_bytes, backups) if log_file is not None else None
+    with _sink_lock:
+        old, _sink = _sink, _Sink(stream, console, file)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -86,8 +136,8 @@ def configure(log_format: LogFormat = "json", log_file: Path | None = None) -> N
             structlog.processors.format_exc_info,
             _finish,
         ],
-        logger_factory=lambda *_: _SinkLogger(_sink) if _sink else structlog.PrintLogger(),
-        wrapper_class=structlog.make_filtering_bound_logger(0),
+        logger_factory=lambda *_: _SinkLogger(),
+        wrapper_class=structlog.make_filtering_bound_logger(20),  # info and above
         cache_logger_on_first_use=False,
     )
     if old is not None:
@@ -101,5 +151,6 @@ def get_logger() -> Logger:
 
 def shutdown() -> None:
     """Flush and close the log file."""
-    if _sink is not None:
-        _sink.close()
+    with _sink_lock:
+        if _sink is not None:
+            _sink.close()

@@ -217,9 +217,16 @@ class Fetcher:
             },
         )
 
-    def set_allowed_hosts(self, allowed_hosts: tuple[str, ...]) -> None:
-        """Change the host policy for all later requests and connections."""
-        self._policy.allowed_hosts = allowed_hosts
+    def reconfigure(self, settings: HttpSettings) -> None:
+        """Apply a reloaded config to later requests: timeout, headers, allowed hosts.
+
+        http2, the CA bundle and the connection limit belong to the transport and need a restart.
+        """
+        self._policy.allowed_hosts = settings.allowed_hosts
+        self._client.timeout = httpx.Timeout(settings.timeout)
+        self._client.headers.update(
+            {"User-Agent": settings.user_agent, "Referer": settings.referer}
+        )
 
     @asynccontextmanager
     async def get(self, url: str, headers: Mapping[str, str]) -> AsyncIterator[Response]:

@@ -140,3 +140,19 @@ def redact(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{host}:{port}" if port is not None else host
     return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def parse_loopback_address(value: str) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets) on loopback, or ValueError saying what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {value!r}")
+    host = host.strip("[]")
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(f"metrics are served on loopback only, got {host!r}")
+    return host, int(port)

@@ -1,4 +1,4 @@
-"""The daemon's lifecycle: start in a safe order, run the tasks, stop cleanly on a signal."""
+"""The daemon's lifecycle: start in a safe order, run the tasks, reload on SIGHUP, stop cleanly."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
-from ingestd import __version__
-from ingestd.config import Config
+from ingestd import __version__, log
+from ingestd.config import Config, ConfigError
 from ingestd.fs.watch import ExtractWatcher, WatchError
 from ingestd.log import Logger, get_logger
+from ingestd.metrics import Metrics
 from ingestd.net.fetch import Fetcher, HttpSettings, SetupError
+from ingestd.notify import Notifier
+from ingestd.ops.status import status_line
 from ingestd.service.db import Db
 from ingestd.service.downloads import DownloadPool
 from ingestd.service.ingest import Ingestor
@@ -20,6 +25,9 @@ from ingestd.store.manifest import ManifestError
 
 STOP_BUDGET = 8.0  # seconds for the whole shutdown; systemd and users expect exit within 10
 WATCH_RESTART_DELAY = 2.0
+STATUS_PERIOD = 5.0  # seconds between STATUS= updates for `systemctl status`
+# Keys that name places or the TLS/HTTP setup of the shared client: changing them needs a restart.
+RESTART_ONLY = frozenset({"data_dir", "state_dir", "http2", "ca_bundle", "metrics_address"})
 
 
 def http_settings(config: Config) -> HttpSettings:
@@ -30,32 +38,65 @@ def http_settings(config: Config) -> HttpSettings:
         user_agent=config.user_agent,
         referer=config.referer,
         ca_bundle=config.ca_bundle,
-        max_connections=config.concurrency,
+        max_connections=max(config.concurrency, 64),
         allowed_hosts=config.allowed_hosts,
     )
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """Names of the config keys whose values differ."""
+    return [f.name for f in fields(Config) if getattr(old, f.name) != getattr(new, f.name)]
+
+
+@dataclass
+class _Parts:
+    db: Db
+    fetcher: Fetcher
+    pool: DownloadPool
+    ingest: Ingestor
 
 
 class Daemon:
     """Owns the manifest, the watcher, the ingestor and the download pool for one run."""
 
-    def __init__(self, config: Config, log: Logger) -> None:
+    def __init__(
+        self,
+        config: Config,
+        logger: Logger,
+        notifier: Notifier,
+        reload_config: Callable[[], Config] | None = None,
+    ) -> None:
         self._config = config
-        self._log = log
+        self._log = logger
+        self._notifier = notifier
+        self._reload_config = reload_config
         self._stop = asyncio.Event()
+        self._parts: _Parts | None = None
+        self._reloading = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+        self._metrics = Metrics()
 
     def request_stop(self, signame: str) -> None:
         """Begin a clean shutdown (signal handler)."""
         if not self._stop.is_set():
             self._log.info("daemon_stopping", signal=signame)
+            self._notifier.stopping()
         self._stop.set()
+
+    def request_reload(self) -> None:
+        """Reload the config file (SIGHUP handler)."""
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def run(self) -> int:
         """Run until a stop is requested. Returns the process exit code."""
-        config, log = self._config, self._log
+        config, logger = self._config, self._log
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
-        log.info(
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        logger.info(
             "daemon_started",
             version=__version__,
             pid=os.getpid(),
@@ -64,72 +105,160 @@ class Daemon:
             concurrency=config.concurrency,
             http2=config.http2,
             allowed_hosts=list(config.allowed_hosts),
+            notify=self._notifier.enabled,
+            watchdog_s=self._notifier.watchdog_interval,
         )
+        watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
         try:
-            for folder in (config.raw_dir, config.media_dir):
-                await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-            db = await Db.open(config.manifest_path)
-        except (OSError, ManifestError) as exc:
-            log.critical("daemon_failed", reason="startup", error=str(exc))
+            parts = await self._open(config)
+        except (OSError, ManifestError, SetupError) as exc:
+            logger.critical("daemon_failed", reason="startup", error=str(exc))
+            watchdog.cancel()
             return 1
-        try:
-            fetcher = Fetcher(http_settings(config))
-        except SetupError as exc:
-            log.critical("daemon_failed", reason="http_setup", error=str(exc))
-            await db.close()
-            return 1
-        pool = DownloadPool(config, db, fetcher, log)
-        ingest = Ingestor(config, db, log, on_merged=pool.wake)
+        self._parts = parts
+        self._serve_metrics(config)
         code = 0
         tasks: list[asyncio.Task[None]] = []
         try:
-            recovered = await db.run(db.manifest.reset_active, time.time())
+            recovered = await parts.db.run(parts.db.manifest.reset_active, time.time())
             if recovered:
-                log.info("items_recovered", count=recovered, reason="left_active_by_crash")
-            watcher = ExtractWatcher(config.raw_dir, ingest.notify)
+                logger.info("items_recovered", count=recovered, reason="left_active_by_crash")
+            watcher = ExtractWatcher(config.raw_dir, parts.ingest.notify)
             try:
                 await watcher.start()  # watch first, then scan: nothing dropped between is lost
             except WatchError as exc:
-                log.error("watch_failed", error=str(exc), retry_in_s=WATCH_RESTART_DELAY)
-            await ingest.scan()
-            await pool.relink()
+                logger.error("watch_failed", error=str(exc), retry_in_s=WATCH_RESTART_DELAY)
+            await parts.ingest.scan()
+            await parts.pool.relink()
             tasks = [
-                asyncio.create_task(self._supervise_watcher(watcher, ingest), name="watch"),
-                asyncio.create_task(ingest.run(), name="ingest"),
-                asyncio.create_task(pool.run(), name="pool"),
-                asyncio.create_task(self._progress(db, pool), name="progress"),
+                asyncio.create_task(self._supervise_watcher(watcher, parts.ingest), name="watch"),
+                asyncio.create_task(parts.ingest.run(), name="ingest"),
+                asyncio.create_task(parts.pool.run(), name="pool"),
+                asyncio.create_task(self._progress(parts), name="progress"),
             ]
-            counts = await db.run(db.manifest.counts)
-            log.info("daemon_ready", items=counts.items, raw_dir=str(config.raw_dir))
-            stopper = asyncio.create_task(self._stop.wait())
-            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            for task in done:
-                if task is stopper or task.cancelled() or task.exception() is None:
-                    continue
-                error = repr(task.exception())
-                log.critical("daemon_failed", reason=f"{task.get_name()}_crashed", error=error)
-                code = 1
+            counts = await parts.db.run(parts.db.manifest.counts)
+            self._notifier.ready(status_line(counts, parts.pool.in_flight, 0.0))
+            logger.info("daemon_ready", items=counts.items, raw_dir=str(config.raw_dir))
+            tasks.append(asyncio.create_task(self._report_status(parts), name="status"))
+            code = await self._until_stopped(tasks)
         except ManifestError as exc:
-            log.critical("daemon_failed", reason="manifest", error=str(exc))
+            logger.critical("daemon_failed", reason="manifest", error=str(exc))
             code = 1
         finally:
-            await self._shutdown(tasks, pool, fetcher, db)
-        log.info("daemon_stopped", exit_code=code)
+            self._notifier.stopping()
+            await self._shutdown([*tasks, watchdog], parts)
+            self._metrics.close()
+        self._log.info("daemon_stopped", exit_code=code)
         return code
 
-    async def _shutdown(
-        self, tasks: list[asyncio.Task[None]], pool: DownloadPool, fetcher: Fetcher, db: Db
-    ) -> None:
-        for task in tasks:
+    async def _open(self, config: Config) -> _Parts:
+        for folder in (config.raw_dir, config.media_dir):
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        db = await Db.open(config.manifest_path)
+        try:
+            fetcher = Fetcher(http_settings(config))
+        except SetupError:
+            await db.close()
+            raise
+        pool = DownloadPool(config, db, fetcher, self._log, self._metrics)
+        ingest = Ingestor(config, db, self._log, on_merged=pool.wake)
+        return _Parts(db, fetcher, pool, ingest)
+
+    async def _until_stopped(self, tasks: list[asyncio.Task[None]]) -> int:
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        code = 0
+        for task in done:
+            if task is stopper or task.cancelled() or task.exception() is None:
+                continue
+            error = repr(task.exception())
+            self._log.critical("daemon_failed", reason=f"{task.get_name()}_crashed", error=error)
+            code = 1
+        return code
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]], parts: _Parts) -> None:
+        for task in [*tasks, *self._background]:
             task.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2.0)
         with contextlib.suppress(TimeoutError, ManifestError):
-            await asyncio.wait_for(pool.shutdown(), STOP_BUDGET / 2)
+            await asyncio.wait_for(parts.pool.shutdown(), STOP_BUDGET / 2)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(fetcher.aclose(), 1.0)
-        await db.close()
+            await asyncio.wait_for(parts.fetcher.aclose(), 1.0)
+        await parts.db.close()
+
+    # --- reload ----------------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """Re-read the config and apply what can change live; refuse the rest, keep the old."""
+        if self._reload_config is None or self._parts is None:
+            return
+        async with self._reloading:
+            self._notifier.reloading()
+            try:
+                new = await asyncio.to_thread(self._reload_config)
+            except ConfigError as exc:
+                self._log.error("config_reload_failed", reason="invalid", error=str(exc))
+                self._notifier.ready()
+                return
+            changed = changed_keys(self._config, new)
+            refused = sorted(set(changed) & RESTART_ONLY)
+            if refused:
+                self._log.error(
+                    "config_reload_failed",
+                    reason="restart_required",
+                    keys=refused,
+                    error=f"{', '.join(refused)} cannot change while running; old config kept",
+                )
+                self._notifier.ready()
+                return
+            # Always reopen the log file: this is also how an external logrotate hands over.
+            log.configure(new.log_format, new.log_file, new.log_max_bytes, new.log_backups)
+            self._config = new
+            parts = self._parts
+            parts.fetcher.reconfigure(http_settings(new))
+            parts.pool.reconfigure(new)
+            parts.ingest.reconfigure(new)
+            self._log.info("config_reloaded", changed=changed)
+            self._notifier.ready()
+
+    # --- background duties -----------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        # Sent from the event loop itself: if the loop hangs, the pings stop and systemd acts.
+        interval = self._notifier.watchdog_interval
+        if interval is None:
+            return
+        while True:
+            self._notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    def _serve_metrics(self, config: Config) -> None:
+        if not config.metrics_address:
+            return
+        try:
+            host, port = self._metrics.serve(config.metrics_address)
+        except (OSError, ValueError) as exc:
+            self._log.error("metrics_failed", address=config.metrics_address, error=str(exc))
+            return
+        self._log.info("metrics_serving", address=f"{host}:{port}")
+
+    async def _report_status(self, parts: _Parts) -> None:
+        """Keep `systemctl status` (STATUS=) and the Prometheus gauges current."""
+        last_bytes, last_time = parts.pool.stats.bytes, time.monotonic()
+        while True:
+            await asyncio.sleep(STATUS_PERIOD)
+            counts = await parts.db.run(parts.db.manifest.counts)
+            oldest = await parts.db.run(parts.db.manifest.oldest_pending)
+            now = time.monotonic()
+            rate = (parts.pool.stats.bytes - last_bytes) / max(now - last_time, 1e-6)
+            last_bytes, last_time = parts.pool.stats.bytes, now
+            age = 0.0 if oldest is None else time.time() - oldest
+            self._metrics.snapshot(counts.items, age, parts.pool.in_flight)
+            self._notifier.status(status_line(counts, parts.pool.in_flight, rate))
 
     async def _supervise_watcher(self, watcher: ExtractWatcher, ingest: Ingestor) -> None:
         while True:
@@ -149,11 +278,12 @@ class Daemon:
                 continue
             await ingest.scan()
 
-    async def _progress(self, db: Db, pool: DownloadPool) -> None:
+    async def _progress(self, parts: _Parts) -> None:
+        pool = parts.pool
         last_bytes, last_time = 0, time.monotonic()
         while True:
             await asyncio.sleep(self._config.progress_seconds)
-            counts = await db.run(db.manifest.counts)
+            counts = await parts.db.run(parts.db.manifest.counts)
             outstanding = counts.items["pending"] + counts.items["active"]
             now = time.monotonic()
             rate = (pool.stats.bytes - last_bytes) / max(now - last_time, 1e-6)
@@ -172,6 +302,10 @@ class Daemon:
             last_bytes, last_time = pool.stats.bytes, now
 
 
-def run(config: Config) -> int:
+def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
     """Run the daemon in a fresh event loop."""
-    return asyncio.run(Daemon(config, get_logger()).run())
+    notifier = Notifier.from_env()
+    try:
+        return asyncio.run(Daemon(config, get_logger(), notifier, reload_config).run())
+    finally:
+        notifier.close()

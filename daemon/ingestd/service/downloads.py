@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 from ingestd.config import Config
 from ingestd.fs.files import PartFile, ensure_dir, free_bytes, link_into
 from ingestd.log import Logger
+from ingestd.metrics import Metrics
 from ingestd.net.fetch import Fetcher, FetchFailed
 from ingestd.policy.merge import State
 from ingestd.policy.naming import part_name, relative_video_path, topic_folder
@@ -72,6 +73,7 @@ class DownloadPool:
         db: Db,
         fetcher: Fetcher,
         log: Logger,
+        metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
@@ -80,6 +82,7 @@ class DownloadPool:
         self._db = db
         self._fetcher = fetcher
         self._log = log
+        self._metrics = metrics
         self._clock = clock
         self._jitter = jitter
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -91,6 +94,11 @@ class DownloadPool:
     def in_flight(self) -> int:
         """Transfers running now."""
         return len(self._tasks)
+
+    def reconfigure(self, config: Config) -> None:
+        """Use a reloaded config from the next claim and the next decision on."""
+        self._config = config
+        self.wake()
 
     def wake(self) -> None:
         """New work may be due (a merge happened): look at the queue now."""
@@ -205,6 +213,7 @@ class DownloadPool:
         )
         self.stats.completed += 1
         self.stats.bytes += done.size
+        self._metrics.attempt("completed", duration, done.size)
         log.info(
             "download_completed",
             bytes=done.size,
@@ -245,6 +254,7 @@ class DownloadPool:
             "detail": failure.detail or None,
             "duration_s": duration,
         }
+        self._metrics.attempt(decision.action.value if state is target else "superseded", duration)
         if state is not target:
             log.info("download_superseded", attempt=item.attempts, **fields)
             self.wake()

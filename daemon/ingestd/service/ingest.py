@@ -30,6 +30,13 @@ class Ingestor:
         self._settle = SettleTracker(config.settle_seconds)
         self._next_rescan = time.monotonic() + config.rescan_seconds
 
+    def reconfigure(self, config: Config) -> None:
+        """Use a reloaded config (settle period, caps, rescan period) from now on."""
+        self._config = config
+        self._settle.settle_seconds = config.settle_seconds
+        self._next_rescan = min(self._next_rescan, time.monotonic() + config.rescan_seconds)
+        self._kick.set()
+
     def notify(self, paths: list[Path]) -> None:
         """The watcher saw these paths change."""
         self._dirty.update(paths)

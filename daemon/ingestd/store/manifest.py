@@ -100,6 +100,20 @@ class Relink:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemSummary:
+    """One line of `ingestd list`."""
+
+    aweme_id: str
+    topics: tuple[str | None, ...]
+    state: str
+    attempts: int
+    reason: str | None
+    status: int | None
+    bytes: int | None
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Counts:
     """Totals for `ingestd status`."""
 
@@ -218,7 +232,7 @@ class Manifest:
         known: dict[str, Known] = {
             aweme_id: Known(url, tuple(json.loads(topics)), tuple(json.loads(sources)), State(st))
             for aweme_id, url, topics, sources, st in db.execute(
-                f"SELECT aweme_id, url, topics, sources, state FROM items WHERE aweme_id IN ({marks})",  # noqa: S608, E501 - only "?" marks are formatted
+                f"SELECT aweme_id, url, topics, sources, state FROM items WHERE aweme_id IN ({marks})",  # noqa: E501
                 ids,
             )
         }
@@ -410,6 +424,71 @@ class Manifest:
             "SELECT coalesce(sum(bytes), 0) FROM items WHERE state = 'done'"
         ).fetchone()
         return Counts(items, extracts, int(bytes_done))
+
+    def list_items(
+        self, state: str | None = None, topic: str | None = None, limit: int = 1000
+    ) -> list[ItemSummary]:
+        """Items for `ingestd list`, most recently updated first."""
+        where, args = [], []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if topic is not None:
+            # The raw topic or its folder spelling (spaces as underscores).
+            where.append(
+                "EXISTS (SELECT 1 FROM json_each(items.topics) AS t"
+                " WHERE t.value = ? OR replace(t.value, ' ', '_') = ?)"
+            )
+            args += [topic, topic]
+        sql = (
+            "SELECT aweme_id, topics, state, attempts, last_error, last_status, bytes, updated_at"
+            " FROM items"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY updated_at DESC LIMIT ?"
+        )
+        rows = self._conn.execute(sql, (*args, limit)).fetchall()
+        return [
+            ItemSummary(r[0], tuple(json.loads(r[1])), r[2], r[3], r[4], r[5], r[6], r[7])
+            for r in rows
+        ]
+
+    def retry(
+        self, states: Iterable[str], ids: Iterable[str], now: float
+    ) -> tuple[list[str], list[str]]:
+        """Put items back to pending with fresh attempts, due now. Returns (requeued, refused):
+        done and active items are refused (a done item is never downloaded again)."""
+        states, ids = list(states), list(ids)
+        requeued: list[str] = []
+        refused: list[str] = []
+        with self._write() as db:
+            if states:
+                marks = ",".join("?" * len(states))
+                requeued += [
+                    r[0]
+                    for r in db.execute(
+                        "UPDATE items SET state = 'pending', attempts = 0, next_attempt_at = 0,"
+                        " last_error = NULL, last_status = NULL, updated_at = ?"
+                        f" WHERE state IN ({marks}) RETURNING aweme_id",
+                        (now, *states),
+                    )
+                ]
+            for aweme_id in ids:
+                row = db.execute(
+                    "UPDATE items SET state = 'pending', attempts = 0, next_attempt_at = 0,"
+                    " last_error = NULL, last_status = NULL, updated_at = ?"
+                    " WHERE aweme_id = ? AND state IN ('pending', 'expired', 'failed')"
+                    " RETURNING aweme_id",
+                    (now, aweme_id),
+                ).fetchone()
+                (requeued if row else refused).append(aweme_id)
+        return requeued, refused
+
+    def oldest_pending(self) -> float | None:
+        """Creation time of the oldest item still pending (for the queue-age metric)."""
+        row = self._conn.execute(
+            "SELECT min(created_at) FROM items WHERE state = 'pending'"
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
 
     def item(self, aweme_id: str) -> dict[str, object] | None:
         """One item's row as a dict (for the CLI and tests)."""

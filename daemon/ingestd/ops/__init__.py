@@ -1,0 +1,1 @@
+"""Operator tools behind the CLI: status views, item lists, log following."""
