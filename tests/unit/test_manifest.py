@@ -109,7 +109,7 @@ def test_fresh_url_revives_expired_and_failed_items(manifest: Manifest) -> None:
 def test_done_items_are_never_requeued_but_are_relinked(manifest: Manifest) -> None:
     manifest.merge([r("1")], "e1.json", now=1.0)
     manifest.claim_due(now=2.0, limit=1)
-    manifest.complete("1", 100, "ab" * 32, "a/1.mp4", now=3.0)
+    assert not manifest.complete("1", 100, "ab" * 32, "a/1.mp4", ["a"], now=3.0)
     manifest.merge([r("1", NEW, topic="b")], "e2.json", now=4.0)
     row = manifest.item("1")
     assert row["state"] == "done" and row["url"] == OLD
@@ -149,3 +149,21 @@ def test_readonly_reader_sees_writer_commits(tmp_path: Path, manifest: Manifest)
         assert reader.counts().items["pending"] == 2
     finally:
         reader.close()
+
+
+def test_a_long_merge_can_be_interrupted_between_transactions(manifest: Manifest) -> None:
+    from ingestd.store.manifest import MergeInterrupted
+
+    manifest.interrupt.set()
+    with pytest.raises(MergeInterrupted):
+        manifest.merge([r(str(i)) for i in range(1200)], "big.json", now=1.0)
+    assert manifest.counts().items["pending"] == 0
+
+
+def test_topics_merged_during_a_download_are_flagged_for_links(manifest: Manifest) -> None:
+    manifest.merge([r("1")], "e1.json", now=1.0)
+    (item,) = manifest.claim_due(now=2.0, limit=1)
+    manifest.merge([r("1", topic="b")], "e2.json", now=3.0)  # while downloading
+    assert manifest.complete("1", 10, "cd" * 32, "a/1.mp4", item.topics, now=4.0)
+    (relink,) = manifest.pending_relinks(10)
+    assert relink.topics == ("a", "b")

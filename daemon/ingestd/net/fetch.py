@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import certifi
+import h2.exceptions
 import httpcore
 import httpx
 
@@ -161,11 +162,16 @@ def _translate(exc: BaseException, *, in_body: bool) -> FetchFailed:
         return FetchFailed(Reason.UNSAFE_URL, str(exc))
     if isinstance(exc, httpx.TimeoutException):
         return FetchFailed(Reason.TIMEOUT, type(exc).__name__)
-    if isinstance(exc, httpx.RemoteProtocolError) and in_body:
+    if isinstance(exc, (httpx.RemoteProtocolError, h2.exceptions.ProtocolError)) and in_body:
         return FetchFailed(Reason.TRUNCATED, _describe(exc))
     if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol)):
         return FetchFailed(Reason.UNSAFE_URL, _describe(exc))
     return FetchFailed(Reason.CONNECTION_ERROR, _describe(exc))
+
+
+# What may escape httpx: its own errors, and h2 protocol errors that httpcore does not wrap
+# (an HTTP/2 body shorter than its content-length raises h2's InvalidBodyLengthError).
+_FOREIGN = (httpx.HTTPError, httpx.StreamError, h2.exceptions.ProtocolError, _UnsafeDestination)
 
 
 class Response:
@@ -194,7 +200,7 @@ class Response:
         try:
             async for chunk in self._response.aiter_raw():
                 yield chunk
-        except (httpx.HTTPError, httpx.StreamError, _UnsafeDestination) as exc:
+        except _FOREIGN as exc:
             raise _translate(exc, in_body=True) from exc
 
 
@@ -239,7 +245,7 @@ class Fetcher:
             try:
                 request = self._client.build_request("GET", current, headers=dict(headers))
                 response = await self._client.send(request, stream=True)
-            except (httpx.HTTPError, httpx.StreamError, _UnsafeDestination) as exc:
+            except _FOREIGN as exc:
                 raise _translate(exc, in_body=False) from exc
             try:
                 location = response.headers.get("location")

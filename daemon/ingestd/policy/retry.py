@@ -18,6 +18,7 @@ class Reason(enum.StrEnum):
     TRUNCATED = "truncated"
     RANGE_MISMATCH = "range_mismatch"
     LOCAL_IO = "local_io_error"
+    INTERNAL = "internal_error"
     NOT_VIDEO = "not_video"
     TOO_LARGE = "too_large"
     NOT_FOUND = "not_found"
@@ -38,6 +39,7 @@ RETRYABLE = frozenset(
         Reason.TRUNCATED,
         Reason.RANGE_MISMATCH,
         Reason.LOCAL_IO,
+        Reason.INTERNAL,
     }
 )
 EXPIRING = frozenset({Reason.FORBIDDEN, Reason.URL_EXPIRED})

@@ -161,7 +161,7 @@ class Daemon:
             await db.close()
             raise
         pool = DownloadPool(config, db, fetcher, self._log, self._metrics)
-        ingest = Ingestor(config, db, self._log, on_merged=pool.wake)
+        ingest = Ingestor(config, db, self._log, on_merged=pool.merged)
         return _Parts(db, fetcher, pool, ingest)
 
     async def _until_stopped(self, tasks: list[asyncio.Task[None]]) -> int:
@@ -180,6 +180,7 @@ class Daemon:
         return code
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]], parts: _Parts) -> None:
+        parts.db.manifest.interrupt.set()  # a long merge ends at its next transaction
         for task in [*tasks, *self._background]:
             task.cancel()
         with contextlib.suppress(TimeoutError):

@@ -38,6 +38,8 @@ from ingestd.service.db import Db
 from ingestd.store.manifest import Item, ManifestError
 
 WRITE_BATCH = 1024 * 1024  # bytes gathered before one write+hash in a worker thread
+# A slow transfer still reaches the disk often, so a kill loses little of what arrived.
+FLUSH_SECONDS = 0.25
 IDLE_RECHECK = 5.0  # seconds between looks at the queue and the free space when idle
 RELINK_BATCH = 100
 
@@ -88,6 +90,7 @@ class DownloadPool:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._paused = False
+        self._relink_due = False
         self.stats = PoolStats()
 
     @property
@@ -101,7 +104,12 @@ class DownloadPool:
         self.wake()
 
     def wake(self) -> None:
-        """New work may be due (a merge happened): look at the queue now."""
+        """Work may be due: look at the queue now."""
+        self._wake.set()
+
+    def merged(self) -> None:
+        """An extract was merged: new items may be due, done items may need links."""
+        self._relink_due = True
         self._wake.set()
 
     async def run(self) -> None:
@@ -116,6 +124,9 @@ class DownloadPool:
     async def _feed(self) -> None:
         while True:
             self._wake.clear()
+            if self._relink_due:
+                self._relink_due = False
+                await self.relink()
             if not await self._space_ok():
                 await self._wait(IDLE_RECHECK)
                 continue
@@ -191,7 +202,7 @@ class DownloadPool:
             raise
         except Exception as exc:  # a bug must cost one attempt, never the daemon
             log.exception("download_crashed", error=repr(exc))
-            outcome = Failure(Reason.LOCAL_IO, detail=repr(exc)[:200])
+            outcome = Failure(Reason.INTERNAL, detail=repr(exc)[:200])
         duration = round(time.monotonic() - started, 3)
         try:
             if isinstance(outcome, Published):
@@ -203,14 +214,17 @@ class DownloadPool:
 
     async def _completed(self, item: Item, done: Published, duration: float, log: Logger) -> None:
         linked = await asyncio.to_thread(self._link_topics, done.path, item.topics)
-        await self._db.run(
+        stale = await self._db.run(
             self._db.manifest.complete,
             item.aweme_id,
             done.size,
             done.sha256,
             str(done.path),
+            item.topics,
             self._clock(),
         )
+        if stale:  # topics merged in while it downloaded
+            self.merged()
         self.stats.completed += 1
         self.stats.bytes += done.size
         self._metrics.attempt("completed", duration, done.size)
@@ -218,7 +232,7 @@ class DownloadPool:
             "download_completed",
             bytes=done.size,
             sha256=done.sha256,
-            path=str(done.path),
+            path=str(self._config.media_dir / done.path),
             attempt=item.attempts,
             duration_s=duration,
             resumed=done.resumed,
@@ -351,9 +365,11 @@ class DownloadPool:
         pending_size = 0
         received = 0
         checked = offset > 0
+        last_flush = time.monotonic()
 
         async def flush() -> None:
-            nonlocal pending, pending_size
+            nonlocal pending, pending_size, last_flush
+            last_flush = time.monotonic()
             if pending:
                 data = b"".join(pending)
                 pending, pending_size = [], 0
@@ -372,7 +388,9 @@ class DownloadPool:
                         await asyncio.to_thread(part.discard)
                         return Failure(Reason.NOT_VIDEO, detail="no ftyp box")
                     checked = True
-                if pending_size >= WRITE_BATCH:
+                if checked and (
+                    pending_size >= WRITE_BATCH or time.monotonic() - last_flush >= FLUSH_SECONDS
+                ):
                     await flush()
         except FetchFailed:
             if checked:

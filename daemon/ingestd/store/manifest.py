@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,6 +69,10 @@ _MIGRATIONS: dict[int, str] = {
 
 class ManifestError(Exception):
     """The manifest cannot be opened or used (corrupt, wrong version, disk trouble)."""
+
+
+class MergeInterrupted(ManifestError):
+    """A merge stopped early on request. What was merged stays; merging again is idempotent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +137,8 @@ class Manifest:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        # Set from another thread to end a long merge between two transactions (shutdown).
+        self.interrupt = threading.Event()
 
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False) -> Manifest:
@@ -218,6 +225,8 @@ class Manifest:
         """Merge records into the manifest, in short transactions of a few hundred records."""
         new = updated = 0
         for chunk in _chunks(records, _CHUNK):
+            if self.interrupt.is_set():
+                raise MergeInterrupted(f"stopped after {new + updated} of {len(records)} records")
             with self._write() as db:
                 n, u = self._merge_chunk(db, chunk, source, now)
             new += n
@@ -349,15 +358,25 @@ class Manifest:
         with self._write() as db:
             db.execute("UPDATE items SET validator = ? WHERE aweme_id = ?", (validator, aweme_id))
 
-    def complete(self, aweme_id: str, size: int, sha256: str, path: str, now: float) -> None:
-        """Mark an item done with its size, digest and relative path."""
+    def complete(
+        self,
+        aweme_id: str,
+        size: int,
+        sha256: str,
+        path: str,
+        linked_topics: Sequence[str | None],
+        now: float,
+    ) -> bool:
+        """Mark an item done with its size, digest and relative path. Returns True when topics
+        arrived during the download that `linked_topics` does not cover (it needs a relink)."""
         with self._write() as db:
-            db.execute(
+            row = db.execute(
                 "UPDATE items SET state = 'done', bytes = ?, sha256 = ?, path = ?,"
                 " validator = NULL, last_error = NULL, last_status = NULL, completed_at = ?,"
-                " updated_at = ?, relink = 0 WHERE aweme_id = ?",
-                (size, sha256, path, now, now, aweme_id),
-            )
+                " updated_at = ?, relink = (topics != ?) WHERE aweme_id = ? RETURNING relink",
+                (size, sha256, path, now, now, json.dumps(list(linked_topics)), aweme_id),
+            ).fetchone()
+        return bool(row and row[0])
 
     def finish_failed(
         self,

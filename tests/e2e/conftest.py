@@ -1,0 +1,74 @@
+"""Fixtures for the ingestd e2e suite: a local HTTPS/HTTP2 origin and real daemon processes."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_TESTS_DIR = Path(__file__).resolve().parents[1]
+if str(_TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(_TESTS_DIR))
+
+from support.daemon import Daemon  # noqa: E402
+from support.origin import OriginServer  # noqa: E402
+
+DaemonFactory = Callable[..., Daemon]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # hypercorn leaves this coroutine behind when a client vanishes mid-connection (SIGKILL tests).
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:coroutine 'TCPServer._idle_timeout' was never awaited:RuntimeWarning",
+    )
+
+
+@pytest.fixture(scope="session")
+def ingestd_available() -> None:
+    if importlib.util.find_spec("ingestd") is None:
+        pytest.fail(
+            f"the ingestd package is not importable by {sys.executable}; "
+            "install the project first (pip install -e .)"
+        )
+
+
+@pytest.fixture(scope="session")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OriginServer]:
+    server = OriginServer(tmp_path_factory.mktemp("origin"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def daemon_factory(
+    tmp_path: Path, origin: OriginServer, ingestd_available: None
+) -> Iterator[DaemonFactory]:
+    """``daemon_factory(**config_overrides)`` -> a configured, not yet started ``Daemon``."""
+    made: list[Daemon] = []
+
+    def factory(**config: Any) -> Daemon:
+        config.setdefault("ca_bundle", origin.ca_pem_path)
+        daemon = Daemon(tmp_path / f"ingestd{len(made)}", **config)
+        made.append(daemon)
+        return daemon
+
+    yield factory
+    for daemon in made:
+        daemon.cleanup()
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A short unique origin-name prefix for this test (fault counters are per name)."""
+    base = re.sub(r"[^A-Za-z0-9]+", "", request.node.name)[-16:]
+    return f"{base}{uuid.uuid4().hex[:6]}"

@@ -1,0 +1,133 @@
+"""Interrupted downloads (SIGKILL, SIGTERM) resume with Range after a restart and end intact."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from support.daemon import Daemon, by_id
+from support.extracts import Item, make_record, new_id
+from support.origin import OriginServer
+
+TOPIC = "slow motion"
+# Large enough that a daemon which batches writes still has bytes on disk part way through.
+SIZE = 3 * 1024 * 1024
+CHUNK = 64 * 1024
+DELAY = 0.06  # 48 chunks * 0.06 s: each file takes >= 2.9 s from scratch
+MIN_PART = 1  # any byte on disk
+
+
+def _slow_items(
+    origin: OriginServer, prefix: str, n: int
+) -> tuple[list[dict[str, Any]], list[Item]]:
+    rng = random.Random(prefix)
+    records, items = [], []
+    for _ in range(n):
+        aweme_id = new_id(rng)
+        name = f"{prefix}-{aweme_id}"
+        url = origin.url(name, "slow", SIZE, chunk=CHUNK, delay=DELAY)
+        records.append(make_record(aweme_id, url, TOPIC, SIZE))
+        items.append(Item(aweme_id, name, SIZE, TOPIC))
+    return records, items
+
+
+def _part(daemon: Daemon, item: Item) -> Any:
+    final = daemon.media_path(item.topic, item.aweme_id)
+    return final.with_name(final.name + ".part")
+
+
+def _listing(daemon: Daemon) -> list[tuple[str, int]]:
+    return [
+        (str(p.relative_to(daemon.data_dir)), p.stat().st_size)
+        for p in sorted(daemon.data_dir.rglob("*"))
+        if p.is_file()
+    ]
+
+
+def _interrupt_midway(daemon: Daemon, items: list[Item]) -> dict[str, int]:
+    """Wait until every item has a partial file with data on disk (SIGKILL keeps only what was
+    written); return their sizes."""
+    daemon.wait_for_count("download_started", len(items), timeout=15)
+
+    def parts_have_data() -> bool:
+        return all(
+            _part(daemon, i).exists() and _part(daemon, i).stat().st_size >= MIN_PART for i in items
+        )
+
+    daemon.wait_until(
+        parts_have_data,
+        f"every .part holds >= {MIN_PART} bytes",
+        timeout=15,
+        detail=lambda: f"files under data/: {_listing(daemon)}",
+    )
+    return {i.aweme_id: _part(daemon, i).stat().st_size for i in items}
+
+
+def _assert_resumed_and_intact(
+    daemon: Daemon, origin: OriginServer, items: list[Item], restarted_at: float
+) -> None:
+    daemon.wait_for_count("download_completed", len(items), timeout=40)
+    daemon.wait_until(lambda: not daemon.part_files(), "no .part file is left", timeout=10)
+    for item in items:
+        path = daemon.media_path(item.topic, item.aweme_id)
+        assert path.read_bytes() == item.content(), f"{item.aweme_id}: resumed file is corrupt"
+    after = [r for i in items for r in origin.requests_for(i.name) if r.time >= restarted_at]
+    ranged = [r for r in after if r.range]
+    assert ranged, (
+        f"no request after the restart carried Range: {[(r.name, r.headers) for r in after]}"
+    )
+    for r in ranged:
+        assert r.range.startswith("bytes=") and r.range != "bytes=0-", r.range
+        assert r.status == 206, f"{r.name}: Range {r.range} If-Range {r.if_range} -> {r.status}"
+    completed = by_id(daemon.events("download_completed"))
+    assert any(e[0].get("resumed") is True for e in completed.values()), completed
+    assert daemon.log_lines_containing("signature=") == []
+
+
+def test_sigkill_mid_download_then_restart_resumes(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    records, items = _slow_items(origin, prefix, 3)
+    daemon: Daemon = daemon_factory(concurrency=4, timeout=5.0)
+    daemon.start()
+    daemon.drop_atomic("extract_20261126T170000.json", records)
+    sizes = _interrupt_midway(daemon, items)
+    daemon.kill()
+    assert daemon.proc is not None and daemon.proc.returncode == -9
+    for item in items:
+        assert not daemon.media_path(item.topic, item.aweme_id).exists()
+        assert _part(daemon, item).stat().st_size >= sizes[item.aweme_id]
+
+    restarted_at = time.time()
+    daemon.start()
+    _assert_resumed_and_intact(daemon, origin, items, restarted_at)
+    assert daemon.status_json()["items"]["done"] == 3
+    daemon.terminate()
+
+
+def test_sigterm_exits_promptly_and_restart_resumes(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    records, items = _slow_items(origin, prefix, 3)
+    daemon: Daemon = daemon_factory(concurrency=4, timeout=5.0)
+    daemon.start()
+    daemon.drop_atomic("extract_20261126T180000.json", records)
+    _interrupt_midway(daemon, items)
+    assert daemon.events("download_completed") == [], "downloads were not in flight"
+
+    elapsed = daemon.terminate(timeout=10)
+    print(f"SIGTERM with 3 downloads in flight: exit 0 after {elapsed:.2f}s")
+    assert elapsed < 10
+    assert daemon.events("daemon_stopped"), daemon.tail()
+    for item in items:
+        assert not daemon.media_path(item.topic, item.aweme_id).exists()
+        assert _part(daemon, item).stat().st_size > 0, f"{item.aweme_id}: .part not kept"
+    status = daemon.status_json()
+    assert status["items"]["done"] == 0
+    assert status["items"]["pending"] + status["items"]["active"] == 3, status
+
+    restarted_at = time.time()
+    daemon.start()
+    _assert_resumed_and_intact(daemon, origin, items, restarted_at)
+    daemon.terminate()
