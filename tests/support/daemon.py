@@ -222,6 +222,16 @@ class Daemon:
             )
         return elapsed
 
+    def send_signal(self, sig: int) -> None:
+        """Deliver ``sig`` (e.g. SIGHUP) to the running daemon without waiting for anything."""
+        assert self.proc is not None and self.proc.poll() is None, "daemon is not running"
+        self.proc.send_signal(sig)
+
+    def update_config(self, **changes: Any) -> None:
+        """Rewrite the config file with ``changes`` applied (a value of None drops the key)."""
+        self.config.update(changes)
+        write_toml(self.config_path, self.config)
+
     def kill(self) -> None:
         """SIGKILL: no chance to clean up."""
         assert self.proc is not None
@@ -360,6 +370,21 @@ class Daemon:
             raise DaemonError(f"status --json printed non-JSON: {result.stdout!r}") from exc
         assert isinstance(parsed, dict), parsed
         return parsed
+
+    def cli(
+        self, *args: str, timeout: float = 30.0, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``ingestd <args> --config <this config>`` to completion (bounded), text output."""
+        return subprocess.run(
+            self.command(*args),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            cwd=self.root,
+            env={**self.env(), **(env or {})},
+            timeout=timeout,
+            check=False,
+        )
 
     # ------------------------------------------------------------- extract drops
 

@@ -38,10 +38,44 @@ def parse_line(line: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _read_lines(handle: IO[str], carry: str) -> tuple[list[str], str]:
+def _events_from(handle: IO[str], carry: str) -> tuple[list[dict[str, Any]], str]:
     data = carry + handle.read()
     *complete, rest = data.split("\n")
-    return complete, rest
+    return [e for e in map(parse_line, complete) if e is not None], rest
+
+
+def _rotated(path: Path) -> list[Path]:
+    """Rotated files, newest first: name.1, name.2, ..."""
+    found = []
+    n = 1
+    while (candidate := path.with_name(f"{path.name}.{n}")).exists():
+        found.append(candidate)
+        n += 1
+    return found
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _read_whole(path: Path) -> list[dict[str, Any]]:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            events, rest = _events_from(handle, "")
+    except FileNotFoundError:
+        return []
+    tail = parse_line(rest) if rest else None
+    return events + ([tail] if tail is not None else [])
 
 
 def iter_events(
@@ -50,44 +84,45 @@ def iter_events(
     stop: Callable[[], bool] = lambda: False,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[dict[str, Any]]:
-    """Events in the file; with `follow`, keep waiting for more, across rotations."""
+    """Events in the file, oldest first, rotated files included; with `follow`, keep waiting
+    for more, and read every file rotated out between two polls, in order."""
+    for older in reversed(_rotated(path)):
+        yield from _read_whole(older)
     handle: IO[str] | None = None
-    inode = -1
+    inode: int | None = None
     carry = ""
     try:
         while True:
             if handle is None:
                 try:
                     handle = path.open(encoding="utf-8", errors="replace")
-                    inode = os.fstat(handle.fileno()).st_ino
-                    carry = ""
                 except FileNotFoundError:
                     if not follow:
                         return
+                else:
+                    inode = os.fstat(handle.fileno()).st_ino
+                    carry = ""
             if handle is not None:
-                lines, carry = _read_lines(handle, carry)
-                for line in lines:
-                    event = parse_line(line)
-                    if event is not None:
-                        yield event
+                events, carry = _events_from(handle, carry)
+                yield from events
             if not follow or stop():
                 return
-            try:
-                current = path.stat()
-                rotated = current.st_ino != inode or (
-                    handle is not None and current.st_size < handle.tell()
-                )
-            except FileNotFoundError:
-                rotated = True
-            if rotated and handle is not None:
-                lines, carry = _read_lines(handle, carry)  # drain the old file first
-                for line in lines:
-                    event = parse_line(line)
-                    if event is not None:
-                        yield event
+            if handle is not None and _inode(path) != inode:
+                # Rotated: finish the old file, then every file rotated out after it (they
+                # sit between it and the current name: name.k-1 ... name.1), then the new one.
+                events, carry = _events_from(handle, carry)
+                yield from events
                 handle.close()
                 handle = None
+                rotated = _rotated(path)
+                position = next((i for i, p in enumerate(rotated) if _inode(p) == inode), None)
+                if position is not None:
+                    for newer in reversed(rotated[:position]):
+                        yield from _read_whole(newer)
                 continue
+            if handle is not None and _size(path) < handle.tell():  # truncated in place
+                handle.seek(0)
+                carry = ""
             sleep(POLL_SECONDS)
     finally:
         if handle is not None:

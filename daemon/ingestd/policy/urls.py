@@ -145,7 +145,7 @@ def redact(url: str) -> str:
 def parse_loopback_address(value: str) -> tuple[str, int]:
     """`host:port` (IPv6 in brackets) on loopback, or ValueError saying what is wrong."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"expected host:port, got {value!r}")
     host = host.strip("[]")
     if host != "localhost":

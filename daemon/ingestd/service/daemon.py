@@ -80,7 +80,6 @@ class Daemon:
         """Begin a clean shutdown (signal handler)."""
         if not self._stop.is_set():
             self._log.info("daemon_stopping", signal=signame)
-            self._notifier.stopping()
         self._stop.set()
 
     def request_reload(self) -> None:
@@ -202,7 +201,7 @@ class Daemon:
             try:
                 new = await asyncio.to_thread(self._reload_config)
             except ConfigError as exc:
-                self._log.error("config_reload_failed", reason="invalid", error=str(exc))
+                self._log.error("config_reload_failed", reason="invalid", keys=[], error=str(exc))
                 self._notifier.ready()
                 return
             changed = changed_keys(self._config, new)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ingestd.policy.extract import Record
 from ingestd.policy.merge import Known, State, merge
+from ingestd.policy.naming import topic_folder
 
 SCHEMA_VERSION = 1
 _CHUNK = 500  # ids per SELECT ... IN (...) and records per write transaction
@@ -137,6 +138,7 @@ class Manifest:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        conn.create_function("topic_folder", 1, topic_folder, deterministic=True)
         # Set from another thread to end a long merge between two transactions (shutdown).
         self.interrupt = threading.Event()
 
@@ -453,10 +455,10 @@ class Manifest:
             where.append("state = ?")
             args.append(state)
         if topic is not None:
-            # The raw topic or its folder spelling (spaces as underscores).
+            # The raw topic or its folder name (see policy.naming.topic_folder).
             where.append(
                 "EXISTS (SELECT 1 FROM json_each(items.topics) AS t"
-                " WHERE t.value = ? OR replace(t.value, ' ', '_') = ?)"
+                " WHERE t.value = ? OR topic_folder(t.value) = ?)"
             )
             args += [topic, topic]
         sql = (

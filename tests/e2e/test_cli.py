@@ -1,0 +1,484 @@
+"""The operator commands (status, list, retry, logs) against a real daemon, origin and manifest."""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from support.daemon import Daemon
+from support.extracts import make_record, new_id
+from support.origin import OriginServer
+
+TOPIC = "cli tests"
+FOLDER = "cli_tests"
+SIZE = 20_000
+EXIT_OK, EXIT_USAGE, EXIT_NO_MATCH = 0, 2, 3
+
+
+@dataclass
+class Settled:
+    daemon: Daemon
+    ok_ids: list[str]
+    missing_id: str
+    names: dict[str, str]  # aweme_id -> origin name
+
+
+def _records(
+    origin: OriginServer, prefix: str, rng: random.Random, n: int, mode: str = "ok"
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    records, names = [], {}
+    for _ in range(n):
+        aweme_id = new_id(rng)
+        name = f"{prefix}-{aweme_id}"
+        records.append(make_record(aweme_id, origin.url(name, mode=mode, size=SIZE), TOPIC, SIZE))
+        names[aweme_id] = name
+    return records, names
+
+
+def _settled(daemon_factory: Any, origin: OriginServer, prefix: str, **config: Any) -> Settled:
+    """A running daemon whose extract gave 2 done items and 1 failed (404) item."""
+    rng = random.Random(prefix)
+    daemon: Daemon = daemon_factory(**config)
+    daemon.start()
+    ok, ok_names = _records(origin, prefix, rng, 2)
+    missing, missing_names = _records(origin, prefix, rng, 1, mode="404")
+    daemon.drop_atomic("extract_20261126T090000.json", ok + missing)
+    daemon.wait_for_count("download_completed", 2)
+    daemon.wait_for("download_failed")
+    (missing_id,) = missing_names
+    return Settled(daemon, list(ok_names), missing_id, {**ok_names, **missing_names})
+
+
+def _ok(result: subprocess.CompletedProcess[str], code: int = EXIT_OK) -> str:
+    assert result.returncode == code, (
+        f"{result.args[3:]} exited {result.returncode}, expected {code}\n"
+        f"stdout: {result.stdout}\nstderr: {result.stderr}"
+    )
+    return result.stdout
+
+
+def _json(result: subprocess.CompletedProcess[str], code: int = EXIT_OK) -> Any:
+    return json.loads(_ok(result, code))
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------------- status
+
+
+def test_status_table_json_and_watch(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    run = _settled(daemon_factory, origin, prefix)
+    daemon = run.daemon
+
+    doc = _json(daemon.cli("status", "--json"))
+    assert doc == {
+        "items": {"pending": 0, "active": 0, "done": 2, "expired": 0, "failed": 1},
+        "extracts": {"merged": 1, "rejected": 0, "duplicate": 0},
+        "bytes_done": 2 * SIZE,
+    }
+
+    table = _ok(daemon.cli("status"))
+    rows = dict(re.findall(r"^\s+(\w+)\s+(\d+)$", table, re.MULTILINE))
+    assert {k: rows[k] for k in ("pending", "active", "done", "expired", "failed", "total")} == {
+        "pending": "0",
+        "active": "0",
+        "done": "2",
+        "expired": "0",
+        "failed": "1",
+        "total": "3",
+    }, table
+    assert rows["merged"] == "1" and rows["rejected"] == "0", table
+    assert str(daemon.state_dir / "manifest.sqlite3") in table
+    assert f"({2 * SIZE} bytes)" in table
+
+    started = time.monotonic()
+    watch = daemon.cli("status", "--watch", "--count", "2", "--interval", "0.2", timeout=20)
+    elapsed = time.monotonic() - started
+    out = _ok(watch)
+    bars = re.findall(r"\[(#*)(\.*)\]\s+(\d+\.\d)%\s+(\d+)/(\d+) done", out)
+    assert len(bars) == 2, f"expected 2 frames with a progress bar:\n{out}"
+    for filled, empty, percent, done, total in bars:
+        assert (done, total, percent) == ("2", "3", "66.7"), out
+        assert len(filled) + len(empty) == 40 and len(filled) == round(40 * 2 / 3), out
+    assert out.count("failed 1") == 2 and out.count("pending 0") == 2, out
+    assert out.count(run.missing_id) == 2, "recent failures should list the 404 item"
+    assert "not_found" in out
+    assert "\x1b[" not in out, "no terminal control codes when stdout is not a TTY"
+    assert elapsed < 10, f"--count 2 --interval 0.2 took {elapsed:.1f}s"
+    daemon.terminate()
+
+
+# --------------------------------------------------------------------------------- list
+
+
+def test_list_filters_and_fail_empty(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    run = _settled(daemon_factory, origin, prefix)
+    daemon = run.daemon
+
+    failed = _json(daemon.cli("list", "--state", "failed", "--json"))
+    assert len(failed) == 1, failed
+    item = failed[0]
+    assert item["aweme_id"] == run.missing_id
+    assert item["state"] == "failed" and item["reason"] == "not_found", item
+    assert item["status"] == 404 and item["attempts"] == 1, item
+    assert item["topics"] == [TOPIC]
+
+    done = _json(daemon.cli("list", "--state", "done", "--json"))
+    assert sorted(i["aweme_id"] for i in done) == sorted(run.ok_ids)
+    assert all(i["bytes"] == SIZE and i["reason"] is None for i in done), done
+
+    everything = sorted(run.names)
+    for spelling in (TOPIC, FOLDER):
+        listed = _json(daemon.cli("list", "--topic", spelling, "--json"))
+        assert sorted(i["aweme_id"] for i in listed) == everything, (spelling, listed)
+    failed_in_topic = _json(daemon.cli("list", "--topic", FOLDER, "--state", "failed", "--json"))
+    assert [i["aweme_id"] for i in failed_in_topic] == [run.missing_id]
+    assert len(_json(daemon.cli("list", "--limit", "1", "--json"))) == 1
+
+    table = _ok(daemon.cli("list"))
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["AWEME_ID", "STATE", "ATTEMPTS"], table
+    assert len(lines) == 4, table
+    row = next(line for line in lines if line.startswith(run.missing_id))
+    assert row.split()[1:4] == ["failed", "1", "not_found"], row
+
+    # Nothing matches: an empty answer is success, unless asked to fail.
+    assert _json(daemon.cli("list", "--topic", "no such topic", "--json")) == []
+    assert _json(daemon.cli("list", "--state", "expired", "--json", "--fail-empty"), 3) == []
+    _ok(daemon.cli("list", "--topic", "nope", "--fail-empty"), EXIT_NO_MATCH)
+    _ok(daemon.cli("list", "--state", "failed", "--fail-empty"), EXIT_OK)
+    daemon.terminate()
+
+
+def test_list_topic_by_sanitized_folder_name(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    rng = random.Random(prefix)
+    daemon: Daemon = daemon_factory()
+    daemon.start()
+    aweme_id = new_id(rng)
+    url = origin.url(f"{prefix}-{aweme_id}", size=SIZE)
+    daemon.drop_atomic("extract_1.json", [make_record(aweme_id, url, "news/today", SIZE)])
+    done = daemon.wait_for("download_completed")
+    folder = done["path"].split("/")[-2]
+    assert folder.startswith("news_today-"), done["path"]
+    by_topic = _json(daemon.cli("list", "--topic", "news/today", "--json"))
+    assert [i["aweme_id"] for i in by_topic] == [aweme_id]
+    daemon.terminate()
+    by_folder = _json(daemon.cli("list", "--topic", folder, "--json"))
+    assert [i["aweme_id"] for i in by_folder] == [aweme_id], f"--topic {folder} matched nothing"
+
+
+# -------------------------------------------------------------------------------- retry
+
+
+def test_retry_while_running(daemon_factory: Any, origin: OriginServer, prefix: str) -> None:
+    run = _settled(daemon_factory, origin, prefix)
+    daemon = run.daemon
+    missing_name = run.names[run.missing_id]
+    assert origin.request_count(missing_name) == 1
+
+    no_selector = daemon.cli("retry")
+    _ok(no_selector, EXIT_USAGE)
+    assert "--failed" in no_selector.stderr
+
+    done_id = run.ok_ids[0]
+    refused = _json(daemon.cli("retry", done_id, "--json"), EXIT_NO_MATCH)
+    assert refused == {"requeued": [], "refused": [done_id]}
+    assert _json(daemon.cli("retry", "7440000000000000001", "--json"), EXIT_NO_MATCH) == {
+        "requeued": [],
+        "refused": ["7440000000000000001"],
+    }
+    plain = daemon.cli("retry", done_id)
+    _ok(plain, EXIT_NO_MATCH)
+    assert done_id in plain.stderr
+
+    since = daemon.event_count()
+    requeued = _json(daemon.cli("retry", "--failed", "--json"))
+    assert requeued == {"requeued": [run.missing_id], "refused": []}
+    # The running daemon picks it up (README: within 5 s) with fresh attempts and asks again.
+    started = daemon.wait_for(
+        "download_started", lambda e: str(e["aweme_id"]) == run.missing_id, since=since, timeout=10
+    )
+    assert started["attempt"] == 1, started
+    failed = daemon.wait_for(
+        "download_failed", lambda e: str(e["aweme_id"]) == run.missing_id, since=since
+    )
+    assert failed["reason"] == "not_found" and failed["attempts"] == 1, failed
+    assert origin.request_count(missing_name) == 2
+
+    # The done items were left alone: not requeued, not fetched again.
+    for aweme_id in run.ok_ids:
+        assert origin.request_count(run.names[aweme_id]) == 1
+    assert _json(daemon.cli("status", "--json"))["items"]["done"] == 2
+    # A mixed request requeues what it can and reports the rest (exit 0: something matched).
+    mixed = _json(daemon.cli("retry", done_id, run.missing_id, "--json"))
+    assert mixed == {"requeued": [run.missing_id], "refused": [done_id]}
+    daemon.terminate()
+
+
+# --------------------------------------------------------------------------------- logs
+
+
+def test_logs_filters(daemon_factory: Any, origin: OriginServer, prefix: str) -> None:
+    run = _settled(daemon_factory, origin, prefix)
+    daemon = run.daemon
+
+    completed = _json_lines(_ok(daemon.cli("logs", "--event", "download_completed", "--json")))
+    assert {e["event"] for e in completed} == {"download_completed"}
+    assert sorted(str(e["aweme_id"]) for e in completed) == sorted(run.ok_ids)
+
+    terminal = _json_lines(
+        _ok(
+            daemon.cli(
+                "logs", "--event", "download_completed", "--event", "download_failed", "--json"
+            )
+        )
+    )
+    assert sorted(e["event"] for e in terminal) == ["download_completed"] * 2 + ["download_failed"]
+
+    story = _json_lines(_ok(daemon.cli("logs", "--id", run.missing_id, "--json")))
+    assert {str(e["aweme_id"]) for e in story} == {run.missing_id}
+    assert [e["event"] for e in story] == ["download_started", "download_failed"], story
+
+    both = _json_lines(
+        _ok(daemon.cli("logs", "--id", run.ok_ids[0], "--event", "download_completed", "--json"))
+    )
+    assert [(e["event"], str(e["aweme_id"])) for e in both] == [
+        ("download_completed", run.ok_ids[0])
+    ]
+
+    # The file holds what stdout showed, in the same order.
+    everything = _json_lines(_ok(daemon.cli("logs", "--json")))
+    assert [e["event"] for e in everything] == [e["event"] for e in daemon.events()]
+
+    pretty = _ok(daemon.cli("logs", "--event", "download_failed"))
+    assert "download_failed" in pretty and run.missing_id in pretty
+    assert "\x1b[" not in pretty, "no colours when stdout is not a terminal"
+    assert _ok(daemon.cli("logs", "--event", "no_such_event")) == ""
+    daemon.terminate()
+
+
+class Follower:
+    """`ingestd logs --follow --json` as a subprocess; its lines collected by a thread."""
+
+    def __init__(self, daemon: Daemon, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            daemon.command("logs", "--follow", "--json", *args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=daemon.root,
+            env=daemon.env(),
+        )
+        self.events: list[dict[str, Any]] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def wait_for(self, predicate: Any, what: str, timeout: float = 15.0) -> dict[str, Any]:
+        """Read lines (bounded) until one parses into an event matching ``predicate``."""
+        for event in self.events:
+            if predicate(event):
+                return event
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                raise AssertionError(f"logs --follow exited ({self.proc.poll()}) before {what}")
+            event = json.loads(line)
+            self.events.append(event)
+            if predicate(event):
+                return event
+        raise AssertionError(
+            f"logs --follow showed no {what} within {timeout}s; saw "
+            f"{[e.get('event') for e in self.events][-20:]}"
+        )
+
+    def stop(self) -> int:
+        """Ctrl-C (SIGINT): the follower ends quietly with exit 0."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            code = self.proc.wait(10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+            self._thread.join(5)
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+        return code
+
+
+LOG_MAX_BYTES = 4096
+BURST = 3  # items per extract: one burst of events stays well under LOG_MAX_BYTES
+
+
+def _completed(*ids: str) -> Any:
+    wanted = set(ids)
+    return lambda e: e["event"] == "download_completed" and str(e.get("aweme_id")) in wanted
+
+
+def test_logs_follow_shows_new_events_across_rotation(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    rng = random.Random(prefix)
+    daemon: Daemon = daemon_factory(log_max_bytes=LOG_MAX_BYTES, log_backups=50)
+    daemon.start()
+    rotated = daemon.log_file.with_name(daemon.log_file.name + ".1")
+    assert not rotated.exists()
+    follower = Follower(daemon)
+    completed_follow = Follower(daemon, "--event", "download_completed")
+    ids: list[str] = []
+    try:
+        follower.wait_for(lambda e: e["event"] == "daemon_ready", "daemon_ready (history)")
+
+        # Bursts of events, each smaller than the rotation size, until the file rotates; the
+        # followers catch up after each burst, so the file never rotates twice behind their back.
+        bursts = 0
+        while not rotated.exists():
+            assert bursts < 8, f"no rotation after {bursts} bursts\n{daemon.tail()}"
+            records, names = _records(origin, prefix, rng, BURST)
+            since = daemon.event_count()
+            daemon.drop_atomic(f"extract_20261126T{bursts:02d}0000.json", records)
+            ids += names
+            daemon.wait_for_count("download_completed", BURST, since=since)
+            for aweme_id in names:
+                follower.wait_for(_completed(aweme_id), f"download_completed for {aweme_id}")
+                completed_follow.wait_for(_completed(aweme_id), f"filtered {aweme_id}")
+            burst_bytes = sum(len(line) + 1 for line in daemon.all_stdout[since:])
+            assert burst_bytes < LOG_MAX_BYTES, f"a burst of {burst_bytes} B rotates twice"
+            bursts += 1
+
+        # After the rotation both followers keep going with the new file.
+        records, names = _records(origin, prefix, rng, 1)
+        daemon.drop_atomic("extract_20261126T230000.json", records)
+        (late_id,) = names
+        ids.append(late_id)
+        follower.wait_for(_completed(late_id), "download_completed after the rotation")
+        completed_follow.wait_for(_completed(late_id), "filtered event after the rotation")
+
+        # Every event the daemon printed reached the follower once, in order, across files.
+        shown = [(e["event"], e.get("aweme_id"), e["timestamp"]) for e in follower.events]
+        printed = [(e["event"], e.get("aweme_id"), e["timestamp"]) for e in daemon.events()]
+        assert shown == printed[: len(shown)], "logs --follow lost, repeated or reordered events"
+        assert {e["event"] for e in completed_follow.events} == {"download_completed"}
+        assert sorted(str(e["aweme_id"]) for e in completed_follow.events) == sorted(ids)
+    finally:
+        codes = (follower.stop(), completed_follow.stop())
+    assert codes == (0, 0), f"logs --follow did not end cleanly on SIGINT: {codes}"
+    daemon.terminate()
+
+
+def test_logs_follow_keeps_up_with_rapid_rotations(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    rng = random.Random(prefix)
+    daemon: Daemon = daemon_factory(log_max_bytes=1024, log_backups=100, concurrency=8)
+    daemon.start()
+    follower = Follower(daemon)
+    try:
+        follower.wait_for(lambda e: e["event"] == "daemon_ready", "daemon_ready (history)")
+        records, _ = _records(origin, prefix, rng, 20)
+        daemon.drop_atomic("extract_20261126T090000.json", records)
+        daemon.wait_for_count("download_completed", 20)
+        last = daemon.events()[-1]
+        follower.wait_for(lambda e: e["timestamp"] == last["timestamp"], "the last event", 3)
+        shown = [(e["event"], e.get("aweme_id")) for e in follower.events]
+        printed = [(e["event"], e.get("aweme_id")) for e in daemon.events()]
+        assert len(list(daemon.root.glob("events.jsonl.*"))) > 2
+        assert shown == printed, f"follow showed {len(shown)} of {len(printed)} events"
+    finally:
+        follower.stop()
+    daemon.terminate()
+
+
+# ------------------------------------------------------------------------ configuration
+
+
+@pytest.mark.parametrize(
+    "command", [("run",), ("status",), ("list",), ("retry", "--failed"), ("logs",)]
+)
+def test_unknown_config_key_exits_2_naming_it(
+    daemon_factory: Any, command: tuple[str, ...]
+) -> None:
+    daemon: Daemon = daemon_factory(concurrancy=3)
+    result = daemon.cli(*command, timeout=20)
+    assert result.returncode == EXIT_USAGE, (result.returncode, result.stdout, result.stderr)
+    assert "concurrancy" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "daemon_started" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("config", "env", "key"),
+    [
+        ({"concurrency": 0}, {}, "concurrency"),
+        ({"timeout": "soon"}, {}, "timeout"),
+        ({}, {"INGESTD_BOGUS_KEY": "1"}, "INGESTD_BOGUS_KEY"),
+        ({}, {"INGESTD_CONCURRENCY": "many"}, "INGESTD_CONCURRENCY"),
+    ],
+)
+def test_invalid_config_exits_2_naming_the_key(
+    daemon_factory: Any, config: dict[str, Any], env: dict[str, str], key: str
+) -> None:
+    daemon: Daemon = daemon_factory(**config)
+    result = daemon.cli("run", timeout=20, env=env)
+    assert result.returncode == EXIT_USAGE, (result.returncode, result.stdout, result.stderr)
+    assert key.lower() in result.stderr.lower(), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ((), ["run", "status", "list", "retry", "logs", "--version"]),
+        (("run",), ["--config", "--data-dir", "--state-dir", "--concurrency", "--log-file"]),
+        (("status",), ["--json", "--watch", "--interval", "--count"]),
+        (("list",), ["--state", "--topic", "--limit", "--json", "--fail-empty"]),
+        (("retry",), ["--failed", "--expired", "AWEME_ID", "--json"]),
+        (("logs",), ["--follow", "--event", "--id", "--json", "--log-file"]),
+    ],
+)
+def test_help_for_every_command(command: tuple[str, ...], options: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ingestd", *command, "--help"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: ingestd {' '.join(command)}".rstrip()), result.stdout
+    missing = [o for o in options if o not in result.stdout]
+    assert not missing, f"--help of {command} does not mention {missing}:\n{result.stdout}"
