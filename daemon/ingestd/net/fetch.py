@@ -23,6 +23,7 @@ import h2.exceptions
 import httpcore
 import httpx
 
+from ingestd.net import h2lean
 from ingestd.policy.retry import Reason
 from ingestd.policy.urls import address_is_public, check_url, host_matches
 
@@ -59,6 +60,7 @@ class HttpSettings:
     ca_bundle: Path | None
     max_connections: int
     allowed_hosts: tuple[str, ...]
+    connections_per_host: int = 1
 
 
 class _HostPolicy:
@@ -66,6 +68,30 @@ class _HostPolicy:
 
     def __init__(self, allowed_hosts: tuple[str, ...]) -> None:
         self.allowed_hosts = allowed_hosts
+
+
+async def _permitted_addresses(
+    policy: _HostPolicy, host: str, port: int, timeout: float | None
+) -> list[str]:
+    """Where a connection to `host` may go: the name itself for an allowed host (it may resolve
+    anywhere), else its resolved addresses, all of which must be public. Raises
+    _UnsafeDestination, or OSError when the name does not resolve."""
+    allowed = policy.allowed_hosts
+    if allowed:
+        if not host_matches(host, allowed):
+            raise _UnsafeDestination(f"host {host} is not in allowed_hosts")
+        return [host]
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout
+        )
+    except TimeoutError as exc:
+        raise OSError(f"resolving {host} timed out") from exc
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses or not all(address_is_public(a) for a in addresses):
+        raise _UnsafeDestination(f"{host} resolves to a non-public address")
+    return addresses
 
 
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
@@ -83,21 +109,10 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        allowed = self._policy.allowed_hosts
-        if allowed:
-            if not host_matches(host, allowed):
-                raise _UnsafeDestination(f"host {host} is not in allowed_hosts")
-            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout
-            )
-        except (OSError, TimeoutError) as exc:
+            addresses = await _permitted_addresses(self._policy, host, port, timeout)
+        except OSError as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        if not addresses or not all(address_is_public(a) for a in addresses):
-            raise _UnsafeDestination(f"{host} resolves to a non-public address")
         error: Exception = httpcore.ConnectError(f"no address for {host}")
         for address in addresses:
             try:
@@ -130,6 +145,83 @@ class _Transport(httpx.AsyncHTTPTransport):
             http2=settings.http2,
             network_backend=_GuardedBackend(policy),
         )
+
+
+class _LeanBody(httpx.AsyncByteStream):
+    def __init__(self, response: h2lean.Response) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.body:
+                yield chunk
+        except h2lean.H2Error as exc:
+            raise _to_httpx(exc) from exc
+
+    async def aclose(self) -> None:
+        self._response.close()
+
+
+def _to_httpx(exc: h2lean.H2Error) -> httpx.HTTPError:
+    if isinstance(exc, h2lean.ConnectTimedOut):
+        return httpx.ConnectTimeout(str(exc))
+    if isinstance(exc, h2lean.ConnectFailed):
+        return httpx.ConnectError(str(exc))
+    if isinstance(exc, h2lean.StreamTimedOut):
+        return httpx.ReadTimeout(str(exc))
+    return httpx.RemoteProtocolError(str(exc))
+
+
+class _LeanTransport(httpx.AsyncBaseTransport):
+    """HTTPS requests go over the lean HTTP/2 pool; origins without h2, and plain http, go
+    through httpx's own transport (`fallback`)."""
+
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext,
+        policy: _HostPolicy,
+        fallback: httpx.AsyncBaseTransport,
+        connections_per_host: int,
+    ) -> None:
+        async def resolve(host: str, port: int, timeout: float | None) -> list[str]:
+            try:
+                return await _permitted_addresses(policy, host, port, timeout)
+            except OSError as exc:
+                raise h2lean.ConnectFailed(f"cannot resolve {host}: {exc}") from exc
+
+        self._pool = h2lean.H2Pool(ssl_context, resolve, connections_per_host)
+        self._fallback = fallback
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        port = url.port or 443
+        if url.scheme != "https" or (url.host, port) in self._pool.not_h2:
+            return await self._fallback.handle_async_request(request)
+        timeouts = request.extensions.get("timeout", {})
+        try:
+            response = await self._pool.request(
+                url.host,
+                port,
+                request.method.encode("ascii"),
+                url.raw_path,
+                request.headers.raw,
+                timeouts.get("connect"),
+                timeouts.get("read"),
+            )
+        except h2lean.NotHTTP2:
+            return await self._fallback.handle_async_request(request)
+        except h2lean.H2Error as exc:
+            raise _to_httpx(exc) from exc
+        return httpx.Response(
+            response.status,
+            headers=response.headers,
+            stream=_LeanBody(response),
+            extensions={"http_version": b"HTTP/2"},
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+        await self._fallback.aclose()
 
 
 def build_ssl_context(
@@ -210,8 +302,14 @@ class Fetcher:
     def __init__(self, settings: HttpSettings) -> None:
         self._policy = _HostPolicy(settings.allowed_hosts)
         context = build_ssl_context(settings.ca_bundle)
+        transport: httpx.AsyncBaseTransport = _Transport(context, settings, self._policy)
+        if settings.http2:
+            context.set_alpn_protocols(["h2", "http/1.1"])
+            transport = _LeanTransport(
+                context, self._policy, transport, settings.connections_per_host
+            )
         self._client = httpx.AsyncClient(
-            transport=_Transport(context, settings, self._policy),
+            transport=transport,
             timeout=httpx.Timeout(settings.timeout),
             follow_redirects=False,
             trust_env=False,

@@ -1,0 +1,520 @@
+"""A lean HTTP/2 client for large downloads: asyncio protocol + h2, with DATA frames on a fast path.
+
+Why: through httpcore, every 8-16 KiB DATA frame costs several Python-level hops (anyio stream,
+httpcore events, h2's state machine, even a `repr()` of the frame for a disabled debug log), and
+the event loop saturates near 50-100 MB/s. Here h2 still owns everything that needs a state
+machine (SETTINGS, HEADERS/CONTINUATION with HPACK, RST_STREAM, GOAWAY, PING, stream states), but
+DATA frames of streams whose headers have arrived are parsed here with two slices, and flow
+control for them is ours: WINDOW_UPDATE frames are written when the consumer has taken the bytes,
+in batches, so memory stays bounded by the windows. h2 only sees an empty END_STREAM DATA frame
+when a stream ends, so its stream states stay right.
+
+This module knows nothing of httpx; net.fetch adapts it to httpx's transport interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+STREAM_WINDOW = 4 * 1024 * 1024  # per stream: bounds what one slow consumer can buffer
+CONNECTION_WINDOW = 32 * 1024 * 1024
+MAX_FRAME_SIZE = 2**24 - 1  # let servers send big frames when they are willing to
+_DATA, _END_STREAM, _PADDED = 0x0, 0x1, 0x8
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"te",
+    }
+)
+
+
+class H2Error(Exception):
+    """Base of this module's errors."""
+
+
+class ConnectFailed(H2Error):
+    """The TCP/TLS connection could not be made."""
+
+
+class ConnectTimedOut(ConnectFailed):
+    """Connecting took longer than the timeout."""
+
+
+class NotHTTP2(H2Error):
+    """The server did not negotiate h2 (ALPN); use HTTP/1.1 for this origin."""
+
+
+class StreamTimedOut(H2Error):
+    """No progress on a stream within the timeout."""
+
+
+class StreamFailed(H2Error):
+    """The stream was reset, or the connection died under it. `retry_safe`: it never started."""
+
+    def __init__(self, message: str, retry_safe: bool = False) -> None:
+        super().__init__(message)
+        self.retry_safe = retry_safe
+
+
+Resolver = Callable[[str, int, float | None], Awaitable[Sequence[str]]]
+
+
+@dataclass
+class _Stream:
+    stream_id: int
+    headers: asyncio.Future[list[tuple[bytes, bytes]]]
+    chunks: collections.deque[bytes] = field(default_factory=collections.deque)
+    pending_credit: int = 0  # flow-controlled bytes arrived but not yet handed to the consumer
+    ended: bool = False
+    error: H2Error | None = None
+    waiter: asyncio.Future[None] | None = None
+    headers_done: bool = False
+    finished: bool = False
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/2 connection. All methods run on the event loop."""
+
+    def __init__(self, authority: str) -> None:
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
+        )
+        self._h2 = h2.connection.H2Connection(config)
+        self._authority = authority.encode("ascii")
+        self._transport: asyncio.Transport | None = None
+        self._streams: dict[int, _Stream] = {}
+        self._buffer = bytearray()
+        self._conn_credit = 0
+        self._stream_credit: dict[int, int] = {}
+        self.closed = False
+        self.goaway = False
+        self.capacity = asyncio.Event()
+
+    # --- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0,
+            },
+        )
+        self._h2.initiate_connection()
+        # Raised once, before any DATA: h2 never sees DATA payloads afterwards (see module doc).
+        self._h2.increment_flow_control_window(CONNECTION_WINDOW - 65_535)
+        self._flush()
+        self.capacity.set()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        buffer = self._buffer
+        view = memoryview(buffer)
+        offset = 0
+        control_from = -1  # start of a run of frames for h2
+        try:
+            while len(buffer) - offset >= 9:
+                length = int.from_bytes(view[offset : offset + 3], "big")
+                end = offset + 9 + length
+                if end > len(buffer):
+                    break
+                kind = buffer[offset + 3]
+                stream = None
+                if kind == _DATA:
+                    sid = int.from_bytes(view[offset + 5 : offset + 9], "big") & 0x7FFFFFFF
+                    stream = self._streams.get(sid)
+                    if stream is None and sid != 0:
+                        # A stream we gave up on: its bytes still count against the
+                        # connection window, so give them back.
+                        self._conn_credit += length
+                        offset = end
+                        continue
+                    if stream is not None and not stream.headers_done and control_from >= 0:
+                        # Its HEADERS may be in the run not yet given to h2.
+                        self._to_h2(bytes(view[control_from:offset]))
+                        control_from = -1
+                    if stream is not None and not stream.headers_done:
+                        stream = None  # DATA before HEADERS: h2 raises the protocol error
+                if stream is None:
+                    if control_from < 0:
+                        control_from = offset
+                    offset = end
+                    continue
+                if control_from >= 0:
+                    self._to_h2(bytes(view[control_from:offset]))
+                    control_from = -1
+                self._data_frame(stream, buffer[offset + 4], view[offset + 9 : end], length)
+                offset = end
+            if control_from >= 0:
+                self._to_h2(bytes(view[control_from:offset]))
+        except h2.exceptions.ProtocolError as exc:
+            view.release()
+            self._fail_all(StreamFailed(f"protocol error: {exc}"))
+            self._close()
+            return
+        view.release()
+        del buffer[:offset]
+        self._send_credit()
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail_all(StreamFailed(f"connection lost: {exc or 'closed by peer'}"))
+        self.capacity.set()
+
+    # --- frames ---------------------------------------------------------------------------
+
+    def _data_frame(self, stream: _Stream, flags: int, payload: memoryview, length: int) -> None:
+        if flags & _PADDED:
+            pad = payload[0] if len(payload) else 0
+            payload = payload[1 : len(payload) - pad]
+        if len(payload):
+            stream.chunks.append(bytes(payload))
+        stream.pending_credit += length
+        if flags & _END_STREAM:
+            # Let h2 close the stream: an empty DATA frame carrying only END_STREAM.
+            self._to_h2(b"\x00\x00\x00\x00\x01" + stream.stream_id.to_bytes(4, "big"))
+        stream.wake()
+
+    def _to_h2(self, frames: bytes) -> None:
+        for event in self._h2.receive_data(frames):
+            self._on_event(event)
+
+    def _on_event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.ResponseReceived):
+            stream = self._streams.get(event.stream_id or 0)
+            if stream is not None and not stream.headers.done():
+                # h2 checks Content-Length against the DATA it saw, and it sees none of ours:
+                # the caller checks the length instead (net.fetch users do, byte for byte).
+                h2_stream = self._h2.streams.get(stream.stream_id)
+                if h2_stream is not None:
+                    h2_stream._expected_content_length = None
+                stream.headers_done = True
+                stream.headers.set_result(list(event.headers or []))
+        elif isinstance(event, h2.events.DataReceived):  # not on the fast path (rare)
+            stream = self._streams.get(event.stream_id or 0)
+            if stream is None:
+                self._conn_credit += event.flow_controlled_length or 0
+            else:
+                if event.data:
+                    stream.chunks.append(event.data)
+                stream.pending_credit += event.flow_controlled_length or 0
+                stream.wake()
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self._streams.get(event.stream_id or 0)
+            if stream is not None:
+                stream.ended = True
+                stream.wake()
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self._streams.get(event.stream_id or 0)
+            if stream is not None:
+                refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                self._fail(stream, StreamFailed(f"stream reset ({event.error_code!r})", refused))
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.goaway = True
+            last = event.last_stream_id or 0
+            for stream in list(self._streams.values()):
+                if stream.stream_id > last:  # never processed by the server: safe to retry
+                    self._fail(stream, StreamFailed("GOAWAY before processing", retry_safe=True))
+            if not self._streams:
+                self._close()
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self.capacity.set()
+
+    def _fail(self, stream: _Stream, error: H2Error) -> None:
+        stream.error = error
+        if not stream.headers.done():
+            stream.headers.set_exception(error)
+        stream.wake()
+
+    def _fail_all(self, error: H2Error) -> None:
+        for stream in list(self._streams.values()):
+            if not stream.ended:
+                self._fail(stream, error)
+
+    # --- flow control -----------------------------------------------------------------------
+
+    def credit(self, stream: _Stream, amount: int) -> None:
+        """The consumer took `amount` flow-controlled bytes: open the windows again, batched."""
+        self._conn_credit += amount
+        if not stream.ended and stream.error is None:
+            total = self._stream_credit.get(stream.stream_id, 0) + amount
+            self._stream_credit[stream.stream_id] = total
+
+    def _send_credit(self) -> None:
+        if self._transport is None or self.closed:
+            return
+        frames = []
+        for sid, amount in list(self._stream_credit.items()):
+            if amount >= STREAM_WINDOW // 2:
+                frames.append(_window_update(sid, amount))
+                del self._stream_credit[sid]
+        if self._conn_credit >= CONNECTION_WINDOW // 4:
+            frames.append(_window_update(0, self._conn_credit))
+            self._conn_credit = 0
+        if frames:
+            self._flush()
+            self._transport.write(b"".join(frames))
+
+    def _flush(self) -> None:
+        data = self._h2.data_to_send()
+        if data and self._transport is not None and not self.closed:
+            self._transport.write(data)
+
+    def _close(self) -> None:
+        self.closed = True
+        self.capacity.set()
+        if self._transport is not None:
+            self._transport.close()
+
+    # --- requests ---------------------------------------------------------------------------
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    def can_open(self, limit: int) -> bool:
+        """Room for one more stream on this connection."""
+        if self.closed or self.goaway:
+            return False
+        remote = self._h2.remote_settings.max_concurrent_streams
+        return self.open_streams < min(limit, remote) and self._h2.highest_outbound_stream_id < (
+            2**31 - 1000
+        )
+
+    def open(self, method: bytes, path: bytes, headers: Sequence[tuple[bytes, bytes]]) -> _Stream:
+        """Send a request without a body; returns the stream to read the response from."""
+        sid = self._h2.get_next_available_stream_id()
+        request = [
+            (b":method", method),
+            (b":scheme", b"https"),
+            (b":authority", self._authority),
+            (b":path", path),
+            *((k.lower(), v) for k, v in headers if k.lower() not in _HOP_BY_HOP),
+        ]
+        stream = _Stream(sid, asyncio.get_running_loop().create_future())
+        self._streams[sid] = stream
+        self._h2.send_headers(sid, request, end_stream=True)
+        self._flush()
+        return stream
+
+    def finish(self, stream: _Stream) -> None:
+        """The consumer is done with a stream: reset it if unfinished, return its credit."""
+        if stream.finished:
+            return
+        stream.finished = True
+        self._streams.pop(stream.stream_id, None)
+        leftover = self._stream_credit.pop(stream.stream_id, 0)
+        del leftover  # stream-level credit dies with the stream
+        self._conn_credit += stream.pending_credit
+        stream.pending_credit = 0
+        if not stream.ended and stream.error is None and not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.reset_stream(stream.stream_id, h2.errors.ErrorCodes.CANCEL)
+        self._send_credit()
+        self._flush()
+        self.capacity.set()
+        if self.goaway and not self._streams:
+            self._close()
+
+    async def next_chunks(self, stream: _Stream, timeout: float | None) -> list[bytes] | None:
+        """The body bytes that arrived since the last call; None at the end of the body."""
+        while not stream.chunks:
+            if stream.error is not None:
+                raise stream.error
+            if stream.ended:
+                return None
+            stream.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(stream.waiter, timeout)
+            except TimeoutError:
+                raise StreamTimedOut(f"no data for {timeout} s") from None
+            finally:
+                stream.waiter = None
+        taken = list(stream.chunks)
+        stream.chunks.clear()
+        credit, stream.pending_credit = stream.pending_credit, 0
+        self.credit(stream, credit)
+        self._send_credit()
+        return taken
+
+    def close(self) -> None:
+        """Close the connection now."""
+        self._fail_all(StreamFailed("connection closed"))
+        self._close()
+
+
+def _window_update(stream_id: int, increment: int) -> bytes:
+    return b"\x00\x00\x04\x08\x00" + stream_id.to_bytes(4, "big") + increment.to_bytes(4, "big")
+
+
+@dataclass
+class Response:
+    """Status and headers of a response, and its body as an async iterator of bytes."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: AsyncIterator[bytes]
+    close: Callable[[], None]
+
+
+class H2Pool:
+    """HTTP/2 connections per origin (at most `connections_per_origin`), streams multiplexed."""
+
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext,
+        resolve: Resolver,
+        connections_per_origin: int = 1,
+        streams_per_connection: int = 100,
+    ) -> None:
+        self._ssl = ssl_context
+        self._resolve = resolve
+        self._per_origin = connections_per_origin
+        self._streams_per_connection = streams_per_connection
+        self._pools: dict[tuple[str, int], list[_Connection]] = {}
+        self._connecting: dict[tuple[str, int], asyncio.Lock] = {}
+        self.not_h2: set[tuple[str, int]] = set()
+
+    async def _connect(self, host: str, port: int, timeout: float | None) -> _Connection:
+        loop = asyncio.get_running_loop()
+        addresses = await self._resolve(host, port, timeout)
+        authority = host if port == 443 else f"{host}:{port}"
+        error: Exception = ConnectFailed(f"no address for {host}")
+        for address in addresses:
+            try:
+                _, protocol = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: _Connection(authority),
+                        address,
+                        port,
+                        ssl=self._ssl,
+                        server_hostname=host,
+                    ),
+                    timeout,
+                )
+            except TimeoutError:
+                error = ConnectTimedOut(f"connecting to {host}:{port} timed out")
+                continue
+            except (OSError, ssl.SSLError) as exc:
+                error = ConnectFailed(f"{type(exc).__name__}: {exc}")
+                continue
+            transport = protocol._transport
+            ssl_object = transport.get_extra_info("ssl_object") if transport else None
+            if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+                protocol.close()
+                self.not_h2.add((host, port))
+                raise NotHTTP2(f"{host}:{port} did not negotiate h2")
+            return protocol
+        raise error
+
+    async def _connection(self, host: str, port: int, timeout: float | None) -> _Connection:
+        key = (host, port)
+        lock = self._connecting.setdefault(key, asyncio.Lock())
+        while True:
+            pool = self._pools.setdefault(key, [])
+            pool[:] = [c for c in pool if not c.closed and not (c.goaway and not c.open_streams)]
+            ready = [c for c in pool if c.can_open(self._streams_per_connection)]
+            if ready:
+                return min(ready, key=lambda c: c.open_streams)
+            if len([c for c in pool if not c.goaway]) < self._per_origin:
+                async with lock:
+                    if len([c for c in pool if not c.goaway]) < self._per_origin:
+                        connection = await self._connect(host, port, timeout)
+                        pool.append(connection)
+                        return connection
+                continue
+            waiters = [asyncio.ensure_future(c.capacity.wait()) for c in pool]
+            for c in pool:
+                c.capacity.clear()
+            try:
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+
+    async def request(
+        self,
+        host: str,
+        port: int,
+        method: bytes,
+        path: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        connect_timeout: float | None,
+        read_timeout: float | None,
+    ) -> Response:
+        """Send a GET-like request (no body) and wait for the response headers."""
+        for _ in range(3):  # a stream refused or never processed (GOAWAY) may go elsewhere
+            connection = await self._connection(host, port, connect_timeout)
+            stream = connection.open(method, path, headers)
+            try:
+                raw = await asyncio.wait_for(asyncio.shield(stream.headers), read_timeout)
+            except TimeoutError:
+                connection.finish(stream)
+                raise StreamTimedOut(f"no response headers for {read_timeout} s") from None
+            except StreamFailed as exc:
+                connection.finish(stream)
+                if exc.retry_safe:
+                    continue
+                raise
+            except BaseException:
+                connection.finish(stream)
+                raise
+            status = 0
+            fields = []
+            for name, value in raw:
+                if name == b":status":
+                    status = int(value)
+                elif not name.startswith(b":"):
+                    fields.append((name, value))
+            return Response(
+                status,
+                fields,
+                self._body(connection, stream, read_timeout),
+                lambda c=connection, s=stream: c.finish(s),  # type: ignore[misc]
+            )
+        raise StreamFailed("refused repeatedly")
+
+    async def _body(
+        self, connection: _Connection, stream: _Stream, timeout: float | None
+    ) -> AsyncIterator[bytes]:
+        try:
+            while (chunks := await connection.next_chunks(stream, timeout)) is not None:
+                yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        finally:
+            connection.finish(stream)
+
+    async def aclose(self) -> None:
+        """Close every connection."""
+        for pool in self._pools.values():
+            for connection in pool:
+                connection.close()
+        self._pools.clear()
