@@ -127,6 +127,10 @@ def wan_namespace(delay_ms: int, loss: float, rate: str) -> Iterator[None]:
         run_in = ["ip", "netns", "exec", NETNS]
         subprocess.run([*run_in, "ip", "link", "set", "lo", "up"], check=True)
         # netem on lo shapes both directions: one-way delay is half the RTT.
+        probe = [*run_in, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]
+        if subprocess.run(probe, capture_output=True).returncode != 0:
+            sys.exit("--wan needs the kernel's sch_netem qdisc; this kernel does not have it")
+        subprocess.run([*run_in, "tc", "qdisc", "del", "dev", "lo", "root"], check=True)
         subprocess.run(
             [
                 *run_in,
@@ -188,7 +192,7 @@ class Nginx:
             names.append(f"{workload.name}/{name}")
         return names
 
-    def start(self) -> None:
+    def start(self, location: str = "location / { }") -> None:
         self.port = free_port()
         for sub in ("logs", "tmp"):
             (self.root / sub).mkdir(exist_ok=True)
@@ -216,7 +220,7 @@ http {{
         ssl_certificate {self.cert_path};
         ssl_certificate_key {self.cert_path};
         root {self.www};
-        location / {{ }}
+        {location}
     }}
 }}
 """)
@@ -385,6 +389,7 @@ class IngestdProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_die_with_parent,
         )
         self.events: dict[str, int] = {}
         self.first: dict[str, float] = {}
@@ -432,6 +437,13 @@ class IngestdProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+
+
+def _die_with_parent() -> None:
+    # A benchmark killed by a timeout must not leave its daemon running.
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def write_extract(raw: Path, urls: list[str], topic: str = "bench") -> float:

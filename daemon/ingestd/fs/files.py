@@ -52,8 +52,11 @@ def lstat_regular(path: Path) -> FileSignature | None:
     return signature_of(st) if stat.S_ISREG(st.st_mode) else None
 
 
-def read_extract(path: Path, max_bytes: int) -> ExtractBytes:
-    """Read a whole extract without following symlinks or blocking on FIFOs."""
+def read_extract(path: Path, max_bytes: int, keep_bytes: int | None = None) -> ExtractBytes:
+    """Read a whole extract without following symlinks or blocking on FIFOs.
+
+    A file larger than `keep_bytes` is only hashed: its `data` is empty (it is parsed elsewhere).
+    """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)
@@ -69,6 +72,7 @@ def read_extract(path: Path, max_bytes: int) -> ExtractBytes:
             raise ExtractReadError(
                 f"{st.st_size} bytes > cap {max_bytes}", skip=False, too_large=True
             )
+        keep = keep_bytes is None or st.st_size <= keep_bytes
         chunks: list[bytes] = []
         total = 0
         while chunk := os.read(fd, READ_CHUNK):
@@ -76,8 +80,10 @@ def read_extract(path: Path, max_bytes: int) -> ExtractBytes:
             if total > max_bytes:
                 raise ExtractReadError(f"grew past cap {max_bytes}", skip=False, too_large=True)
             digest.update(chunk)
-            chunks.append(chunk)
-        return ExtractBytes(b"".join(chunks), digest.hexdigest(), signature_of(st))
+            if keep:
+                chunks.append(chunk)
+        signature = FileSignature(total, st.st_mtime_ns, st.st_ino)
+        return ExtractBytes(b"".join(chunks), digest.hexdigest(), signature)
     except OSError as exc:
         raise ExtractReadError(f"read failed: {exc.strerror}", skip=False) from exc
     finally:

@@ -180,6 +180,7 @@ class Daemon:
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]], parts: _Parts) -> None:
         parts.db.manifest.interrupt.set()  # a long merge ends at its next transaction
+        parts.ingest.stop()  # ... and one in a child process ends now
         for task in [*tasks, *self._background]:
             task.cancel()
         with contextlib.suppress(TimeoutError):

@@ -11,9 +11,10 @@ from pathlib import Path
 from ingestd.config import Config
 from ingestd.fs.files import ExtractReadError, list_extracts, lstat_regular, read_extract
 from ingestd.log import Logger
-from ingestd.policy.extract import ExtractError, RejectReason, parse_extract
+from ingestd.policy.extract import ExtractError, RejectReason
 from ingestd.policy.settle import FileSignature, SettleTracker
 from ingestd.service.db import Db
+from ingestd.service.merger import IN_PROCESS_MAX_BYTES, ExtractChanged, Merger
 
 
 class Ingestor:
@@ -22,6 +23,7 @@ class Ingestor:
     def __init__(self, config: Config, db: Db, log: Logger, on_merged: Callable[[], None]) -> None:
         self._config = config
         self._db = db
+        self._merger = Merger(db, config.manifest_path, config.max_extract_bytes)
         self._log = log
         self._on_merged = on_merged
         self._dirty: set[Path] = set()
@@ -33,9 +35,14 @@ class Ingestor:
     def reconfigure(self, config: Config) -> None:
         """Use a reloaded config (settle period, caps, rescan period) from now on."""
         self._config = config
+        self._merger.max_bytes = config.max_extract_bytes
         self._settle.settle_seconds = config.settle_seconds
         self._next_rescan = min(self._next_rescan, time.monotonic() + config.rescan_seconds)
         self._kick.set()
+
+    def stop(self) -> None:
+        """Stop any merge running in a child process (shutdown)."""
+        self._merger.stop()
 
     def notify(self, paths: list[Path]) -> None:
         """The watcher saw these paths change."""
@@ -96,7 +103,9 @@ class Ingestor:
         if self._done.get(path) == signature:
             return
         try:
-            content = await asyncio.to_thread(read_extract, path, self._config.max_extract_bytes)
+            content = await asyncio.to_thread(
+                read_extract, path, self._config.max_extract_bytes, IN_PROCESS_MAX_BYTES
+            )
         except ExtractReadError as exc:
             if exc.skip:
                 return
@@ -128,8 +137,13 @@ class Ingestor:
                 reason="duplicate_content",
             )
             return
+        started = time.monotonic()
         try:
-            parsed = await asyncio.to_thread(parse_extract, content.data)
+            merged = await self._merger.merge(path, content)
+        except ExtractChanged:
+            self._kick.set()
+            self._dirty.add(path)
+            return
         except ExtractError as exc:
             if exc.reason is RejectReason.INVALID_JSON:
                 verdict = self._settle.unparsable(str(path), signature, time.monotonic())
@@ -139,8 +153,6 @@ class Ingestor:
             await self._reject(path, content.sha256, signature, exc.reason, exc.detail)
             return
         self._settle.forget(str(path))
-        started = time.monotonic()
-        counts = await self._db.run(self._db.manifest.merge, parsed.records, name, time.time())
         await self._db.run(
             self._db.manifest.record_extract,
             name,
@@ -149,17 +161,17 @@ class Ingestor:
             "merged",
             time.time(),
             None,
-            (parsed.total, counts.new, counts.updated, parsed.unusable),
+            (merged.total, merged.new, merged.updated, merged.unusable),
         )
         self._done[path] = signature
         self._log.info(
             "extract_merged",
             path=str(path),
             sha256=content.sha256,
-            records=parsed.total,
-            new=counts.new,
-            updated=counts.updated,
-            unusable=parsed.unusable,
+            records=merged.total,
+            new=merged.new,
+            updated=merged.updated,
+            unusable=merged.unusable,
             duration_s=round(time.monotonic() - started, 3),
         )
         self._on_merged()
