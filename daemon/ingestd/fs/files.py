@@ -150,6 +150,17 @@ class PartFile:
         self._hash = hashlib.sha256()
         self._hashed = 0
 
+    @classmethod
+    def open_in(cls, root: Path, relative: Path) -> PartFile:
+        """Open `root/relative` + `.part`, creating its (one-level) folder first."""
+        folder = ensure_dir(root, relative.parent)
+        return cls(folder / (relative.name + ".part"))
+
+    @property
+    def closed(self) -> bool:
+        """True once published, discarded or closed."""
+        return self._fd is None
+
     def _require_fd(self) -> int:
         if self._fd is None:
             raise OSError(errno.EBADF, "part file is closed")

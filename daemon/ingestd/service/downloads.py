@@ -16,7 +16,7 @@ from ingestd.log import Logger
 from ingestd.metrics import Metrics
 from ingestd.net.fetch import Fetcher, FetchFailed
 from ingestd.policy.merge import State
-from ingestd.policy.naming import part_name, relative_video_path, topic_folder
+from ingestd.policy.naming import relative_video_path, topic_folder
 from ingestd.policy.retry import (
     Action,
     Failure,
@@ -37,6 +37,7 @@ from ingestd.policy.urls import check_url, is_expired, redact
 from ingestd.service.db import Db
 from ingestd.store.manifest import Item, ManifestError
 
+RESUME_MIN_BYTES = 1024 * 1024  # smaller files restart from zero: not worth a manifest write
 WRITE_BATCH = 1024 * 1024  # bytes gathered before one write+hash in a worker thread
 # A slow transfer still reaches the disk often, so a kill loses little of what arrived.
 FLUSH_SECONDS = 0.25
@@ -52,6 +53,7 @@ class Published:
     size: int
     sha256: str
     resumed: bool
+    links: int = 0
 
 
 @dataclass
@@ -213,7 +215,7 @@ class DownloadPool:
             log.exception("download_bookkeeping_failed", error=repr(exc))
 
     async def _completed(self, item: Item, done: Published, duration: float, log: Logger) -> None:
-        linked = await asyncio.to_thread(self._link_topics, done.path, item.topics)
+        linked = done.links
         stale = await self._db.run(
             self._db.manifest.complete,
             item.aweme_id,
@@ -297,8 +299,7 @@ class DownloadPool:
         relative = relative_video_path(item.topics[0] if item.topics else None, item.aweme_id)
         final = config.media_dir / relative
         try:
-            await asyncio.to_thread(ensure_dir, config.media_dir, Path(relative.parent))
-            part = await asyncio.to_thread(PartFile, final.with_name(part_name(final.name)))
+            part = await asyncio.to_thread(PartFile.open_in, config.media_dir, Path(relative))
         except OSError as exc:
             return Failure(Reason.LOCAL_IO, detail=f"{exc.strerror or exc}")
         try:
@@ -308,7 +309,8 @@ class DownloadPool:
         except OSError as exc:
             return Failure(Reason.LOCAL_IO, detail=f"{exc.strerror or exc}")
         finally:
-            await asyncio.to_thread(part.close)
+            if not part.closed:
+                await asyncio.to_thread(part.close)
 
     async def _transfer(
         self, item: Item, part: PartFile, final: Path, relative: PurePosixPath, log: Logger
@@ -346,20 +348,33 @@ class DownloadPool:
                 await asyncio.to_thread(part.discard)
                 return Failure(Reason.TOO_LARGE, response.status, detail=f"declared {declared}")
             validator = strong_validator(response.header("etag"), response.header("last-modified"))
-            if validator != item.validator:
+            worth_resuming = declared is None or declared > RESUME_MIN_BYTES
+            if validator != item.validator and worth_resuming:
                 await self._db.run(self._db.manifest.set_validator, item.aweme_id, validator)
             received = await self._receive(response.chunks(), part, offset)
             if isinstance(received, Failure):
                 return received
-            if declared is not None and received != declared:
-                return Failure(Reason.TRUNCATED, response.status, detail=f"{received}/{declared}")
-        sha256 = await asyncio.to_thread(part.publish, final)
-        return Published(relative, part.size, sha256, resumed=offset > 0)
+            size, tail = received
+            if declared is not None and size != declared:
+                await asyncio.to_thread(part.write, tail)  # kept for the resume
+                return Failure(Reason.TRUNCATED, response.status, detail=f"{size}/{declared}")
+        sha256, links = await asyncio.to_thread(self._finish_file, part, tail, final, item.topics)
+        return Published(relative, part.size, sha256, resumed=offset > 0, links=links)
+
+    def _finish_file(
+        self, part: PartFile, tail: bytes, final: Path, topics: tuple[str | None, ...]
+    ) -> tuple[str, int]:
+        """Last bytes, fsync, atomic rename, folder fsync, hard links: one worker-thread hop."""
+        part.write(tail)
+        sha256 = part.publish(final)
+        relative = PurePosixPath(final.relative_to(self._config.media_dir))
+        return sha256, self._link_topics(relative, topics)
 
     async def _receive(
         self, chunks: AsyncIterator[bytes], part: PartFile, offset: int
-    ) -> int | Failure:
-        """Stream the body into the part file; returns bytes received, or a Failure."""
+    ) -> tuple[int, bytes] | Failure:
+        """Stream the body into the part file; returns bytes received and the last bytes, not
+        yet written (the caller writes them with the publish, in one hop), or a Failure."""
         limit = self._config.max_file_bytes
         pending: list[bytes] = []
         pending_size = 0
@@ -399,8 +414,7 @@ class DownloadPool:
         if not checked:
             await asyncio.to_thread(part.discard)
             return Failure(Reason.NOT_VIDEO, detail=f"only {received} bytes")
-        await flush()
-        return received
+        return received, b"".join(pending)
 
     # --- further topics -----------------------------------------------------------------------
 
