@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from support.daemon import Daemon
-from support.extracts import make_record, new_id
+from support.extracts import make_record, new_id, origin_records
 from support.origin import OriginServer
 
 TOPIC = "cli tests"
@@ -37,13 +37,7 @@ class Settled:
 def _records(
     origin: OriginServer, prefix: str, rng: random.Random, n: int, mode: str = "ok"
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    records, names = [], {}
-    for _ in range(n):
-        aweme_id = new_id(rng)
-        name = f"{prefix}-{aweme_id}"
-        records.append(make_record(aweme_id, origin.url(name, mode=mode, size=SIZE), TOPIC, SIZE))
-        names[aweme_id] = name
-    return records, names
+    return origin_records(origin, prefix, rng, n, TOPIC, SIZE, mode)
 
 
 def _settled(daemon_factory: Any, origin: OriginServer, prefix: str, **config: Any) -> Settled:

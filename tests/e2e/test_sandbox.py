@@ -20,8 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any
 import pytest
 
 from support import sandbox
-from support.daemon import DEFAULT_TIMEOUT, Daemon, Event, by_id
+from support.daemon import Daemon, by_id
 from support.extracts import Item, make_record, new_id
 from support.origin import OriginServer
 
@@ -137,41 +135,6 @@ class SandboxedDaemon(Daemon):
         super().__init__(root, **config)
         self.denials = self.root / "denials.jsonl"
         self.launcher = _launcher(self.denials)
-
-    def start(self, wait_ready: bool = True, timeout: float = DEFAULT_TIMEOUT) -> Event | None:
-        # Daemon.start() with the launcher in front of the same command line.
-        if self.proc is not None and self.proc.poll() is None:
-            raise RuntimeError("daemon already running")
-        with self._cond:
-            self._events = []
-        self.runs += 1
-        self._started_at = time.time()
-        self.proc = subprocess.Popen(
-            [
-                *self.launcher,
-                sys.executable,
-                "-m",
-                "ingestd",
-                "run",
-                "--config",
-                str(self.config_path),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=self.root,
-            env=self.env(),
-        )
-        self._readers = [
-            threading.Thread(target=self._read_stdout, args=(self.proc,), daemon=True),
-            threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True),
-        ]
-        for thread in self._readers:
-            thread.start()
-        if not wait_ready:
-            return None
-        self.wait_for("daemon_started", timeout=timeout)
-        return self.wait_for("daemon_ready", timeout=timeout)
 
     def denial_records(self) -> list[dict[str, Any]]:
         return sandbox.read_denials(self.denials)

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingestd.store.manifest import Counts, Manifest
 from support.daemon import Daemon, DaemonError, event_time
-from support.extracts import make_record, new_id
+from support.extracts import origin_records
 from support.origin import OriginServer
 
 WATCHDOG_USEC = 400_000
@@ -152,14 +152,7 @@ def notify() -> Iterator[Callable[..., NotifyListener]]:
 def _extract(
     origin: OriginServer, prefix: str, rng: random.Random, n: int, mode: str = "ok"
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """``n`` records served in ``mode``; returns (records, {aweme_id: origin name})."""
-    records, names = [], {}
-    for _ in range(n):
-        aweme_id = new_id(rng)
-        name = f"{prefix}-{aweme_id}"
-        records.append(make_record(aweme_id, origin.url(name, mode=mode, size=SIZE), TOPIC, SIZE))
-        names[aweme_id] = name
-    return records, names
+    return origin_records(origin, prefix, rng, n, TOPIC, SIZE, mode)
 
 
 def _for_id(aweme_id: str) -> Callable[[dict[str, Any]], bool]:

@@ -93,6 +93,7 @@ class Daemon:
         self.config_path = self.root / "ingestd.toml"
         self.log_file = self.root / "events.jsonl"
         self.extra_env: dict[str, str] = {}  # e.g. NOTIFY_SOCKET for the service tests
+        self.launcher: list[str] = []  # a command that execs the daemon (the sandbox test)
         self.raw_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.config: dict[str, Any] = {
@@ -133,7 +134,7 @@ class Daemon:
         self.runs += 1
         self._started_at = time.time()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ingestd", "run", "--config", str(self.config_path)],
+            [*self.launcher, *self.command("run")],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -106,3 +106,16 @@ def make_record(aweme_id: str, url: str, topic: str, size: int | None = None) ->
         "query_context": topic,
         "extracted_at": "2026-11-26T09:00:00Z",
     }
+
+
+def origin_records(
+    origin: Any, prefix: str, rng: random.Random, n: int, topic: str, size: int, mode: str = "ok"
+) -> tuple[list[Record], dict[str, str]]:
+    """``n`` records served by ``origin`` in ``mode``; returns (records, {aweme_id: name})."""
+    records, names = [], {}
+    for _ in range(n):
+        aweme_id = new_id(rng)
+        name = f"{prefix}-{aweme_id}"
+        records.append(make_record(aweme_id, origin.url(name, mode=mode, size=size), topic, size))
+        names[aweme_id] = name
+    return records, names
