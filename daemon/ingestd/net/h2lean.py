@@ -82,6 +82,7 @@ class _Stream:
     headers: asyncio.Future[list[tuple[bytes, bytes]]]
     chunks: collections.deque[bytes] = field(default_factory=collections.deque)
     pending_credit: int = 0  # flow-controlled bytes arrived but not yet handed to the consumer
+    window: int = STREAM_WINDOW  # what the server may still send before our next WINDOW_UPDATE
     ended: bool = False
     error: H2Error | None = None
     waiter: asyncio.Future[None] | None = None
@@ -109,6 +110,7 @@ class _Connection(asyncio.Protocol):
         self._streams: dict[int, _Stream] = {}
         self._buffer = bytearray()
         self._conn_credit = 0
+        self._conn_window = CONNECTION_WINDOW
         self._stream_credit: dict[int, int] = {}
         self.closed = False
         self.goaway = False
@@ -155,6 +157,9 @@ class _Connection(asyncio.Protocol):
                         # A stream we gave up on: its bytes still count against the
                         # connection window, so give them back.
                         self._conn_credit += length
+                        self._conn_window -= length
+                        if self._conn_window < 0:
+                            raise h2.exceptions.FlowControlError("DATA beyond the window")
                         offset = end
                         continue
                     if stream is not None and not stream.headers_done and control_from >= 0:
@@ -193,6 +198,11 @@ class _Connection(asyncio.Protocol):
     # --- frames ---------------------------------------------------------------------------
 
     def _data_frame(self, stream: _Stream, flags: int, payload: memoryview, length: int) -> None:
+        stream.window -= length
+        self._conn_window -= length
+        if stream.window < 0 or self._conn_window < 0:
+            # A server that ignores flow control could make us buffer without bound.
+            raise h2.exceptions.FlowControlError("DATA beyond the advertised window")
         if flags & _PADDED:
             pad = payload[0] if len(payload) else 0
             payload = payload[1 : len(payload) - pad]
@@ -277,8 +287,12 @@ class _Connection(asyncio.Protocol):
             if amount >= STREAM_WINDOW // 2:
                 frames.append(_window_update(sid, amount))
                 del self._stream_credit[sid]
+                stream = self._streams.get(sid)
+                if stream is not None:
+                    stream.window += amount
         if self._conn_credit >= CONNECTION_WINDOW // 4:
             frames.append(_window_update(0, self._conn_credit))
+            self._conn_window += self._conn_credit
             self._conn_credit = 0
         if frames:
             self._flush()

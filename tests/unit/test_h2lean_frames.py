@@ -1,0 +1,117 @@
+"""The lean HTTP/2 connection's frame handling, fed frames directly (no socket).
+
+A server-side h2 connection produces the SETTINGS and HEADERS; DATA frames are built by hand,
+so padding, frames split across reads, unknown streams and a server ignoring flow control can
+all be shown.
+"""
+
+import asyncio
+
+import h2.config
+import h2.connection
+import pytest
+
+from ingestd.net import h2lean
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.read_upto = 0
+        self.closed = False
+
+    def new(self) -> bytes:
+        """What the client wrote since the last call."""
+        data = bytes(self.written[self.read_upto :])
+        self.read_upto = len(self.written)
+        return data
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+def data_frame(stream_id: int, payload: bytes, end: bool = False, pad: int = 0) -> bytes:
+    flags = (0x1 if end else 0) | (0x8 if pad else 0)
+    body = (bytes([pad]) + payload + b"\0" * pad) if pad else payload
+    return len(body).to_bytes(3, "big") + bytes([0, flags]) + stream_id.to_bytes(4, "big") + body
+
+
+def setup() -> tuple[h2lean._Connection, FakeTransport, h2.connection.H2Connection]:
+    client = h2lean._Connection("origin.test")
+    transport = FakeTransport()
+    client.connection_made(transport)
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    server.initiate_connection()
+    server.receive_data(transport.new())  # preface, SETTINGS, WINDOW_UPDATE
+    client.data_received(server.data_to_send())
+    return client, transport, server
+
+
+def respond(client: h2lean._Connection, server: h2.connection.H2Connection, sid: int) -> None:
+    server.send_headers(sid, [(":status", "200"), ("content-length", "999")])
+    client.data_received(server.data_to_send())
+
+
+async def test_data_fast_path_padding_split_reads_and_end() -> None:
+    client, transport, server = setup()
+    stream = client.open(b"GET", b"/v.mp4?sig=x", [(b"user-agent", b"t"), (b"connection", b"x")])
+    server.receive_data(transport.new())
+    respond(client, server, stream.stream_id)
+    assert stream.headers.done() and dict(stream.headers.result())[b":status"] == b"200"
+    wire = (
+        data_frame(1, b"hello ") + data_frame(1, b"padded", pad=5) + data_frame(1, b"!", end=True)
+    )
+    for i in range(0, len(wire), 7):  # frames split across many reads
+        client.data_received(wire[i : i + 7])
+    chunks = await client.next_chunks(stream, timeout=1)
+    assert chunks is not None and b"".join(chunks) == b"hello padded!"
+    assert await client.next_chunks(stream, timeout=1) is None
+    client.finish(stream)
+    assert client.open_streams == 0
+
+
+async def test_window_updates_follow_consumption() -> None:
+    client, transport, server = setup()
+    stream = client.open(b"GET", b"/big", [])
+    server.receive_data(transport.new())
+    respond(client, server, stream.stream_id)
+    sent = len(transport.written)
+    half = h2lean.STREAM_WINDOW // 2
+    client.data_received(data_frame(1, b"x" * 16384) * (half // 16384 + 1))
+    assert len(transport.written) == sent  # nothing consumed yet: no WINDOW_UPDATE
+    await client.next_chunks(stream, timeout=1)
+    updates = bytes(transport.written[sent:])
+    assert updates[3] == 0x8 and int.from_bytes(updates[5:9], "big") == 1  # stream-level update
+
+
+async def test_a_server_ignoring_flow_control_is_cut_off() -> None:
+    client, transport, server = setup()
+    stream = client.open(b"GET", b"/flood", [])
+    server.receive_data(transport.new())
+    respond(client, server, stream.stream_id)
+    flood = data_frame(1, b"x" * 16384) * (h2lean.STREAM_WINDOW // 16384 + 1)
+    client.data_received(flood)
+    assert transport.closed
+    with pytest.raises(h2lean.StreamFailed, match="protocol error"):  # after what came in time
+        for _ in range(3):
+            await client.next_chunks(stream, timeout=1)
+
+
+async def test_data_for_an_abandoned_stream_returns_connection_credit() -> None:
+    client, transport, server = setup()
+    stream = client.open(b"GET", b"/gone", [])
+    server.receive_data(transport.new())
+    respond(client, server, stream.stream_id)
+    client.finish(stream)  # abandoned before any body
+    sent = len(transport.written)
+    client.data_received(data_frame(1, b"y" * 16384) * (h2lean.CONNECTION_WINDOW // 4 // 16384 + 1))
+    assert not transport.closed
+    tail = bytes(transport.written[sent:])
+    assert b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" in tail  # a connection-level WINDOW_UPDATE
