@@ -205,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ManifestError as exc:
             print(f"ingestd: cannot use the manifest: {exc}", file=sys.stderr)
             return EXIT_FAILURE
+        except OSError as exc:  # e.g. no permission on the state folder
+            print(f"ingestd: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+            return EXIT_FAILURE
     from ingestd import log
     from ingestd.service.daemon import run
 

@@ -147,9 +147,7 @@ class Manifest:
         """Open (creating and migrating unless `readonly`) the manifest at `path`."""
         try:
             if readonly:
-                conn = sqlite3.connect(
-                    f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=5.0
-                )
+                conn = _open_readonly(path)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
@@ -518,6 +516,26 @@ class Manifest:
         if row is None:
             return None
         return {d[0]: v for d, v in zip(cur.description, row, strict=True)}
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection, also for users who may read the files but not write the folder.
+
+    While the daemon runs, its -wal and -shm files exist and a reader shares them. When it has
+    stopped (and removed them), a reader without write access cannot create them; the file is
+    then read as immutable, which is safe because nothing is writing it.
+    """
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=5.0)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "readonly" not in str(exc) and "unable to open" not in str(exc):
+            raise
+    return sqlite3.connect(
+        f"{path.as_uri()}?mode=ro&immutable=1", uri=True, isolation_level=None, timeout=5.0
+    )
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
