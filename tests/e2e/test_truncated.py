@@ -37,18 +37,28 @@ def _run_until_terminal(daemon: Daemon, ids: set[str], timeout: float = 15) -> d
     return by_id(daemon.events())
 
 
-@pytest.mark.parametrize("how", ["reset", "short"])
-def test_truncated_once_is_retried_and_completes_intact(
-    daemon_factory: Any, origin: OriginServer, prefix: str, how: str
-) -> None:
-    aweme_id, name = new_id(random.Random(prefix)), f"{prefix}-once"
-    url = origin.url(name, "truncated", SIZE, k=1, how=how)
+def _truncated_item(
+    daemon_factory: Any, origin: OriginServer, name: str, prefix: str, k: int, how: str
+) -> tuple[Daemon, str, str, dict[str, Any], list[str]]:
+    """One item truncated the first `k` times; returns its terminal event and retry reasons."""
+    aweme_id = new_id(random.Random(prefix))
+    url = origin.url(name, "truncated", SIZE, k=k, how=how)
     daemon: Daemon = daemon_factory(max_attempts=MAX_ATTEMPTS, backoff_max=1.0)
     daemon.start()
     daemon.drop_atomic("extract_20261126T190000.json", [make_record(aweme_id, url, TOPIC, SIZE)])
     events = _run_until_terminal(daemon, {aweme_id})[aweme_id]
     end = next(e for e in events if e["event"] in TERMINAL)
     retries = [e["reason"] for e in events if e["event"] == "download_retry_scheduled"]
+    return daemon, aweme_id, name, end, retries
+
+
+@pytest.mark.parametrize("how", ["reset", "short"])
+def test_truncated_once_is_retried_and_completes_intact(
+    daemon_factory: Any, origin: OriginServer, prefix: str, how: str
+) -> None:
+    daemon, aweme_id, name, end, retries = _truncated_item(
+        daemon_factory, origin, f"{prefix}-once", prefix, k=1, how=how
+    )
     assert end["event"] == "download_completed", (end, retries)
     assert retries == ["truncated"], f"retry reasons {retries}"
     assert end["attempt"] == 2, end
@@ -62,14 +72,9 @@ def test_truncated_once_is_retried_and_completes_intact(
 def test_always_truncated_fails_after_max_attempts(
     daemon_factory: Any, origin: OriginServer, prefix: str, how: str
 ) -> None:
-    aweme_id, name = new_id(random.Random(prefix)), f"{prefix}-always"
-    url = origin.url(name, "truncated", SIZE, k=1_000_000, how=how)
-    daemon: Daemon = daemon_factory(max_attempts=MAX_ATTEMPTS, backoff_max=1.0)
-    daemon.start()
-    daemon.drop_atomic("extract_20261126T190000.json", [make_record(aweme_id, url, TOPIC, SIZE)])
-    events = _run_until_terminal(daemon, {aweme_id})[aweme_id]
-    end = next(e for e in events if e["event"] in TERMINAL)
-    retries = [e["reason"] for e in events if e["event"] == "download_retry_scheduled"]
+    daemon, aweme_id, name, end, retries = _truncated_item(
+        daemon_factory, origin, f"{prefix}-always", prefix, k=1_000_000, how=how
+    )
     assert (end["event"], end.get("reason")) == ("download_failed", "truncated"), (end, retries)
     assert end["attempts"] == MAX_ATTEMPTS, end
     assert retries == ["truncated"] * (MAX_ATTEMPTS - 1), retries
