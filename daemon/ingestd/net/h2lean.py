@@ -104,6 +104,9 @@ class _Connection(asyncio.Protocol):
             header_encoding=None,
             validate_inbound_headers=False,
             normalize_inbound_headers=False,
+            # open() builds request headers itself (lower-case, no hop-by-hop fields).
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config)
         self._authority = authority.encode("ascii")
