@@ -108,6 +108,18 @@ def ensure_tools(wan: bool) -> None:
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], env=env, check=True)
 
 
+def stop_process(proc: subprocess.Popen[Any], sig: int, grace: float) -> None:
+    """Signal, wait `grace` seconds, then kill."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -260,12 +272,7 @@ http {{
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+            stop_process(self.proc, signal.SIGQUIT, 10)  # SIGQUIT: nginx's graceful stop
             self.proc = None
 
 
@@ -430,13 +437,7 @@ class IngestdProcess:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, signal.SIGTERM, 15)
 
 
 def _die_with_parent() -> None:

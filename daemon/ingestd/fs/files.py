@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingestd.policy.naming import part_name
 from ingestd.policy.settle import FileSignature
 
 READ_CHUNK = 1024 * 1024
@@ -154,7 +155,7 @@ class PartFile:
     def open_in(cls, root: Path, relative: Path) -> PartFile:
         """Open `root/relative` + `.part`, creating its (one-level) folder first."""
         folder = ensure_dir(root, relative.parent)
-        return cls(folder / (relative.name + ".part"))
+        return cls(folder / part_name(relative.name))
 
     @property
     def closed(self) -> bool:

@@ -350,8 +350,7 @@ class _Connection(asyncio.Protocol):
             return
         stream.finished = True
         self._streams.pop(stream.stream_id, None)
-        leftover = self._stream_credit.pop(stream.stream_id, 0)
-        del leftover  # stream-level credit dies with the stream
+        self._stream_credit.pop(stream.stream_id, None)  # stream-level credit dies with it
         self._conn_credit += stream.pending_credit
         stream.pending_credit = 0
         if not stream.ended and stream.error is None and not self.closed:

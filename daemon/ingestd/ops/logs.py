@@ -12,6 +12,8 @@ from typing import IO, Any
 
 import structlog
 
+from ingestd.log import render_json
+
 POLL_SECONDS = 0.2
 
 
@@ -132,7 +134,7 @@ def iter_events(
 def renderer(as_json: bool, colors: bool) -> Callable[[dict[str, Any]], str]:
     """How one event is printed: the JSON line itself, or structlog's console rendering."""
     if as_json:
-        return lambda event: json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+        return render_json
     console = structlog.dev.ConsoleRenderer(colors=colors)
 
     def render(event: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -139,7 +140,7 @@ class DownloadPool:
                 for item in claimed:
                     task = asyncio.create_task(self._download(item), name=f"dl-{item.aweme_id}")
                     self._tasks[item.aweme_id] = task
-                    task.add_done_callback(self._forget)
+                    task.add_done_callback(functools.partial(self._forget, item.aweme_id))
             if claimed and len(self._tasks) < self._config.concurrency:
                 continue  # there may be more due right now
             timeout = IDLE_RECHECK
@@ -149,8 +150,8 @@ class DownloadPool:
                     timeout = min(max(due - self._clock(), 0.01), IDLE_RECHECK)
             await self._wait(timeout)
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task.get_name().removeprefix("dl-"), None)
+    def _forget(self, aweme_id: str, _: asyncio.Task[None]) -> None:
+        self._tasks.pop(aweme_id, None)
 
     async def _wait(self, timeout: float) -> None:
         waiter = asyncio.create_task(self._wake.wait())

@@ -141,8 +141,7 @@ class Ingestor:
         try:
             merged = await self._merger.merge(path, content)
         except ExtractChanged:
-            self._kick.set()
-            self._dirty.add(path)
+            self.notify([path])
             return
         except ExtractError as exc:
             if exc.reason is RejectReason.INVALID_JSON:

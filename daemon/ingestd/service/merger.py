@@ -95,7 +95,7 @@ class Merger:
             name="ingestd-merge",
             daemon=True,
         )
-        child.start()
+        await asyncio.to_thread(child.start)  # spawn forks and pickles: not on the loop
         sender.close()
         self._children.add(child)
         try:
