@@ -7,7 +7,7 @@ import pytest
 
 from ingestd.policy.extract import Record
 from ingestd.policy.merge import State
-from ingestd.store.manifest import SCHEMA_VERSION, Manifest, ManifestError
+from ingestd.store.manifest import _MIGRATIONS, SCHEMA_VERSION, Manifest, ManifestError
 
 OLD = "https://h/v?expire=100"
 NEW = "https://h/v?expire=200"
@@ -167,3 +167,40 @@ def test_topics_merged_during_a_download_are_flagged_for_links(manifest: Manifes
     assert manifest.complete("1", 10, "cd" * 32, "a/1.mp4", item.topics, now=4.0)
     (relink,) = manifest.pending_relinks(10)
     assert relink.topics == ("a", "b")
+
+
+def test_version_1_manifests_are_migrated_with_their_rows(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(_MIGRATIONS[1] + "; PRAGMA user_version = 1;")
+    conn.execute(
+        "INSERT INTO items (aweme_id, url, topics, state, attempts, bytes, sources, record,"
+        " created_at, updated_at) VALUES ('7', 'https://h/v', '[\"a\"]', 'done', 2, 99,"
+        " '[\"e.json\"]', '{}', 1.0, 2.0)"
+    )
+    conn.close()
+    reader = Manifest.open(path, readonly=True)  # a CLI may read it before the daemon migrates
+    assert reader.counts().items["done"] == 1
+    reader.close()
+    m = Manifest.open(path)
+    row = m.item("7")
+    assert row is not None and (row["state"], row["attempts"], row["bytes"]) == ("done", 2, 99)
+    m.merge([r("8")], "f.json", now=3.0)
+    items = m.counts().items
+    assert (items["pending"], items["done"]) == (1, 1)
+    m.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'items'").fetchone()[0]
+    assert "WITHOUT ROWID" not in sql
+    indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"items_due", "items_relink"} <= indexes
+    conn.close()
+
+
+def test_topics_with_lone_surrogates_are_stored(manifest: Manifest) -> None:
+    # Legal JSON escapes that are not encodable text: stored escaped, named by policy.naming.
+    counts = manifest.merge([r("1", topic="t\udc00")], "e.json", now=1.0)
+    assert counts.new == 1
+    row = manifest.item("1")
+    assert row is not None and row["topics"] == '["t\\udc00"]'

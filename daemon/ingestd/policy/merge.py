@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ingestd.policy.urls import fresher_url
 
@@ -21,8 +22,7 @@ class State(enum.StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True, slots=True)
-class Known:
+class Known(NamedTuple):  # a tuple: a merge builds one per record
     """The parts of a manifest row that merging looks at."""
 
     url: str
