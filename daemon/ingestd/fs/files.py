@@ -53,10 +53,13 @@ def lstat_regular(path: Path) -> FileSignature | None:
     return signature_of(st) if stat.S_ISREG(st.st_mode) else None
 
 
-def read_extract(path: Path, max_bytes: int, keep_bytes: int | None = None) -> ExtractBytes:
+def read_extract(
+    path: Path, max_bytes: int, keep_bytes: int | None = None, *, digest: bool = True
+) -> ExtractBytes:
     """Read a whole extract without following symlinks or blocking on FIFOs.
 
     A file larger than `keep_bytes` is only hashed: its `data` is empty (it is parsed elsewhere).
+    With `digest=False` nothing is hashed and `sha256` is empty (the caller hashes `data`).
     """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
@@ -68,7 +71,7 @@ def read_extract(path: Path, max_bytes: int, keep_bytes: int | None = None) -> E
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ExtractReadError("not a regular file", skip=True)
-        digest = hashlib.sha256()
+        hasher = hashlib.sha256()
         if st.st_size > max_bytes:
             raise ExtractReadError(
                 f"{st.st_size} bytes > cap {max_bytes}", skip=False, too_large=True
@@ -80,11 +83,13 @@ def read_extract(path: Path, max_bytes: int, keep_bytes: int | None = None) -> E
             total += len(chunk)
             if total > max_bytes:
                 raise ExtractReadError(f"grew past cap {max_bytes}", skip=False, too_large=True)
-            digest.update(chunk)
+            if digest:
+                hasher.update(chunk)
             if keep:
                 chunks.append(chunk)
         signature = FileSignature(total, st.st_mtime_ns, st.st_ino)
-        return ExtractBytes(b"".join(chunks), digest.hexdigest(), signature)
+        data = b"".join(chunks)
+        return ExtractBytes(data, hasher.hexdigest() if digest else "", signature)
     except OSError as exc:
         raise ExtractReadError(f"read failed: {exc.strerror}", skip=False) from exc
     finally:

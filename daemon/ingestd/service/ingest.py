@@ -172,6 +172,8 @@ class Ingestor:
             updated=merged.updated,
             unusable=merged.unusable,
             duration_s=round(time.monotonic() - started, 3),
+            parse_s=round(merged.parse_s, 3),
+            write_s=round(merged.write_s, 3),
         )
         self._on_merged()
 

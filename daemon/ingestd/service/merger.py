@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import multiprocessing
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ingestd.fs.files import ExtractBytes, read_extract
-from ingestd.policy.extract import ExtractError, RejectReason, parse_extract
+from ingestd.policy.extract import ExtractError, ParsedExtract, RejectReason, parse_extract
 from ingestd.service.db import Db
 from ingestd.store.manifest import Manifest
 
@@ -38,6 +40,22 @@ class Merged:
     unusable: int
     new: int
     updated: int
+    parse_s: float  # reading, checking and parsing the file
+    write_s: float  # writing the manifest
+
+
+def _parse_version(data: bytes, sha256: str) -> ParsedExtract | None:
+    """Parse `data` while hashing it on the other core (hashlib releases the GIL). None when the
+    bytes are not the version the daemon hashed: their verdict, even a rejection, is moot."""
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+        try:
+            parsed = parse_extract(data)
+        except ExtractError:
+            if digest.result() != sha256:
+                return None
+            raise
+        return parsed if digest.result() == sha256 else None
 
 
 def _merge_in_child(
@@ -47,18 +65,21 @@ def _merge_in_child(
     # collector would only rescan them again and again (it costs ~40 % of the parse).
     gc.disable()
     try:
-        content = read_extract(Path(extract), max_bytes)
-        if content.sha256 != sha256:
+        started = time.monotonic()
+        content = read_extract(Path(extract), max_bytes, digest=False)
+        parsed = _parse_version(content.data, sha256)
+        del content
+        if parsed is None:
             out.send(("changed",))
             return
-        parsed = parse_extract(content.data)
-        del content
+        parsed_at = time.monotonic()
         store = Manifest.open(Path(manifest))
         try:
             counts = store.merge(parsed.records, source, time.time())
         finally:
             store.close()
-        out.send(("ok", parsed.total, parsed.unusable, counts.new, counts.updated))
+        timing = (parsed_at - started, time.monotonic() - parsed_at)
+        out.send(("ok", parsed.total, parsed.unusable, counts.new, counts.updated, *timing))
     except ExtractError as exc:
         out.send(("rejected", exc.reason.value, exc.detail))
     except Exception as exc:  # reported to the parent, which logs it and retries later
@@ -79,11 +100,20 @@ class Merger:
     async def merge(self, path: Path, content: ExtractBytes) -> Merged:
         """Parse and merge; raises ExtractError (reject or settle), ExtractChanged."""
         if len(content.data) == content.signature.size:  # small: the bytes were kept
+            started = time.monotonic()
             parsed = await asyncio.to_thread(parse_extract, content.data)
+            parsed_at = time.monotonic()
             counts = await self._db.run(
                 self._db.manifest.merge, parsed.records, path.name, time.time()
             )
-            return Merged(parsed.total, parsed.unusable, counts.new, counts.updated)
+            return Merged(
+                parsed.total,
+                parsed.unusable,
+                counts.new,
+                counts.updated,
+                parsed_at - started,
+                time.monotonic() - parsed_at,
+            )
         return await self._in_child(path, content.sha256)
 
     async def _in_child(self, path: Path, sha256: str) -> Merged:
@@ -107,7 +137,8 @@ class Merger:
         kind = reply[0]
         if kind == "ok":
             total, unusable, new, updated = (int(str(v)) for v in reply[1:5])
-            return Merged(total, unusable, new, updated)
+            parse_s, write_s = (float(str(v)) for v in reply[5:7])
+            return Merged(total, unusable, new, updated, parse_s, write_s)
         if kind == "rejected":
             raise ExtractError(RejectReason(str(reply[1])), str(reply[2]))
         if kind == "changed":
