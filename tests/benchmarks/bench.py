@@ -43,6 +43,8 @@ FAR_FUTURE = 4_102_444_800  # 2100-01-01: the benchmark's signed URLs never expi
 NETNS = "ingestd-bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE_TO = os.environ.get("BENCH_PROFILE", "")  # py-spy raw stacks of ingestd runs
+# BENCH_PROFILE_GIL=1: only samples that hold the GIL (where the interpreter's time goes).
+PROFILE_GIL = ["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else []
 
 
 @dataclass(frozen=True)
@@ -480,6 +482,7 @@ def run_ingestd(
                     "--rate",
                     "250",
                     "--threads",
+                    *PROFILE_GIL,
                     "-o",
                     PROFILE_TO,
                     "-p",

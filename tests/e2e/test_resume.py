@@ -6,6 +6,7 @@ import random
 import time
 from typing import Any
 
+from ingestd.store.manifest import Manifest
 from support.daemon import Daemon, by_id
 from support.extracts import Item, make_record, new_id
 from support.origin import OriginServer
@@ -131,3 +132,22 @@ def test_sigterm_exits_promptly_and_restart_resumes(
     daemon.start()
     _assert_resumed_and_intact(daemon, origin, items, restarted_at)
     daemon.terminate()
+
+
+def test_a_clean_stop_hands_back_running_and_claimed_ahead_items(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    # One transfer at a time: the pool has claimed one more ahead. A clean stop must hand both
+    # back to the queue, with the attempt that claiming counted given back too.
+    records, items = _slow_items(origin, prefix, 4)
+    daemon: Daemon = daemon_factory(concurrency=1, timeout=5.0)
+    daemon.start()
+    daemon.drop_atomic("extract_20261126T190000.json", records)
+    daemon.wait_for_count("download_started", 1, timeout=15)
+    assert daemon.terminate(timeout=10) < 10
+    manifest = Manifest.open(daemon.state_dir / "manifest.sqlite3", readonly=True)
+    try:
+        rows = [manifest.item(i.aweme_id) for i in items]
+    finally:
+        manifest.close()
+    assert [(r["state"], r["attempts"]) for r in rows if r] == [("pending", 0)] * 4, rows

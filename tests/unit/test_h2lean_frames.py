@@ -9,6 +9,7 @@ import asyncio
 
 import h2.config
 import h2.connection
+import hpack
 import pytest
 
 from ingestd.net import h2lean
@@ -115,3 +116,30 @@ async def test_data_for_an_abandoned_stream_returns_connection_credit() -> None:
     assert not transport.closed
     tail = bytes(transport.written[sent:])
     assert b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" in tail  # a connection-level WINDOW_UPDATE
+
+
+def test_literal_encoder_round_trips_through_a_real_hpack_decoder() -> None:
+    encoder = h2lean._LiteralEncoder()
+    decoder = hpack.Decoder()
+    fields = [
+        (b":method", b"GET"),  # whole field in the static table: one byte
+        (b":scheme", b"https"),
+        (b":authority", b"cdn.example:8443"),  # name in the static table
+        (b":path", b"/v/1.mp4?expire=4102444800&sig=" + b"a" * 300),  # long: multi-byte length
+        (b"user-agent", b"ingestd/1"),
+        (b"x-custom", b"\xe2\x82\xac"),  # neither: literal name
+        hpack.NeverIndexedHeaderTuple(b"cookie", b"secret"),
+    ]
+    for _ in range(3):  # the second and third blocks come from the cache
+        block = encoder.encode(fields)
+        assert [(bytes(k), bytes(v)) for k, v in decoder.decode(block, raw=True)] == [
+            (bytes(k), bytes(v)) for k, v in fields
+        ]
+    assert decoder.header_table_size == 4096 and len(decoder.header_table.dynamic_entries) == 0
+    assert encoder.encode([(b":method", b"GET")]) == b"\x82"
+    # The server lowered its table size: the next block starts with the size update.
+    encoder.header_table_size = 0
+    block = encoder.encode([(b":method", b"GET")])
+    assert block == b"\x20\x82"
+    assert list(decoder.decode(block, raw=True)) == [(b":method", b"GET")]
+    assert decoder.header_table_size == 0

@@ -13,10 +13,11 @@ import re
 import socket
 import ssl
 import typing
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import certifi
 import h2.exceptions
@@ -147,81 +148,16 @@ class _Transport(httpx.AsyncHTTPTransport):
         )
 
 
-class _LeanBody(httpx.AsyncByteStream):
-    def __init__(self, response: h2lean.Response) -> None:
-        self._response = response
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.body:
-                yield chunk
-        except h2lean.H2Error as exc:
-            raise _to_httpx(exc) from exc
-
-    async def aclose(self) -> None:
-        self._response.close()
+def _translate_lean(exc: h2lean.H2Error, *, in_body: bool) -> FetchFailed:
+    if isinstance(exc, (h2lean.ConnectTimedOut, h2lean.StreamTimedOut)):
+        return FetchFailed(Reason.TIMEOUT, type(exc).__name__)
+    if isinstance(exc, h2lean.ConnectFailed) or not in_body:
+        return FetchFailed(Reason.CONNECTION_ERROR, _describe(exc))
+    return FetchFailed(Reason.TRUNCATED, _describe(exc))
 
 
-def _to_httpx(exc: h2lean.H2Error) -> httpx.HTTPError:
-    if isinstance(exc, h2lean.ConnectTimedOut):
-        return httpx.ConnectTimeout(str(exc))
-    if isinstance(exc, h2lean.ConnectFailed):
-        return httpx.ConnectError(str(exc))
-    if isinstance(exc, h2lean.StreamTimedOut):
-        return httpx.ReadTimeout(str(exc))
-    return httpx.RemoteProtocolError(str(exc))
-
-
-class _LeanTransport(httpx.AsyncBaseTransport):
-    """HTTPS requests go over the lean HTTP/2 pool; origins without h2, and plain http, go
-    through httpx's own transport (`fallback`)."""
-
-    def __init__(
-        self,
-        ssl_context: ssl.SSLContext,
-        policy: _HostPolicy,
-        fallback: httpx.AsyncBaseTransport,
-        connections_per_host: int,
-    ) -> None:
-        async def resolve(host: str, port: int, timeout: float | None) -> list[str]:
-            try:
-                return await _permitted_addresses(policy, host, port, timeout)
-            except OSError as exc:
-                raise h2lean.ConnectFailed(f"cannot resolve {host}: {exc}") from exc
-
-        self._pool = h2lean.H2Pool(ssl_context, resolve, connections_per_host)
-        self._fallback = fallback
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        port = url.port or 443
-        if url.scheme != "https" or (url.host, port) in self._pool.not_h2:
-            return await self._fallback.handle_async_request(request)
-        timeouts = request.extensions.get("timeout", {})
-        try:
-            response = await self._pool.request(
-                url.host,
-                port,
-                request.method.encode("ascii"),
-                url.raw_path,
-                request.headers.raw,
-                timeouts.get("connect"),
-                timeouts.get("read"),
-            )
-        except h2lean.NotHTTP2:
-            return await self._fallback.handle_async_request(request)
-        except h2lean.H2Error as exc:
-            raise _to_httpx(exc) from exc
-        return httpx.Response(
-            response.status,
-            headers=response.headers,
-            stream=_LeanBody(response),
-            extensions={"http_version": b"HTTP/2"},
-        )
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
-        await self._fallback.aclose()
+# A request target that can go on the wire as it is; anything else is normalized by httpx.
+_PLAIN_TARGET = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%?]*")
 
 
 def build_ssl_context(
@@ -267,17 +203,50 @@ _FOREIGN = (httpx.HTTPError, httpx.StreamError, h2.exceptions.ProtocolError, _Un
 
 
 class Response:
-    """A streaming response: status, a few headers, and the body in raw chunks."""
+    """A streaming response: status, headers, and the body in raw chunks."""
 
-    def __init__(self, response: httpx.Response) -> None:
-        self._response = response
-        self.status = response.status_code
-        self.http_version = response.http_version
+    def __init__(
+        self,
+        status: int,
+        http_version: str,
+        headers: Mapping[str, str],
+        body: AsyncIterator[bytes],
+        close: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.status = status
+        self.http_version = http_version
+        self._headers = headers
+        self._body = body
+        self._close = close
+
+    @classmethod
+    def from_httpx(cls, response: httpx.Response) -> Response:
+        """Wrap a streaming httpx response."""
+        return cls(
+            response.status_code,
+            response.http_version,
+            response.headers,
+            response.aiter_raw(),
+            response.aclose,
+        )
+
+    @classmethod
+    def from_lean(cls, response: h2lean.Response) -> Response:
+        """Wrap a response of the lean HTTP/2 pool."""
+
+        async def close() -> None:
+            response.close()
+
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in response.headers:
+            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+            # A repeated field reads as its values joined, as through httpx.
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        return cls(response.status, "HTTP/2", headers, response.body, close)
 
     def header(self, name: str) -> str | None:
-        """A response header, or None."""
-        value: str | None = self._response.headers.get(name)
-        return value
+        """A response header (name in lower case), or None."""
+        return self._headers.get(name)
 
     @property
     def content_length(self) -> int | None:
@@ -290,36 +259,38 @@ class Response:
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, undecoded. Raises FetchFailed."""
         try:
-            async for chunk in self._response.aiter_raw():
+            async for chunk in self._body:
                 yield chunk
+        except h2lean.H2Error as exc:
+            raise _translate_lean(exc, in_body=True) from exc
         except _FOREIGN as exc:
             raise _translate(exc, in_body=True) from exc
 
+    async def aclose(self) -> None:
+        """Release the stream or connection."""
+        await self._close()
+
 
 class Fetcher:
-    """GETs URLs through one shared HTTP/2 client, enforcing the URL policy on every hop."""
+    """GETs URLs, enforcing the URL policy on every hop.
+
+    HTTPS goes over the lean HTTP/2 pool (net.h2lean) when http2 is on; plain http, origins that
+    do not negotiate h2, and http2 = false go through one httpx client.
+    """
 
     def __init__(self, settings: HttpSettings) -> None:
         self._policy = _HostPolicy(settings.allowed_hosts)
         context = build_ssl_context(settings.ca_bundle)
-        transport: httpx.AsyncBaseTransport = _Transport(context, settings, self._policy)
+        self._lean: h2lean.H2Pool | None = None
         if settings.http2:
             context.set_alpn_protocols(["h2", "http/1.1"])
-            transport = _LeanTransport(
-                context, self._policy, transport, settings.connections_per_host
-            )
+            self._lean = _lean_pool(context, self._policy, settings.connections_per_host)
         self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(settings.timeout),
+            transport=_Transport(context, settings, self._policy),
             follow_redirects=False,
             trust_env=False,
-            headers={
-                "User-Agent": settings.user_agent,
-                "Referer": settings.referer,
-                "Accept": "*/*",
-                "Accept-Encoding": "identity",
-            },
         )
+        self.reconfigure(settings)
 
     def reconfigure(self, settings: HttpSettings) -> None:
         """Apply a reloaded config to later requests: timeout, headers, allowed hosts.
@@ -327,10 +298,17 @@ class Fetcher:
         http2, the CA bundle and the connection limit belong to the transport and need a restart.
         """
         self._policy.allowed_hosts = settings.allowed_hosts
+        self._timeout = settings.timeout
         self._client.timeout = httpx.Timeout(settings.timeout)
-        self._client.headers.update(
-            {"User-Agent": settings.user_agent, "Referer": settings.referer}
+        self._client.headers = httpx.Headers(
+            {
+                "User-Agent": settings.user_agent,
+                "Referer": settings.referer,
+                "Accept": "*/*",
+                "Accept-Encoding": "identity",
+            }
         )
+        self._lean_headers = [(k.lower(), v) for k, v in self._client.headers.raw]
 
     @asynccontextmanager
     async def get(self, url: str, headers: Mapping[str, str]) -> AsyncIterator[Response]:
@@ -340,28 +318,81 @@ class Fetcher:
             verdict = check_url(current, self._policy.allowed_hosts)
             if not verdict.allowed:
                 raise FetchFailed(Reason.UNSAFE_URL, verdict.reason)
+            response = await self._open(current, headers)
             try:
-                request = self._client.build_request("GET", current, headers=dict(headers))
-                response = await self._client.send(request, stream=True)
-            except _FOREIGN as exc:
-                raise _translate(exc, in_body=False) from exc
-            try:
-                location = response.headers.get("location")
-                if response.status_code in _REDIRECTS and location:
+                location = response.header("location")
+                if response.status in _REDIRECTS and location:
                     try:
-                        current = str(response.url.join(location))
+                        current = str(httpx.URL(current).join(location))
                     except (httpx.InvalidURL, ValueError) as exc:
                         raise FetchFailed(Reason.UNSAFE_URL, "malformed redirect") from exc
                     continue
-                yield Response(response)
+                yield response
                 return
             finally:
                 await response.aclose()
         raise FetchFailed(Reason.TOO_MANY_REDIRECTS, f"more than {MAX_REDIRECTS}")
 
+    async def _open(self, url: str, headers: Mapping[str, str]) -> Response:
+        lean = self._lean
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or 443
+        if (
+            lean is not None
+            and parts.scheme.lower() == "https"
+            and (host, port) not in lean.not_h2
+            and host.isascii()
+        ):
+            target = parts.path or "/"
+            if parts.query:
+                target = f"{target}?{parts.query}"
+            if not _PLAIN_TARGET.fullmatch(target):
+                target = httpx.URL(url).raw_path.decode("ascii")
+            fields = self._lean_headers + [
+                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+            ]
+            try:
+                response = await lean.request(
+                    host,
+                    port,
+                    b"GET",
+                    target.encode("ascii"),
+                    fields,
+                    self._timeout,
+                    self._timeout,
+                )
+            except h2lean.NotHTTP2:
+                pass  # remembered in lean.not_h2: httpx from now on
+            except h2lean.H2Error as exc:
+                raise _translate_lean(exc, in_body=False) from exc
+            except _UnsafeDestination as exc:
+                raise _translate(exc, in_body=False) from exc
+            else:
+                return Response.from_lean(response)
+        try:
+            request = self._client.build_request("GET", url, headers=dict(headers))
+            return Response.from_httpx(await self._client.send(request, stream=True))
+        except _FOREIGN as exc:
+            raise _translate(exc, in_body=False) from exc
+
     async def aclose(self) -> None:
         """Close every connection."""
+        if self._lean is not None:
+            await self._lean.aclose()
         await self._client.aclose()
+
+
+def _lean_pool(
+    context: ssl.SSLContext, policy: _HostPolicy, connections_per_host: int
+) -> h2lean.H2Pool:
+    async def resolve(host: str, port: int, timeout: float | None) -> list[str]:
+        try:
+            return await _permitted_addresses(policy, host, port, timeout)
+        except OSError as exc:
+            raise h2lean.ConnectFailed(f"cannot resolve {host}: {exc}") from exc
+
+    return h2lean.H2Pool(context, resolve, connections_per_host)
 
 
 __all__: typing.Final = ["FetchFailed", "Fetcher", "HttpSettings", "Response", "SetupError"]

@@ -7,12 +7,13 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Generic, ParamSpec, TypeVar
 
 from ingestd.store.manifest import Manifest
 
 P = ParamSpec("P")
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Db:
@@ -45,3 +46,37 @@ class Db:
         """Close the manifest and stop the thread."""
         await self.run(self.manifest.close)
         self._executor.shutdown(wait=True)
+
+
+class GroupCommit(Generic[T, R]):
+    """Group commit: calls that arrive while a batch is being written go together into the next
+    one, in one transaction. No timer: a lone call is written at once, and the busier the
+    manifest thread, the bigger the batches."""
+
+    def __init__(self, db: Db, write_many: Callable[[list[T]], list[R]]) -> None:
+        self._db = db
+        self._write_many = write_many
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        """Write `item` with whatever else is waiting; returns its own result."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain(), name="group-commit")
+        return await asyncio.shield(future)  # a cancelled caller's item is still written
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                results = await self._db.run(self._write_many, [item for item, _ in batch])
+            except Exception as exc:  # the whole transaction failed: so did every call in it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import random
@@ -35,14 +36,15 @@ from ingestd.policy.transfer import (
     strong_validator,
 )
 from ingestd.policy.urls import check_url, is_expired, redact
-from ingestd.service.db import Db
-from ingestd.store.manifest import Item, ManifestError
+from ingestd.service.db import Db, GroupCommit
+from ingestd.store.manifest import Completion, Item, ManifestError
 
 RESUME_MIN_BYTES = 1024 * 1024  # smaller files restart from zero: not worth a manifest write
 WRITE_BATCH = 1024 * 1024  # bytes gathered before one write+hash in a worker thread
 # A slow transfer still reaches the disk often, so a kill loses little of what arrived.
 FLUSH_SECONDS = 0.25
 IDLE_RECHECK = 5.0  # seconds between looks at the queue and the free space when idle
+SPACE_RECHECK = 0.5  # at most this often a statvfs, however many transfers finish
 RELINK_BATCH = 100
 
 
@@ -91,6 +93,11 @@ class DownloadPool:
         self._clock = clock
         self._jitter = jitter
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Claimed ahead, in one transaction per batch, so a finishing transfer is replaced
+        # without a manifest round trip. Released, like running ones, on shutdown.
+        self._ready: collections.deque[Item] = collections.deque()
+        self._completions = GroupCommit(db, db.manifest.complete_many)
+        self._space_checked_at = -SPACE_RECHECK
         self._wake = asyncio.Event()
         self._paused = False
         self._relink_due = False
@@ -104,6 +111,7 @@ class DownloadPool:
     def reconfigure(self, config: Config) -> None:
         """Use a reloaded config from the next claim and the next decision on."""
         self._config = config
+        self._space_checked_at = -SPACE_RECHECK  # min_free_bytes may have changed
         self.wake()
 
     def wake(self) -> None:
@@ -133,15 +141,20 @@ class DownloadPool:
             if not await self._space_ok():
                 await self._wait(IDLE_RECHECK)
                 continue
-            free = self._config.concurrency - len(self._tasks)
+            concurrency = self._config.concurrency
+            free = concurrency - len(self._tasks)
             claimed: list[Item] = []
-            if free > 0:
-                claimed = await self._db.run(self._db.manifest.claim_due, self._clock(), free)
-                for item in claimed:
-                    task = asyncio.create_task(self._download(item), name=f"dl-{item.aweme_id}")
-                    self._tasks[item.aweme_id] = task
-                    task.add_done_callback(functools.partial(self._forget, item.aweme_id))
-            if claimed and len(self._tasks) < self._config.concurrency:
+            if free > len(self._ready):
+                # Enough for the free slots and for the next `concurrency` to finish.
+                want = free + concurrency - len(self._ready)
+                claimed = await self._db.run(self._db.manifest.claim_due, self._clock(), want)
+                self._ready.extend(claimed)
+            while self._ready and len(self._tasks) < concurrency:
+                item = self._ready.popleft()
+                task = asyncio.create_task(self._download(item), name=f"dl-{item.aweme_id}")
+                self._tasks[item.aweme_id] = task
+                task.add_done_callback(functools.partial(self._forget, item.aweme_id))
+            if claimed and len(self._tasks) < concurrency:
                 continue  # there may be more due right now
             timeout = IDLE_RECHECK
             if len(self._tasks) < self._config.concurrency:
@@ -165,6 +178,10 @@ class DownloadPool:
             waiter.cancel()
 
     async def _space_ok(self) -> bool:
+        now = time.monotonic()
+        if now - self._space_checked_at < SPACE_RECHECK:
+            return not self._paused
+        self._space_checked_at = now
         try:
             free = await asyncio.to_thread(free_bytes, self._config.data_dir)
         except OSError as exc:
@@ -186,7 +203,8 @@ class DownloadPool:
     async def shutdown(self) -> None:
         """Cancel transfers (their .part files stay) and hand their items back to the queue."""
         tasks = list(self._tasks.values())
-        ids = list(self._tasks)
+        ids = [*self._tasks, *(item.aweme_id for item in self._ready)]
+        self._ready.clear()
         for task in tasks:
             task.cancel()
         if tasks:
@@ -217,14 +235,10 @@ class DownloadPool:
 
     async def _completed(self, item: Item, done: Published, duration: float, log: Logger) -> None:
         linked = done.links
-        stale = await self._db.run(
-            self._db.manifest.complete,
-            item.aweme_id,
-            done.size,
-            done.sha256,
-            str(done.path),
-            item.topics,
-            self._clock(),
+        stale = await self._completions.submit(
+            Completion(
+                item.aweme_id, done.size, done.sha256, str(done.path), item.topics, self._clock()
+            )
         )
         if stale:  # topics merged in while it downloaded
             self.merged()

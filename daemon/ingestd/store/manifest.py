@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ingestd.policy.extract import Record
 from ingestd.policy.merge import Known, State, merge
@@ -112,6 +113,17 @@ class MergeCounts:
     records: int
     new: int
     updated: int
+
+
+class Completion(NamedTuple):
+    """A finished download, for `complete_many`."""
+
+    aweme_id: str
+    size: int
+    sha256: str
+    path: str  # relative to media_assets
+    linked_topics: Sequence[str | None]
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,14 +405,29 @@ class Manifest:
     ) -> bool:
         """Mark an item done with its size, digest and relative path. Returns True when topics
         arrived during the download that `linked_topics` does not cover (it needs a relink)."""
+        return self.complete_many([Completion(aweme_id, size, sha256, path, linked_topics, now)])[0]
+
+    def complete_many(self, done: Sequence[Completion]) -> list[bool]:
+        """`complete` for several items in one transaction; one flag per item, in order."""
+        flags = []
         with self._write() as db:
-            row = db.execute(
-                "UPDATE items SET state = 'done', bytes = ?, sha256 = ?, path = ?,"
-                " validator = NULL, last_error = NULL, last_status = NULL, completed_at = ?,"
-                " updated_at = ?, relink = (topics != ?) WHERE aweme_id = ? RETURNING relink",
-                (size, sha256, path, now, now, json.dumps(list(linked_topics)), aweme_id),
-            ).fetchone()
-        return bool(row and row[0])
+            for c in done:
+                row = db.execute(
+                    "UPDATE items SET state = 'done', bytes = ?, sha256 = ?, path = ?,"
+                    " validator = NULL, last_error = NULL, last_status = NULL, completed_at = ?,"
+                    " updated_at = ?, relink = (topics != ?) WHERE aweme_id = ? RETURNING relink",
+                    (
+                        c.size,
+                        c.sha256,
+                        c.path,
+                        c.now,
+                        c.now,
+                        _json_array(tuple(c.linked_topics)),
+                        c.aweme_id,
+                    ),
+                ).fetchone()
+                flags.append(bool(row and row[0]))
+        return flags
 
     def finish_failed(
         self,
