@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,8 +197,11 @@ class PartFile:
             self._hash = hashlib.sha256()
             self._hashed = 0
 
-    def write(self, data: bytes) -> None:
-        """Append `data` and hash it."""
+    def write(self, chunks: Sequence[bytes | memoryview]) -> None:
+        """Append `chunks` and hash them."""
+        # One join here (a worker thread) rather than one GIL round trip per chunk: hashing
+        # releases the GIL for each buffer, and the event loop would make each one wait.
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         with self._lock:
             fd = self._require_fd()
             view = memoryview(data)

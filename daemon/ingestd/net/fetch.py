@@ -13,7 +13,7 @@ import re
 import socket
 import ssl
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from ingestd.policy.retry import Reason
 from ingestd.policy.urls import address_is_public, check_url, host_matches
 
 MAX_REDIRECTS = 5
+Chunk = bytes | memoryview  # a piece of a response body
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
@@ -210,7 +211,7 @@ class Response:
         status: int,
         http_version: str,
         headers: Mapping[str, str],
-        body: AsyncIterator[bytes],
+        body: AsyncIterator[Sequence[Chunk]],
         close: Callable[[], Awaitable[None]],
     ) -> None:
         self.status = status
@@ -222,12 +223,13 @@ class Response:
     @classmethod
     def from_httpx(cls, response: httpx.Response) -> Response:
         """Wrap a streaming httpx response."""
+
+        async def body() -> AsyncIterator[Sequence[Chunk]]:
+            async for chunk in response.aiter_raw():
+                yield (chunk,)
+
         return cls(
-            response.status_code,
-            response.http_version,
-            response.headers,
-            response.aiter_raw(),
-            response.aclose,
+            response.status_code, response.http_version, response.headers, body(), response.aclose
         )
 
     @classmethod
@@ -256,15 +258,25 @@ class Response:
             return None
         return int(value)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, undecoded. Raises FetchFailed."""
+    async def batches(self) -> AsyncIterator[Sequence[Chunk]]:
+        """The body as it arrives, undecoded, in batches of chunks. Raises FetchFailed.
+
+        Chunks may be views of the connection's buffers: valid as long as they are referenced,
+        never rewritten; keeping many of them pins their buffers (bounded by the windows).
+        """
         try:
-            async for chunk in self._body:
-                yield chunk
+            async for batch in self._body:
+                yield batch
         except h2lean.H2Error as exc:
             raise _translate_lean(exc, in_body=True) from exc
         except _FOREIGN as exc:
             raise _translate(exc, in_body=True) from exc
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        """The body chunk by chunk (see `batches`)."""
+        async for batch in self.batches():
+            for chunk in batch:
+                yield chunk
 
     async def aclose(self) -> None:
         """Release the stream or connection."""
@@ -395,4 +407,11 @@ def _lean_pool(
     return h2lean.H2Pool(context, resolve, connections_per_host)
 
 
-__all__: typing.Final = ["FetchFailed", "Fetcher", "HttpSettings", "Response", "SetupError"]
+__all__: typing.Final = [
+    "Chunk",
+    "FetchFailed",
+    "Fetcher",
+    "HttpSettings",
+    "Response",
+    "SetupError",
+]

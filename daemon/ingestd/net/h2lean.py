@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -35,7 +36,10 @@ from hpack.table import HeaderTable
 STREAM_WINDOW = 4 * 1024 * 1024  # per stream: bounds what one slow consumer can buffer
 CONNECTION_WINDOW = 32 * 1024 * 1024
 MAX_FRAME_SIZE = 2**24 - 1  # let servers send big frames when they are willing to
+READ_CHUNK = 512 * 1024  # TLS decrypts straight into buffers of this size (see get_buffer)
+_MIN_FREE = 64 * 1024  # a buffer with less room than this is replaced by a fresh one
 _DATA, _END_STREAM, _PADDED = 0x0, 0x1, 0x8
+_FRAME_HEADER = struct.Struct(">HBBBI")  # 24-bit length (16 + 8), type, flags, stream id
 _HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -84,7 +88,7 @@ Resolver = Callable[[str, int, float | None], Awaitable[Sequence[str]]]
 class _Stream:
     stream_id: int
     headers: asyncio.Future[list[tuple[bytes, bytes]]]
-    chunks: collections.deque[bytes] = field(default_factory=collections.deque)
+    chunks: collections.deque[memoryview] = field(default_factory=collections.deque)
     pending_credit: int = 0  # flow-controlled bytes arrived but not yet handed to the consumer
     window: int = STREAM_WINDOW  # what the server may still send before our next WINDOW_UPDATE
     ended: bool = False
@@ -167,8 +171,15 @@ def _literal(name: bytes, value: bytes, never_indexed: bool) -> bytes:
     return b"".join(parts)
 
 
-class _Connection(asyncio.Protocol):
-    """One HTTP/2 connection. All methods run on the event loop."""
+class _Connection(asyncio.BufferedProtocol):
+    """One HTTP/2 connection. All methods run on the event loop.
+
+    A buffered protocol: the TLS layer decrypts straight into our buffer (no intermediate bytes
+    objects), and DATA payloads reach the consumer as memoryviews of that buffer, so body bytes
+    are never copied in Python between decryption and the file write. A buffer is only ever
+    appended to; when it runs short a fresh one takes over (the unparsed tail is copied, a
+    partial frame at most), and the old one lives on only as long as views of it do.
+    """
 
     def __init__(self, authority: str) -> None:
         config = h2.config.H2Configuration(
@@ -185,7 +196,10 @@ class _Connection(asyncio.Protocol):
         self._authority = authority.encode("ascii")
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, _Stream] = {}
-        self._buffer = bytearray()
+        self._buffer = bytearray(READ_CHUNK)
+        self._start = 0  # first byte not yet parsed
+        self._end = 0  # first byte not yet filled
+        self._exported = False  # body bytes of this buffer were handed out: never rewrite it
         self._conn_credit = 0
         self._conn_window = CONNECTION_WINDOW
         self._stream_credit: dict[int, int] = {}
@@ -213,22 +227,46 @@ class _Connection(asyncio.Protocol):
         self._flush()
         self.capacity.set()
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        free = len(self._buffer) - self._end
+        if free < _MIN_FREE:
+            pending = self._end - self._start
+            need = pending + _MIN_FREE
+            if pending >= 9:  # a partial frame: make room for all of it
+                need = max(need, 9 + int.from_bytes(self._buffer[self._start : self._start + 3]))
+            fresh = bytearray(max(READ_CHUNK, need))
+            fresh[:pending] = self._buffer[self._start : self._end]
+            self._buffer, self._start, self._end = fresh, 0, pending
+            self._exported = False
+        return memoryview(self._buffer)[self._end :]
+
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
+        """Bytes from a non-buffered source (tests): fed through the buffer."""
+        view = memoryview(data)
+        while view:
+            target = self.get_buffer(len(view))
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            self.buffer_updated(n)
+            view = view[n:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
         buffer = self._buffer
         view = memoryview(buffer)
-        offset = 0
+        offset = self._start
+        filled = self._end
         control_from = -1  # start of a run of frames for h2
         try:
-            while len(buffer) - offset >= 9:
-                length = int.from_bytes(view[offset : offset + 3], "big")
+            while filled - offset >= 9:
+                high, low, kind, flags, sid = _FRAME_HEADER.unpack_from(buffer, offset)
+                length = high << 8 | low
                 end = offset + 9 + length
-                if end > len(buffer):
+                if end > filled:
                     break
-                kind = buffer[offset + 3]
                 stream = None
                 if kind == _DATA:
-                    sid = int.from_bytes(view[offset + 5 : offset + 9], "big") & 0x7FFFFFFF
+                    sid &= 0x7FFFFFFF
                     stream = self._streams.get(sid)
                     if stream is None and sid != 0:
                         # A stream we gave up on: its bytes still count against the
@@ -253,17 +291,20 @@ class _Connection(asyncio.Protocol):
                 if control_from >= 0:
                     self._to_h2(bytes(view[control_from:offset]))
                     control_from = -1
-                self._data_frame(stream, buffer[offset + 4], view[offset + 9 : end], length)
+                self._data_frame(stream, flags, view[offset + 9 : end], length)
                 offset = end
             if control_from >= 0:
                 self._to_h2(bytes(view[control_from:offset]))
         except h2.exceptions.ProtocolError as exc:
-            view.release()
             self._fail_all(StreamFailed(f"protocol error: {exc}"))
             self._close()
             return
-        view.release()
-        del buffer[:offset]
+        finally:
+            view.release()
+        self._start = offset
+        if offset == filled and not self._exported:
+            # All parsed and no body bytes handed out from this buffer: start it over.
+            self._start = self._end = 0
         self._send_credit()
         self._flush()
 
@@ -284,7 +325,8 @@ class _Connection(asyncio.Protocol):
             pad = payload[0] if len(payload) else 0
             payload = payload[1 : len(payload) - pad]
         if len(payload):
-            stream.chunks.append(bytes(payload))
+            stream.chunks.append(payload)
+            self._exported = True
         stream.pending_credit += length
         if flags & _END_STREAM:
             # Let h2 close the stream: an empty DATA frame carrying only END_STREAM.
@@ -312,7 +354,7 @@ class _Connection(asyncio.Protocol):
                 self._conn_credit += event.flow_controlled_length or 0
             else:
                 if event.data:
-                    stream.chunks.append(event.data)
+                    stream.chunks.append(memoryview(event.data))
                 stream.pending_credit += event.flow_controlled_length or 0
                 stream.wake()
         elif isinstance(event, h2.events.StreamEnded):
@@ -435,7 +477,7 @@ class _Connection(asyncio.Protocol):
         if self.goaway and not self._streams:
             self._close()
 
-    async def next_chunks(self, stream: _Stream, timeout: float | None) -> list[bytes] | None:
+    async def next_chunks(self, stream: _Stream, timeout: float | None) -> list[memoryview] | None:
         """The body bytes that arrived since the last call; None at the end of the body."""
         while not stream.chunks:
             if stream.error is not None:
@@ -468,11 +510,12 @@ def _window_update(stream_id: int, increment: int) -> bytes:
 
 @dataclass
 class Response:
-    """Status and headers of a response, and its body as an async iterator of bytes."""
+    """Status and headers of a response, and its body: batches of the bytes that arrived,
+    as views of the connection's buffers (see _Connection)."""
 
     status: int
     headers: list[tuple[bytes, bytes]]
-    body: AsyncIterator[bytes]
+    body: AsyncIterator[list[memoryview]]
     close: Callable[[], None]
 
 
@@ -595,10 +638,10 @@ class H2Pool:
 
     async def _body(
         self, connection: _Connection, stream: _Stream, timeout: float | None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[list[memoryview]]:
         try:
             while (chunks := await connection.next_chunks(stream, timeout)) is not None:
-                yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                yield chunks
         finally:
             connection.finish(stream)
 

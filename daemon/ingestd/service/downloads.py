@@ -8,7 +8,7 @@ import contextlib
 import functools
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -16,7 +16,7 @@ from ingestd.config import Config
 from ingestd.fs.files import PartFile, ensure_dir, free_bytes, link_into
 from ingestd.log import Logger
 from ingestd.metrics import Metrics
-from ingestd.net.fetch import Fetcher, FetchFailed
+from ingestd.net.fetch import Chunk, Fetcher, FetchFailed
 from ingestd.policy.merge import State
 from ingestd.policy.naming import relative_video_path, topic_folder
 from ingestd.policy.retry import (
@@ -366,7 +366,7 @@ class DownloadPool:
             worth_resuming = declared is None or declared > RESUME_MIN_BYTES
             if validator != item.validator and worth_resuming:
                 await self._db.run(self._db.manifest.set_validator, item.aweme_id, validator)
-            received = await self._receive(response.chunks(), part, offset)
+            received = await self._receive(response.batches(), part, offset)
             if isinstance(received, Failure):
                 return received
             size, tail = received
@@ -377,7 +377,7 @@ class DownloadPool:
         return Published(relative, part.size, sha256, resumed=offset > 0, links=links)
 
     def _finish_file(
-        self, part: PartFile, tail: bytes, final: Path, topics: tuple[str | None, ...]
+        self, part: PartFile, tail: list[Chunk], final: Path, topics: tuple[str | None, ...]
     ) -> tuple[str, int]:
         """Last bytes, fsync, atomic rename, folder fsync, hard links: one worker-thread hop."""
         part.write(tail)
@@ -386,12 +386,12 @@ class DownloadPool:
         return sha256, self._link_topics(relative, topics)
 
     async def _receive(
-        self, chunks: AsyncIterator[bytes], part: PartFile, offset: int
-    ) -> tuple[int, bytes] | Failure:
-        """Stream the body into the part file; returns bytes received and the last bytes, not
+        self, batches: AsyncIterator[Sequence[Chunk]], part: PartFile, offset: int
+    ) -> tuple[int, list[Chunk]] | Failure:
+        """Stream the body into the part file; returns bytes received and the last chunks, not
         yet written (the caller writes them with the publish, in one hop), or a Failure."""
         limit = self._config.max_file_bytes
-        pending: list[bytes] = []
+        pending: list[Chunk] = []
         pending_size = 0
         received = 0
         checked = offset > 0
@@ -401,18 +401,18 @@ class DownloadPool:
             nonlocal pending, pending_size, last_flush
             last_flush = time.monotonic()
             if pending:
-                data = b"".join(pending)
-                pending, pending_size = [], 0
+                data, pending, pending_size = pending, [], 0
                 await asyncio.to_thread(part.write, data)
 
         try:
-            async for chunk in chunks:
-                received += len(chunk)
+            async for batch in batches:
+                size = sum(len(chunk) for chunk in batch)
+                received += size
                 if offset + received > limit:
                     await asyncio.to_thread(part.discard)
                     return Failure(Reason.TOO_LARGE, detail=f"more than {limit} bytes")
-                pending.append(chunk)
-                pending_size += len(chunk)
+                pending += batch
+                pending_size += size
                 if not checked and pending_size >= SNIFF_BYTES:
                     if not looks_like_mp4(b"".join(pending)[:SNIFF_BYTES]):
                         await asyncio.to_thread(part.discard)
@@ -429,7 +429,7 @@ class DownloadPool:
         if not checked:
             await asyncio.to_thread(part.discard)
             return Failure(Reason.NOT_VIDEO, detail=f"only {received} bytes")
-        return received, b"".join(pending)
+        return received, pending
 
     # --- further topics -----------------------------------------------------------------------
 
