@@ -56,8 +56,12 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def merge_and_drain(scratch: Path, n: int, drain_seconds: float) -> dict[str, Any]:
-    """Merge an n-record extract, then let the backlog drain against nginx for a while."""
+def merge_and_drain(
+    scratch: Path, n: int, drain_seconds: float, downloads: bool = True
+) -> dict[str, Any]:
+    """Merge an n-record extract, then let the backlog drain against nginx for a while.
+    With `downloads=False` the daemon's downloads are paused (low-space threshold set
+    impossibly high): the merge alone, without transfers competing for the CPU and the manifest."""
     origin_root = scratch / "backlog-origin"
     origin_root.mkdir(parents=True, exist_ok=True)
     origin = Nginx(origin_root, [])
@@ -65,11 +69,12 @@ def merge_and_drain(scratch: Path, n: int, drain_seconds: float) -> dict[str, An
     (origin.www / "tiny.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + os.urandom(4084))
     # Every /v/<i>.mp4 is the same small file: 200,000 URLs without 200,000 files.
     origin.start("location /v/ { try_files /tiny.mp4 =404; }")
-    root = scratch / "backlog-daemon"
+    root = scratch / ("backlog-daemon" if downloads else "backlog-daemon-paused")
     root.mkdir()
     try:
         data = records(n, origin.base)
-        daemon = IngestdProcess(root, origin.ca_path, [], {"min_free_bytes": 0})
+        threshold = 0 if downloads else 2**60
+        daemon = IngestdProcess(root, origin.ca_path, [], {"min_free_bytes": threshold})
         assert daemon.wait("daemon_ready", 1, 60), daemon.lines[-5:]
         t0 = drop(root / "data" / "raw", "extract_backlog.json", data)
         del data
@@ -90,10 +95,13 @@ def merge_and_drain(scratch: Path, n: int, drain_seconds: float) -> dict[str, An
         "records": n,
         "drop_to_merged_s": round(merged_after, 3),
         "merge_db_s": merge_event.get("duration_s"),
+        "parse_s": merge_event.get("parse_s"),
+        "write_s": merge_event.get("write_s"),
         "peak_rss_through_merge_mib": round(hwm_after_merge / 1024, 1),
         "peak_rss_while_draining_mib": round(drain_peak / 1024, 1),
         "drained_items": done,
         "drain_seconds": drain_seconds,
+        "downloads": downloads,
     }
 
 
@@ -194,6 +202,7 @@ def run_backlog(
     results = {
         "drop_to_first_request": drop_to_request(scratch),
         "merge_and_drain": merge_and_drain(scratch, records_n, drain_seconds=30.0),
+        "merge_only": merge_and_drain(scratch, records_n, drain_seconds=0.0, downloads=False),
         "status_on_big_manifest": status_on_big_manifest(scratch, manifest_n),
     }
     print(json.dumps(results, indent=2))

@@ -1,6 +1,7 @@
 """HTTP fetching: the only code that imports httpx/httpcore. Foreign exceptions stop here.
 
-One `httpx.AsyncClient` (HTTP/2 when enabled) lives as long as the daemon. Redirects are followed
+HTTPS goes over the lean HTTP/2 pool (net.h2lean); plain http, origins without h2 and http2 = false
+go through one `httpx.AsyncClient`. Both live as long as the daemon. Redirects are followed
 by hand so that every hop passes the URL policy, and a network backend checks the resolved
 addresses at connect time, so a host cannot pass the check and then resolve somewhere else.
 """

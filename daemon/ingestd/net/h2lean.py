@@ -9,7 +9,7 @@ control for them is ours: WINDOW_UPDATE frames are written when the consumer has
 in batches, so memory stays bounded by the windows. h2 only sees an empty END_STREAM DATA frame
 when a stream ends, so its stream states stay right.
 
-This module knows nothing of httpx; net.fetch adapts it to httpx's transport interface.
+This module knows nothing of httpx; net.fetch uses it for HTTPS and maps its errors.
 """
 
 from __future__ import annotations
