@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import time
 from typing import Any
 
@@ -151,3 +152,29 @@ def test_a_clean_stop_hands_back_running_and_claimed_ahead_items(
     finally:
         manifest.close()
     assert [(r["state"], r["attempts"]) for r in rows if r] == [("pending", 0)] * 4, rows
+
+
+def test_pausing_for_disk_space_hands_back_items_claimed_ahead(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    records, items = _slow_items(origin, prefix, 4)
+    daemon: Daemon = daemon_factory(concurrency=1, timeout=5.0)
+    daemon.start()
+    daemon.drop_atomic("extract_20261126T200000.json", records)
+    daemon.wait_for_count("download_started", 1, timeout=15)
+    since = daemon.event_count()
+    daemon.update_config(min_free_bytes=2**60)  # no disk has that much: pause
+    daemon.send_signal(signal.SIGHUP)
+    daemon.wait_for("downloads_paused", since=since, timeout=10)
+    # The running transfer goes on to the end; nothing else is started, nor left claimed.
+    daemon.wait_for_count("download_completed", 1, timeout=20)
+    daemon.wait_until(
+        lambda: daemon.status_json()["items"]["active"] == 0,
+        "no item claimed while paused",
+        timeout=5,
+        detail=daemon.status_json,
+    )
+    items = daemon.status_json()["items"]
+    assert (items["active"], items["done"], items["pending"]) == (0, 1, 3), items
+    assert len(daemon.events("download_started")) == 1
+    daemon.terminate()

@@ -143,3 +143,11 @@ def test_literal_encoder_round_trips_through_a_real_hpack_decoder() -> None:
     assert block == b"\x20\x82"
     assert list(decoder.decode(block, raw=True)) == [(b":method", b"GET")]
     assert decoder.header_table_size == 0
+
+
+def test_authority_brackets_ipv6_literals_and_omits_the_default_port() -> None:
+    assert h2lean._authority("cdn.example", 443) == "cdn.example"
+    assert h2lean._authority("cdn.example", 8443) == "cdn.example:8443"
+    assert h2lean._authority("::1", 8443) == "[::1]:8443"
+    assert h2lean._authority("2001:db8::7", 443) == "[2001:db8::7]"
+    assert h2lean._authority("127.0.0.1", 4443) == "127.0.0.1:4443"

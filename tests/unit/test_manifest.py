@@ -204,3 +204,22 @@ def test_topics_with_lone_surrogates_are_stored(manifest: Manifest) -> None:
     assert counts.new == 1
     row = manifest.item("1")
     assert row is not None and row["topics"] == '["t\\udc00"]'
+
+
+def test_status_counts_come_from_one_index_scan(manifest: Manifest) -> None:
+    manifest.merge([r(str(i)) for i in range(30)], "e.json", now=1.0)
+    for item in manifest.claim_due(2.0, 10):
+        manifest.complete(item.aweme_id, 1000, "ab", f"a/{item.aweme_id}.mp4", ("a",), 3.0)
+    counts = manifest.counts()
+    assert (counts.items["done"], counts.items["pending"], counts.bytes_done) == (10, 20, 10_000)
+    # A million mostly-done items must not mean reading a million rows of ~1.3 KB: every query
+    # counts() runs on items must be answered from an index alone.
+    statements: list[str] = []
+    manifest._conn.set_trace_callback(statements.append)
+    manifest.counts()
+    manifest._conn.set_trace_callback(None)
+    on_items = [q for q in statements if " FROM items" in q]
+    assert on_items, statements
+    for query in on_items:
+        plan = manifest._conn.execute(f"EXPLAIN QUERY PLAN {query}").fetchall()
+        assert all("COVERING INDEX" in str(row[3]) for row in plan), (query, plan)

@@ -504,6 +504,12 @@ class _Connection(asyncio.BufferedProtocol):
         self._close()
 
 
+def _authority(host: str, port: int) -> str:
+    """The :authority of a request: host (an IPv6 literal in brackets), and the port unless 443."""
+    name = f"[{host}]" if ":" in host else host
+    return name if port == 443 else f"{name}:{port}"
+
+
 def _window_update(stream_id: int, increment: int) -> bytes:
     return b"\x00\x00\x04\x08\x00" + stream_id.to_bytes(4, "big") + increment.to_bytes(4, "big")
 
@@ -540,7 +546,7 @@ class H2Pool:
     async def _connect(self, host: str, port: int, timeout: float | None) -> _Connection:
         loop = asyncio.get_running_loop()
         addresses = await self._resolve(host, port, timeout)
-        authority = host if port == 443 else f"{host}:{port}"
+        authority = _authority(host, port)
         error: Exception = ConnectFailed(f"no address for {host}")
         for address in addresses:
             try:

@@ -139,6 +139,10 @@ class DownloadPool:
                 self._relink_due = False
                 await self.relink()
             if not await self._space_ok():
+                if self._ready:  # paused: what was claimed ahead goes back to the queue
+                    ids = [item.aweme_id for item in self._ready]
+                    self._ready.clear()
+                    await self._db.run(self._db.manifest.release, ids, self._clock())
                 await self._wait(IDLE_RECHECK)
                 continue
             concurrency = self._config.concurrency
