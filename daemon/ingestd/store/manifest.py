@@ -76,15 +76,42 @@ _MIGRATIONS: dict[int, str] = {
     # WITHOUT ROWID row over ~1 KB spills to an overflow page of its own: 4.7 KB per item on disk,
     # written twice (WAL, then database). A rowid table keeps them inline: 3.3x smaller, and a
     # 200,000-record merge takes 3.2 s instead of 5.5 s.
-    # items_due also carries `bytes`, so `status` (count and bytes per state) reads the index
-    # alone: on a million mostly-done items, 0.14 s instead of 0.75 s.
+    # item_totals keeps the count and bytes of items per state, maintained by triggers in the
+    # same transactions: `status` reads five rows instead of scanning every item (0.75 s on a
+    # million mostly-done items before; a tiny read now, whatever the size).
     2: f"""
     CREATE TABLE items_v2 (aweme_id TEXT NOT NULL UNIQUE, {_ITEM_FIELDS});
     INSERT INTO items_v2 SELECT * FROM items;
     DROP TABLE items;
     ALTER TABLE items_v2 RENAME TO items;
-    CREATE INDEX items_due ON items (state, next_attempt_at, bytes);
+    CREATE INDEX items_due ON items (state, next_attempt_at);
     CREATE INDEX items_relink ON items (relink) WHERE relink = 1;
+    CREATE TABLE item_totals (
+        state TEXT PRIMARY KEY,
+        items INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    WITH states (state) AS (
+        VALUES ('pending'), ('active'), ('done'), ('expired'), ('failed')
+    )
+    INSERT INTO item_totals (state, items, bytes)
+        SELECT states.state, count(items.state), coalesce(sum(items.bytes), 0)
+        FROM states LEFT JOIN items ON items.state = states.state GROUP BY states.state;
+    CREATE TRIGGER item_totals_insert AFTER INSERT ON items BEGIN
+        UPDATE item_totals SET items = items + 1, bytes = bytes + coalesce(NEW.bytes, 0)
+            WHERE state = NEW.state;
+    END;
+    CREATE TRIGGER item_totals_delete AFTER DELETE ON items BEGIN
+        UPDATE item_totals SET items = items - 1, bytes = bytes - coalesce(OLD.bytes, 0)
+            WHERE state = OLD.state;
+    END;
+    CREATE TRIGGER item_totals_update AFTER UPDATE OF state, bytes ON items
+    WHEN OLD.state IS NOT NEW.state OR OLD.bytes IS NOT NEW.bytes BEGIN
+        UPDATE item_totals SET items = items - 1, bytes = bytes - coalesce(OLD.bytes, 0)
+            WHERE state = OLD.state;
+        UPDATE item_totals SET items = items + 1, bytes = bytes + coalesce(NEW.bytes, 0)
+            WHERE state = NEW.state;
+    END;
     """,
 }
 
@@ -176,6 +203,7 @@ class Manifest:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self._version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         conn.create_function("topic_folder", 1, topic_folder, deterministic=True)
         # Set from another thread to end a long merge between two transactions (shutdown).
         self.interrupt = threading.Event()
@@ -486,10 +514,10 @@ class Manifest:
         """Items by state, extracts by outcome, bytes downloaded."""
         items = {s.value: 0 for s in State}
         bytes_done = 0
-        # One scan of the items_due index, which carries state and bytes (schema 2).
-        for state, n, size in self._conn.execute(
-            "SELECT state, count(*), coalesce(sum(bytes), 0) FROM items GROUP BY state"
-        ):
+        query = "SELECT state, items, bytes FROM item_totals"
+        if self._version < 2:  # a reader of a manifest not yet migrated
+            query = "SELECT state, count(*), coalesce(sum(bytes), 0) FROM items GROUP BY state"
+        for state, n, size in self._conn.execute(query):
             items[state] = n
             if state == State.DONE.value:
                 bytes_done = size
