@@ -151,3 +151,17 @@ def test_authority_brackets_ipv6_literals_and_omits_the_default_port() -> None:
     assert h2lean._authority("::1", 8443) == "[::1]:8443"
     assert h2lean._authority("2001:db8::7", 443) == "[2001:db8::7]"
     assert h2lean._authority("127.0.0.1", 4443) == "127.0.0.1:4443"
+
+
+async def test_frames_up_to_the_advertised_size_pass_through_h2_too() -> None:
+    # We advertise MAX_FRAME_SIZE. A response header block over 16 KiB may then come as one
+    # HEADERS frame, which h2 parses: it must accept it, not fail the connection.
+    client, transport, server = setup()
+    stream = client.open(b"GET", b"/", [])
+    server.receive_data(transport.new())
+    server.send_headers(stream.stream_id, [(":status", "200"), ("x-long", "v" * 40_000)])
+    block = server.data_to_send()
+    assert int.from_bytes(block[:3], "big") > 16_384  # one frame, bigger than h2's default
+    client.data_received(block)
+    headers = await asyncio.wait_for(stream.headers, 1)
+    assert (b"x-long", b"v" * 40_000) in headers

@@ -221,6 +221,10 @@ class _Connection(asyncio.BufferedProtocol):
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0,
             },
         )
+        # h2 takes initial_values as already in force, so our SETTINGS ACK changes nothing and
+        # its own frame-size check would stay at the 16 KiB default: any frame it parses over
+        # that (a long header block, DATA off the fast path) would kill the connection.
+        self._h2.max_inbound_frame_size = MAX_FRAME_SIZE
         self._h2.initiate_connection()
         # Raised once, before any DATA: h2 never sees DATA payloads afterwards (see module doc).
         self._h2.increment_flow_control_window(CONNECTION_WINDOW - 65_535)
