@@ -1,4 +1,4 @@
-"""The lean HTTP/2 path (net.h2lean behind httpx) against a real HTTPS HTTP/2 server.
+"""The lean HTTP/2 path (net.h2lean, through net.fetch) against a real HTTPS HTTP/2 server.
 
 Flow control is ours on this path, so bodies larger than the stream and connection windows,
 many streams at once, and streams abandoned half-way are what must be shown to work.

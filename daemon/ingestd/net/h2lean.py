@@ -4,7 +4,7 @@ Why: through httpcore, every 8-16 KiB DATA frame costs several Python-level hops
 httpcore events, h2's state machine, even a `repr()` of the frame for a disabled debug log), and
 the event loop saturates near 50-100 MB/s. Here h2 still owns everything that needs a state
 machine (SETTINGS, HEADERS/CONTINUATION with HPACK, RST_STREAM, GOAWAY, PING, stream states), but
-DATA frames of streams whose headers have arrived are parsed here with two slices, and flow
+DATA frames of streams whose headers have arrived are parsed here (one struct unpack), and flow
 control for them is ours: WINDOW_UPDATE frames are written when the consumer has taken the bytes,
 in batches, so memory stays bounded by the windows. h2 only sees an empty END_STREAM DATA frame
 when a stream ends, so its stream states stay right.
