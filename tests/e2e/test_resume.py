@@ -135,16 +135,24 @@ def test_sigterm_exits_promptly_and_restart_resumes(
     daemon.terminate()
 
 
-def test_a_clean_stop_hands_back_running_and_claimed_ahead_items(
+def _one_running_one_claimed_ahead(
     daemon_factory: Any, origin: OriginServer, prefix: str
-) -> None:
-    # One transfer at a time: the pool has claimed one more ahead. A clean stop must hand both
-    # back to the queue, with the attempt that claiming counted given back too.
+) -> tuple[Daemon, list[Item]]:
+    """Four slow items, one transfer at a time: one runs, and the pool has claimed one ahead."""
     records, items = _slow_items(origin, prefix, 4)
     daemon: Daemon = daemon_factory(concurrency=1, timeout=5.0)
     daemon.start()
     daemon.drop_atomic("extract_20261126T190000.json", records)
     daemon.wait_for_count("download_started", 1, timeout=15)
+    return daemon, items
+
+
+def test_a_clean_stop_hands_back_running_and_claimed_ahead_items(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    # A clean stop must hand the running item and the one claimed ahead back to the queue,
+    # with the attempt that claiming counted given back too.
+    daemon, items = _one_running_one_claimed_ahead(daemon_factory, origin, prefix)
     assert daemon.terminate(timeout=10) < 10
     manifest = Manifest.open(daemon.state_dir / "manifest.sqlite3", readonly=True)
     try:
@@ -157,11 +165,7 @@ def test_a_clean_stop_hands_back_running_and_claimed_ahead_items(
 def test_pausing_for_disk_space_hands_back_items_claimed_ahead(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:
-    records, items = _slow_items(origin, prefix, 4)
-    daemon: Daemon = daemon_factory(concurrency=1, timeout=5.0)
-    daemon.start()
-    daemon.drop_atomic("extract_20261126T200000.json", records)
-    daemon.wait_for_count("download_started", 1, timeout=15)
+    daemon, items = _one_running_one_claimed_ahead(daemon_factory, origin, prefix)
     since = daemon.event_count()
     daemon.update_config(min_free_bytes=2**60)  # no disk has that much: pause
     daemon.send_signal(signal.SIGHUP)
