@@ -144,31 +144,49 @@ class PartFile:
     is cancelled cannot race the close that follows.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, root: Path, relative: Path, *, fresh: bool = False) -> None:
+        self.path = root / relative.parent / part_name(relative.name)
+        self._root, self._relative = root, relative
         self._lock = threading.Lock()
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._fd: int | None = os.open(path, flags, 0o644)
-        st = os.fstat(self._fd)
-        if not stat.S_ISREG(st.st_mode):
-            self.close()
-            raise OSError(errno.EINVAL, f"{path} is not a regular file")
-        self.size = st.st_size
+        self._fd: int | None = None
+        self._unopened = fresh  # opened (and emptied) by the first call that needs it
+        self.size = 0
         self._hash = hashlib.sha256()
         self._hashed = 0
+        if not fresh:
+            self._open(truncate=False)
 
     @classmethod
     def open_in(cls, root: Path, relative: Path) -> PartFile:
-        """Open `root/relative` + `.part`, creating its (one-level) folder first."""
-        folder = ensure_dir(root, relative.parent)
-        return cls(folder / part_name(relative.name))
+        """Open `root/relative` + `.part` as it is (for a resume), creating its folder first."""
+        return cls(root, relative)
+
+    @classmethod
+    def fresh_in(cls, root: Path, relative: Path) -> PartFile:
+        """A `.part` that starts empty, with no I/O yet: its folder is made and the file opened
+        (emptied if it exists) by the first method that needs it, in that method's thread hop."""
+        return cls(root, relative, fresh=True)
+
+    def _open(self, truncate: bool) -> int:
+        ensure_dir(self._root, self._relative.parent)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.path, flags | (os.O_TRUNC if truncate else 0), 0o644)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, f"{self.path} is not a regular file")
+        self._fd, self.size = fd, st.st_size
+        return fd
 
     @property
     def closed(self) -> bool:
-        """True once published, discarded or closed."""
+        """True when no file is open: published, discarded, closed, or not opened yet."""
         return self._fd is None
 
     def _require_fd(self) -> int:
+        if self._unopened:
+            self._unopened = False
+            return self._open(truncate=True)
         if self._fd is None:
             raise OSError(errno.EBADF, "part file is closed")
         return self._fd
@@ -230,6 +248,7 @@ class PartFile:
     def close(self) -> None:
         """Close without publishing; the .part stays for a later resume."""
         with self._lock:
+            self._unopened = False
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None

@@ -318,7 +318,10 @@ class DownloadPool:
         relative = relative_video_path(item.topics[0] if item.topics else None, item.aweme_id)
         final = config.media_dir / relative
         try:
-            part = await asyncio.to_thread(PartFile.open_in, config.media_dir, Path(relative))
+            if item.validator is None:  # nothing to resume: no thread hop to open it now
+                part = PartFile.fresh_in(config.media_dir, Path(relative))
+            else:
+                part = await asyncio.to_thread(PartFile.open_in, config.media_dir, Path(relative))
         except OSError as exc:
             return Failure(Reason.LOCAL_IO, detail=f"{exc.strerror or exc}")
         try:

@@ -1,0 +1,52 @@
+"""PartFile on real files: opened as it is for a resume, or fresh and opened only when needed."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from ingestd.fs.files import PartFile
+
+
+def test_a_fresh_part_does_no_io_until_needed_then_starts_empty(tmp_path: Path) -> None:
+    media = tmp_path / "media"
+    part = PartFile.fresh_in(media, Path("topic/1.mp4"))
+    assert not media.exists() and part.closed and part.size == 0  # nothing touched yet
+    media.joinpath("topic").mkdir(parents=True)
+    part.path.write_bytes(b"stale bytes of an earlier attempt")
+    part.write([b"\x00\x00\x00\x18ftyp", memoryview(b"isom-body")])
+    assert part.size == len(b"\x00\x00\x00\x18ftypisom-body")
+    digest = part.publish(media / "topic" / "1.mp4")
+    assert (media / "topic" / "1.mp4").read_bytes() == b"\x00\x00\x00\x18ftypisom-body"
+    assert digest == hashlib.sha256(b"\x00\x00\x00\x18ftypisom-body").hexdigest()
+    assert not part.path.exists() and part.closed
+
+
+def test_a_fresh_part_that_is_never_needed_leaves_nothing(tmp_path: Path) -> None:
+    part = PartFile.fresh_in(tmp_path / "media", Path("t/2.mp4"))
+    part.close()
+    assert not (tmp_path / "media").exists()
+    with pytest.raises(OSError):
+        part.write([b"late"])  # closed stays closed: no file appears afterwards
+    assert not (tmp_path / "media").exists()
+
+
+def test_discarding_a_fresh_part_removes_a_stale_one(tmp_path: Path) -> None:
+    part = PartFile.fresh_in(tmp_path, Path("t/3.mp4"))
+    (tmp_path / "t").mkdir()
+    part.path.write_bytes(b"stale")
+    part.discard()
+    assert not part.path.exists()
+
+
+def test_open_in_keeps_what_is_there_for_a_resume(tmp_path: Path) -> None:
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "4.mp4.part").write_bytes(b"first half|")
+    part = PartFile.open_in(tmp_path, Path("t/4.mp4"))
+    assert part.size == len(b"first half|") and not part.closed
+    part.hash_existing()
+    part.write([b"second half"])
+    part.publish(tmp_path / "t" / "4.mp4")
+    assert (tmp_path / "t" / "4.mp4").read_bytes() == b"first half|second half"
