@@ -303,15 +303,21 @@ def _reload(daemon: Daemon, listener: NotifyListener, **changes: Any) -> tuple[i
     return since_event, ready
 
 
-def test_sighup_applies_live_settings(
-    daemon_factory: Any, origin: OriginServer, prefix: str, notify: Any
-) -> None:
-    rng = random.Random(prefix)
+def _ready_under_notify(daemon_factory: Any, notify: Any) -> tuple[Daemon, Any]:
+    """A daemon started under a fake service manager, once it has sent READY=1."""
     daemon: Daemon = daemon_factory()
     listener = notify()
     daemon.extra_env = {"NOTIFY_SOCKET": listener.address}
     daemon.start()
     listener.wait_for(has("READY", "1"), "READY=1", daemon=daemon)
+    return daemon, listener
+
+
+def test_sighup_applies_live_settings(
+    daemon_factory: Any, origin: OriginServer, prefix: str, notify: Any
+) -> None:
+    rng = random.Random(prefix)
+    daemon, listener = _ready_under_notify(daemon_factory, notify)
 
     # A live change seen on the wire: the next request carries the new User-Agent.
     since, ready = _reload(daemon, listener, user_agent="ingestd-e2e/2.0")
@@ -346,11 +352,7 @@ def test_refused_and_invalid_reloads_keep_the_old_config(
     daemon_factory: Any, origin: OriginServer, prefix: str, notify: Any
 ) -> None:
     rng = random.Random(prefix)
-    daemon: Daemon = daemon_factory()
-    listener = notify()
-    daemon.extra_env = {"NOTIFY_SOCKET": listener.address}
-    daemon.start()
-    listener.wait_for(has("READY", "1"), "READY=1", daemon=daemon)
+    daemon, listener = _ready_under_notify(daemon_factory, notify)
     old_data_dir = daemon.config["data_dir"]
     moved = daemon.root / "moved-data"
 
