@@ -3,12 +3,19 @@
 import random
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ingestd.policy.extract import Record
 from ingestd.policy.merge import State
-from ingestd.store.manifest import _MIGRATIONS, SCHEMA_VERSION, Manifest, ManifestError
+from ingestd.store.manifest import (
+    _MIGRATIONS,
+    SCHEMA_VERSION,
+    Completion,
+    Manifest,
+    ManifestError,
+)
 
 OLD = "https://h/v?expire=100"
 NEW = "https://h/v?expire=200"
@@ -16,6 +23,13 @@ NEW = "https://h/v?expire=200"
 
 def r(aweme_id: str, url: str = OLD, topic: str | None = "a") -> Record:
     return Record(aweme_id, url, topic, f'{{"aweme_id":"{aweme_id}"}}')
+
+
+def done(
+    m: Manifest, aweme_id: str, size: int, sha256: str, path: str, topics: Any, now: float
+) -> bool:
+    """Complete one item; True when it needs a relink."""
+    return m.complete_many([Completion(aweme_id, size, sha256, path, topics, now)])[0]
 
 
 @pytest.fixture
@@ -110,7 +124,7 @@ def test_fresh_url_revives_expired_and_failed_items(manifest: Manifest) -> None:
 def test_done_items_are_never_requeued_but_are_relinked(manifest: Manifest) -> None:
     manifest.merge([r("1")], "e1.json", now=1.0)
     manifest.claim_due(now=2.0, limit=1)
-    assert not manifest.complete("1", 100, "ab" * 32, "a/1.mp4", ["a"], now=3.0)
+    assert not done(manifest, "1", 100, "ab" * 32, "a/1.mp4", ["a"], 3.0)
     manifest.merge([r("1", NEW, topic="b")], "e2.json", now=4.0)
     row = manifest.item("1")
     assert row["state"] == "done" and row["url"] == OLD
@@ -165,7 +179,7 @@ def test_topics_merged_during_a_download_are_flagged_for_links(manifest: Manifes
     manifest.merge([r("1")], "e1.json", now=1.0)
     (item,) = manifest.claim_due(now=2.0, limit=1)
     manifest.merge([r("1", topic="b")], "e2.json", now=3.0)  # while downloading
-    assert manifest.complete("1", 10, "cd" * 32, "a/1.mp4", item.topics, now=4.0)
+    assert done(manifest, "1", 10, "cd" * 32, "a/1.mp4", item.topics, 4.0)
     (relink,) = manifest.pending_relinks(10)
     assert relink.topics == ("a", "b")
 
@@ -232,7 +246,7 @@ def test_status_totals_follow_every_change_without_scanning_items(manifest: Mani
             claimed = manifest.claim_due(now, rng.randrange(1, 6))
             for item in claimed:
                 if rng.random() < 0.5:
-                    manifest.complete(item.aweme_id, rng.randrange(1, 10**6), "x", "p", ("a",), now)
+                    done(manifest, item.aweme_id, rng.randrange(1, 10**6), "x", "p", ("a",), now)
                 else:
                     final = rng.choice([State.PENDING, State.EXPIRED, State.FAILED])
                     manifest.finish_failed(

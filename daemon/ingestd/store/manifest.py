@@ -424,21 +424,10 @@ class Manifest:
         with self._write() as db:
             db.execute("UPDATE items SET validator = ? WHERE aweme_id = ?", (validator, aweme_id))
 
-    def complete(
-        self,
-        aweme_id: str,
-        size: int,
-        sha256: str,
-        path: str,
-        linked_topics: Sequence[str | None],
-        now: float,
-    ) -> bool:
-        """Mark an item done with its size, digest and relative path. Returns True when topics
-        arrived during the download that `linked_topics` does not cover (it needs a relink)."""
-        return self.complete_many([Completion(aweme_id, size, sha256, path, linked_topics, now)])[0]
-
     def complete_many(self, done: Sequence[Completion]) -> list[bool]:
-        """`complete` for several items in one transaction; one flag per item, in order."""
+        """Mark items done with size, digest and relative path, in one transaction. One flag per
+        item, in order: True when topics arrived during its download that its `linked_topics`
+        do not cover (it needs a relink)."""
         flags = []
         with self._write() as db:
             for c in done:
