@@ -1,13 +1,19 @@
-"""A lean HTTP/2 client for large downloads: asyncio protocol + h2, with DATA frames on a fast path.
+"""A lean HTTP/2 client for downloads: an asyncio buffered protocol that speaks the protocol itself.
 
-Why: through httpcore, every 8-16 KiB DATA frame costs several Python-level hops (anyio stream,
-httpcore events, h2's state machine, even a `repr()` of the frame for a disabled debug log), and
-the event loop saturates near 50-100 MB/s. Here h2 still owns everything that needs a state
-machine (SETTINGS, HEADERS/CONTINUATION with HPACK, RST_STREAM, GOAWAY, PING, stream states), but
-DATA frames of streams whose headers have arrived are parsed here (one struct unpack), and flow
-control for them is ours: WINDOW_UPDATE frames are written when the consumer has taken the bytes,
-in batches, so memory stays bounded by the windows. h2 only sees an empty END_STREAM DATA frame
-when a stream ends, so its stream states stay right.
+Why not h2: a download client sends header-only GET requests and reads bodies, which needs a
+small part of HTTP/2, but h2 runs every frame through a general state machine (and formats a
+`repr()` of each frame for a disabled debug log). On 5,000 small files its per-stream work was
+22 % of the event loop, and on large bodies its per-frame work was the ceiling, so DATA was
+already parsed here; driving h2 beside our own DATA handling also let the two disagree about a
+stream's state (a graceful GOAWAY made h2 reject the end of streams it had let finish).
+
+So this module owns the whole connection: framing, SETTINGS, PING, GOAWAY, RST_STREAM, header
+blocks (CONTINUATION, informational responses, trailers) and flow control, which is ours:
+WINDOW_UPDATE frames are sent when the consumer has taken the bytes, in batches, so memory stays
+bounded by the windows. HPACK decoding is hpack's (the decoder h2 uses); requests are encoded
+here with static-table indexes and plain literals only. Any breach of the protocol by the server
+is a connection error: every open stream fails, the server gets a GOAWAY saying why, and the
+connection closes. The tests drive this against h2 in server mode as the reference peer.
 
 This module knows nothing of httpx; net.fetch uses it for HTTPS and maps its errors.
 """
@@ -16,30 +22,56 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import ssl
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-from hpack import Encoder, HeaderTuple
-from hpack.hpack import encode_integer
+import hpack
 from hpack.table import HeaderTable
 
 STREAM_WINDOW = 4 * 1024 * 1024  # per stream: bounds what one slow consumer can buffer
 CONNECTION_WINDOW = 32 * 1024 * 1024
 MAX_FRAME_SIZE = 2**24 - 1  # let servers send big frames when they are willing to
+MAX_HEADER_LIST = 256 * 1024  # decoded response header list (RFC 7541 sizes), and encoded block
 READ_CHUNK = 512 * 1024  # TLS decrypts straight into buffers of this size (see get_buffer)
 _MIN_FREE = 64 * 1024  # a buffer with less room than this is replaced by a fresh one
-_DATA, _END_STREAM, _PADDED = 0x0, 0x1, 0x8
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_LAST_STREAM_ID = 2**31 - 1
 _FRAME_HEADER = struct.Struct(">HBBBI")  # 24-bit length (16 + 8), type, flags, stream id
+_SETTING = struct.Struct(">HI")
+
+# Frame types (RFC 9113 section 6) and flags.
+_DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
+_PUSH_PROMISE, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = 0x5, 0x6, 0x7, 0x8, 0x9
+_END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+
+# Error codes (RFC 9113 section 7).
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
+STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 0x5, 0x6, 0x7, 0x8
+COMPRESSION_ERROR = 0x9
+_ERROR_NAMES = {
+    0x0: "NO_ERROR",
+    0x1: "PROTOCOL_ERROR",
+    0x2: "INTERNAL_ERROR",
+    0x3: "FLOW_CONTROL_ERROR",
+    0x4: "SETTINGS_TIMEOUT",
+    0x5: "STREAM_CLOSED",
+    0x6: "FRAME_SIZE_ERROR",
+    0x7: "REFUSED_STREAM",
+    0x8: "CANCEL",
+    0x9: "COMPRESSION_ERROR",
+    0xA: "CONNECT_ERROR",
+    0xB: "ENHANCE_YOUR_CALM",
+    0xC: "INADEQUATE_SECURITY",
+    0xD: "HTTP_1_1_REQUIRED",
+}
+
+# SETTINGS identifiers.
+_HEADER_TABLE_SIZE, _ENABLE_PUSH, _MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
+_INITIAL_WINDOW_SIZE, _MAX_FRAME_SIZE, _MAX_HEADER_LIST_SIZE = 0x4, 0x5, 0x6
+
 _HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -81,6 +113,14 @@ class StreamFailed(H2Error):
         self.retry_safe = retry_safe
 
 
+class _ConnectionError(Exception):
+    """The server broke the protocol: the whole connection ends with this code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 Resolver = Callable[[str, int, float | None], Awaitable[Sequence[str]]]
 
 
@@ -91,10 +131,10 @@ class _Stream:
     chunks: collections.deque[memoryview] = field(default_factory=collections.deque)
     pending_credit: int = 0  # flow-controlled bytes arrived but not yet handed to the consumer
     window: int = STREAM_WINDOW  # what the server may still send before our next WINDOW_UPDATE
-    ended: bool = False
-    error: H2Error | None = None
+    ended: bool = False  # the server sent END_STREAM
+    error: H2Error | None = None  # set: the stream is over for the server too (reset, GOAWAY...)
     waiter: asyncio.Future[None] | None = None
-    headers_done: bool = False
+    headers_done: bool = False  # the final (non-1xx) response headers arrived
     finished: bool = False
 
     def wake(self) -> None:
@@ -108,67 +148,79 @@ for _index, (_name, _) in enumerate(HeaderTable.STATIC_TABLE, 1):
     _STATIC_NAMES.setdefault(_name, _index)
 
 
-class _LiteralEncoder(Encoder):
-    """HPACK with neither the dynamic table nor Huffman coding: every field is a fixed string,
-    computed once. h2's own encoder spends ~7 % of the event loop on a small-file workload
-    re-encoding the same request fields with Huffman codes; the bytes saved are a few dozen
-    per request. Dynamic table size updates are still sent, as the server's settings require.
-    """
+def _integer(value: int, prefix_bits: int) -> bytearray:
+    """An HPACK integer (RFC 7541 5.1), the first byte's free high bits left zero."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytearray([value])
+    out = bytearray([limit])
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return out
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    """One field: indexed when the static table has it whole, else a literal that is not added
+    to the dynamic table (RFC 7541 6.1 / 6.2.2), its name indexed when the static table has it."""
+    index = _STATIC_FIELDS.get((name, value))
+    if index is not None:
+        head = _integer(index, 7)
+        head[0] |= 0x80
+        return bytes(head)
+    name_index = _STATIC_NAMES.get(name, 0)
+    parts = [bytes(_integer(name_index, 4))]
+    if not name_index:
+        parts += [bytes(_integer(len(name), 7)), name]
+    parts += [bytes(_integer(len(value), 7)), value]
+    return b"".join(parts)
+
+
+class _RequestEncoder:
+    """HPACK for requests with neither the dynamic table nor Huffman coding: every field is a
+    fixed string, computed once (re-encoding the same fields with Huffman codes cost ~7 % of the
+    event loop on small files, to save a few dozen bytes). Since nothing is ever inserted, the
+    server's table for us stays empty; a smaller table size it asks for is still acknowledged
+    by a size update at the start of the next block, as RFC 7541 4.2 requires."""
 
     def __init__(self) -> None:
-        super().__init__()
         self._fields: dict[tuple[bytes, bytes], bytes] = {}
+        self._table_size = 4096
+        self._size_update: int | None = None
 
-    def encode(
-        self,
-        headers: Iterable[
-            HeaderTuple
-            | tuple[bytes | str, bytes | str]
-            | tuple[bytes | str, bytes | str, bool | None]
-        ]
-        | dict[bytes | str, bytes | str],
-        huffman: bool = True,
-    ) -> bytes:
+    def resize(self, size: int) -> None:
+        """The server's SETTINGS_HEADER_TABLE_SIZE."""
+        if size < self._table_size:
+            self._table_size = size
+            self._size_update = size
+
+    def encode(self, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
         block = []
-        if self.header_table.resized:
-            block.append(self._encode_table_size_change())
-            self.header_table.resized = False
-        pairs = headers.items() if isinstance(headers, dict) else headers
-        for pair in pairs:
-            name, value = _as_bytes(pair[0]), _as_bytes(pair[1])
-            never = (isinstance(pair, HeaderTuple) and not pair.indexable) or (
-                len(pair) > 2 and bool(pair[2])
-            )
-            encoded = None if never else self._fields.get((name, value))
+        if self._size_update is not None:
+            head = _integer(self._size_update, 5)
+            head[0] |= 0x20
+            block.append(bytes(head))
+            self._size_update = None
+        for name, value in headers:
+            encoded = self._fields.get((name, value))
             if encoded is None:
-                encoded = _literal(name, value, never)
-                if not never and name != b":path" and len(self._fields) < 256:
+                encoded = _literal(name, value)
+                if name != b":path" and len(self._fields) < 256:
                     self._fields[(name, value)] = encoded
             block.append(encoded)
         return b"".join(block)
 
 
-def _as_bytes(value: bytes | str | bool | None) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return _FRAME_HEADER.pack(len(payload) >> 8, len(payload) & 0xFF, kind, flags, stream_id) + (
+        payload
+    )
 
 
-def _literal(name: bytes, value: bytes, never_indexed: bool) -> bytes:
-    """One field: indexed when the static table has it whole, else a literal that is not added
-    to the dynamic table (RFC 7541 6.2.2 / 6.2.3), name indexed when the static table has it."""
-    index = _STATIC_FIELDS.get((name, value))
-    if index is not None and not never_indexed:
-        head = encode_integer(index, 7)
-        head[0] |= 0x80
-        return bytes(head)
-    name_index = _STATIC_NAMES.get(name, 0)
-    head = encode_integer(name_index, 4)
-    if never_indexed:
-        head[0] |= 0x10
-    parts = [bytes(head)]
-    if not name_index:
-        parts += [bytes(encode_integer(len(name), 7)), name]
-    parts += [bytes(encode_integer(len(value), 7)), value]
-    return b"".join(parts)
+def _window_update(stream_id: int, increment: int) -> bytes:
+    return b"\x00\x00\x04\x08\x00" + stream_id.to_bytes(4, "big") + increment.to_bytes(4, "big")
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -182,20 +234,15 @@ class _Connection(asyncio.BufferedProtocol):
     """
 
     def __init__(self, authority: str) -> None:
-        config = h2.config.H2Configuration(
-            client_side=True,
-            header_encoding=None,
-            validate_inbound_headers=False,
-            normalize_inbound_headers=False,
-            # open() builds request headers itself (lower-case, no hop-by-hop fields).
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-        self._h2 = h2.connection.H2Connection(config)
-        self._h2.encoder = _LiteralEncoder()
         self._authority = authority.encode("ascii")
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, _Stream] = {}
+        self._next_stream_id = 1
+        self._encoder = _RequestEncoder()
+        self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
+        self._header_block: tuple[int, int, bytearray] | None = None  # (stream, flags, so far)
+        self._max_concurrent = _LAST_STREAM_ID  # the server's, until its SETTINGS say
+        self._max_send_frame = 16_384
         self._buffer = bytearray(READ_CHUNK)
         self._start = 0  # first byte not yet parsed
         self._end = 0  # first byte not yet filled
@@ -203,6 +250,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._conn_credit = 0
         self._conn_window = CONNECTION_WINDOW
         self._stream_credit: dict[int, int] = {}
+        self._outbox: list[bytes] = []
         self.closed = False
         self.goaway = False
         self.capacity = asyncio.Event()
@@ -212,22 +260,21 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not derive from asyncio.Transport; they have the same methods.
         self._transport = cast(asyncio.Transport, transport)
-        self._h2.local_settings = h2.settings.Settings(
-            client=True,
-            initial_values={
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0,
-            },
+        settings = b"".join(
+            _SETTING.pack(key, value)
+            for key, value in (
+                (_ENABLE_PUSH, 0),
+                (_MAX_CONCURRENT_STREAMS, 0),  # we accept no streams from the server
+                (_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+                (_MAX_FRAME_SIZE, MAX_FRAME_SIZE),
+                (_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST),
+            )
         )
-        # h2 takes initial_values as already in force, so our SETTINGS ACK changes nothing and
-        # its own frame-size check would stay at the 16 KiB default: any frame it parses over
-        # that (a long header block, DATA off the fast path) would kill the connection.
-        self._h2.max_inbound_frame_size = MAX_FRAME_SIZE
-        self._h2.initiate_connection()
-        # Raised once, before any DATA: h2 never sees DATA payloads afterwards (see module doc).
-        self._h2.increment_flow_control_window(CONNECTION_WINDOW - 65_535)
+        self._outbox += [
+            _PREFACE,
+            _frame(_SETTINGS, 0, 0, settings),
+            _window_update(0, CONNECTION_WINDOW - 65_535),
+        ]
         self._flush()
         self.capacity.set()
 
@@ -247,7 +294,7 @@ class _Connection(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         """Bytes from a non-buffered source (tests): fed through the buffer."""
         view = memoryview(data)
-        while view:
+        while view and not self.closed:
             target = self.get_buffer(len(view))
             n = min(len(target), len(view))
             target[:n] = view[:n]
@@ -255,12 +302,13 @@ class _Connection(asyncio.BufferedProtocol):
             view = view[n:]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.closed:
+            return
         self._end += nbytes
         buffer = self._buffer
         view = memoryview(buffer)
         offset = self._start
         filled = self._end
-        control_from = -1  # start of a run of frames for h2
         try:
             while filled - offset >= 9:
                 high, low, kind, flags, sid = _FRAME_HEADER.unpack_from(buffer, offset)
@@ -268,40 +316,18 @@ class _Connection(asyncio.BufferedProtocol):
                 end = offset + 9 + length
                 if end > filled:
                     break
-                stream = None
+                sid &= _LAST_STREAM_ID
+                if self._header_block is not None and kind != _CONTINUATION:
+                    raise _ConnectionError(PROTOCOL_ERROR, "a frame inside a header block")
                 if kind == _DATA:
-                    sid &= 0x7FFFFFFF
-                    stream = self._streams.get(sid)
-                    if stream is None and sid != 0:
-                        # A stream we gave up on: its bytes still count against the
-                        # connection window, so give them back.
-                        self._conn_credit += length
-                        self._conn_window -= length
-                        if self._conn_window < 0:
-                            raise h2.exceptions.FlowControlError("DATA beyond the window")
-                        offset = end
-                        continue
-                    if stream is not None and not stream.headers_done and control_from >= 0:
-                        # Its HEADERS may be in the run not yet given to h2.
-                        self._to_h2(bytes(view[control_from:offset]))
-                        control_from = -1
-                    if stream is not None and not stream.headers_done:
-                        stream = None  # DATA before HEADERS: h2 raises the protocol error
-                if stream is None:
-                    if control_from < 0:
-                        control_from = offset
-                    offset = end
-                    continue
-                if control_from >= 0:
-                    self._to_h2(bytes(view[control_from:offset]))
-                    control_from = -1
-                self._data_frame(stream, flags, view[offset + 9 : end], length)
+                    self._data_frame(sid, flags, view[offset + 9 : end], length)
+                else:
+                    self._control_frame(kind, flags, sid, view[offset + 9 : end])
                 offset = end
-            if control_from >= 0:
-                self._to_h2(bytes(view[control_from:offset]))
-        except h2.exceptions.ProtocolError as exc:
-            self._fail_all(StreamFailed(f"protocol error: {exc}"))
-            self._close()
+                if self.closed:
+                    return
+        except _ConnectionError as exc:
+            self._connection_error(exc.code, str(exc))
             return
         finally:
             view.release()
@@ -319,68 +345,190 @@ class _Connection(asyncio.BufferedProtocol):
 
     # --- frames ---------------------------------------------------------------------------
 
-    def _data_frame(self, stream: _Stream, flags: int, payload: memoryview, length: int) -> None:
-        stream.window -= length
+    def _data_frame(self, sid: int, flags: int, payload: memoryview, length: int) -> None:
+        if sid == 0:
+            raise _ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
         self._conn_window -= length
-        if stream.window < 0 or self._conn_window < 0:
+        if self._conn_window < 0:
             # A server that ignores flow control could make us buffer without bound.
-            raise h2.exceptions.FlowControlError("DATA beyond the advertised window")
+            raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         if flags & _PADDED:
-            pad = payload[0] if len(payload) else 0
-            payload = payload[1 : len(payload) - pad]
+            pad = payload[0] if length else 0
+            if pad >= length:
+                raise _ConnectionError(PROTOCOL_ERROR, "more padding than payload")
+            payload = payload[1 : length - pad]
+        stream = self._streams.get(sid)
+        if stream is None or stream.error is not None:
+            self._check_known(sid)
+            # A stream we gave up on: its bytes still count against the connection window,
+            # so give them back.
+            self._conn_credit += length
+            return
+        if stream.ended:
+            raise _ConnectionError(STREAM_CLOSED, "DATA after the end of the stream")
+        if not stream.headers_done:
+            raise _ConnectionError(PROTOCOL_ERROR, "DATA before the response headers")
+        stream.window -= length
+        if stream.window < 0:
+            raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the stream window")
         if len(payload):
             stream.chunks.append(payload)
             self._exported = True
         stream.pending_credit += length
         if flags & _END_STREAM:
-            # Let h2 close the stream: an empty DATA frame carrying only END_STREAM.
-            self._to_h2(b"\x00\x00\x00\x00\x01" + stream.stream_id.to_bytes(4, "big"))
+            stream.ended = True
         stream.wake()
 
-    def _to_h2(self, frames: bytes) -> None:
-        for event in self._h2.receive_data(frames):
-            self._on_event(event)
-
-    def _on_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.ResponseReceived):
-            stream = self._streams.get(event.stream_id or 0)
-            if stream is not None and not stream.headers.done():
-                # h2 checks Content-Length against the DATA it saw, and it sees none of ours:
-                # the caller checks the length instead (net.fetch users do, byte for byte).
-                h2_stream = self._h2.streams.get(stream.stream_id)
-                if h2_stream is not None:
-                    h2_stream._expected_content_length = None
-                stream.headers_done = True
-                stream.headers.set_result(list(event.headers or []))
-        elif isinstance(event, h2.events.DataReceived):  # not on the fast path (rare)
-            stream = self._streams.get(event.stream_id or 0)
-            if stream is None:
-                self._conn_credit += event.flow_controlled_length or 0
-            else:
-                if event.data:
-                    stream.chunks.append(memoryview(event.data))
-                stream.pending_credit += event.flow_controlled_length or 0
-                stream.wake()
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self._streams.get(event.stream_id or 0)
-            if stream is not None:
-                stream.ended = True
-                stream.wake()
-        elif isinstance(event, h2.events.StreamReset):
-            stream = self._streams.get(event.stream_id or 0)
-            if stream is not None:
-                refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-                self._fail(stream, StreamFailed(f"stream reset ({event.error_code!r})", refused))
-        elif isinstance(event, h2.events.ConnectionTerminated):
+    def _control_frame(self, kind: int, flags: int, sid: int, payload: memoryview) -> None:
+        length = len(payload)
+        if kind == _HEADERS:
+            if sid == 0:
+                raise _ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
+            start, stop = 0, length
+            if flags & _PADDED:
+                start, stop = 1, length - (payload[0] if length else length + 1)
+            if flags & _PRIORITY_FLAG:
+                start += 5
+            if start > stop:
+                raise _ConnectionError(PROTOCOL_ERROR, "more padding than payload")
+            self._header_block = (sid, flags, bytearray(payload[start:stop]))
+            self._header_fragment_done(flags)
+        elif kind == _CONTINUATION:
+            if self._header_block is None or self._header_block[0] != sid:
+                raise _ConnectionError(PROTOCOL_ERROR, "CONTINUATION without a header block")
+            self._header_block[2].extend(payload)
+            self._header_fragment_done(flags)
+        elif kind == _SETTINGS:
+            self._settings(flags, sid, payload)
+        elif kind == _PING:
+            if sid != 0:
+                raise _ConnectionError(PROTOCOL_ERROR, "PING on a stream")
+            if length != 8:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "PING is not 8 bytes")
+            if not flags & _ACK:
+                self._outbox.append(_frame(_PING, _ACK, 0, bytes(payload)))
+        elif kind == _RST_STREAM:
+            if sid == 0:
+                raise _ConnectionError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
+            if length != 4:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM is not 4 bytes")
+            self._check_known(sid)
+            code = int.from_bytes(payload, "big")
+            stream = self._streams.get(sid)
+            if stream is not None and stream.error is None and not stream.ended:
+                name = _ERROR_NAMES.get(code, hex(code))
+                self._fail(stream, StreamFailed(f"stream reset ({name})", code == REFUSED_STREAM))
+        elif kind == _GOAWAY:
+            if sid != 0:
+                raise _ConnectionError(PROTOCOL_ERROR, "GOAWAY on a stream")
+            if length < 8:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
+            last = int.from_bytes(payload[:4], "big") & _LAST_STREAM_ID
             self.goaway = True
-            last = event.last_stream_id or 0
             for stream in list(self._streams.values()):
-                if stream.stream_id > last:  # never processed by the server: safe to retry
+                if stream.stream_id > last and stream.error is None and not stream.ended:
+                    # Never processed by the server: safe to send again, elsewhere.
                     self._fail(stream, StreamFailed("GOAWAY before processing", retry_safe=True))
+            self.capacity.set()
             if not self._streams:
                 self._close()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self.capacity.set()
+        elif kind == _WINDOW_UPDATE:
+            if length != 4:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "WINDOW_UPDATE is not 4 bytes")
+            if sid == 0 and not int.from_bytes(payload, "big") & _LAST_STREAM_ID:
+                raise _ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE of zero")
+            # We send no DATA: the server's windows for us do not matter.
+        elif kind == _PUSH_PROMISE:
+            raise _ConnectionError(PROTOCOL_ERROR, "PUSH_PROMISE with push disabled")
+        elif kind == _PRIORITY and sid == 0:
+            raise _ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+        # Frames of unknown types are ignored (RFC 9113 5.5).
+
+    def _check_known(self, sid: int) -> None:
+        """Frames on a stream we never opened (idle, or a server-initiated id) are an error."""
+        if sid % 2 == 0 or sid >= self._next_stream_id:
+            raise _ConnectionError(PROTOCOL_ERROR, f"frame on idle stream {sid}")
+
+    def _header_fragment_done(self, flags: int) -> None:
+        assert self._header_block is not None
+        sid, first_flags, block = self._header_block
+        if len(block) > MAX_HEADER_LIST:
+            raise _ConnectionError(PROTOCOL_ERROR, "header block too large")
+        if not flags & _END_HEADERS:
+            return
+        self._header_block = None
+        self._check_known(sid)
+        try:
+            # Decoded even for streams we gave up on: the HPACK table is per connection.
+            fields = self._decoder.decode(bytes(block), raw=True)
+        except hpack.HPACKError as exc:
+            raise _ConnectionError(COMPRESSION_ERROR, f"header block: {exc}") from None
+        stream = self._streams.get(sid)
+        if stream is None or stream.error is not None:
+            return
+        headers = [(bytes(name), bytes(value)) for name, value in fields]
+        end_stream = bool(first_flags & _END_STREAM)
+        if stream.ended:
+            raise _ConnectionError(STREAM_CLOSED, "HEADERS after the end of the stream")
+        if stream.headers_done:  # trailers: only the end of the stream matters
+            if not end_stream:
+                raise _ConnectionError(PROTOCOL_ERROR, "trailers without END_STREAM")
+        else:
+            status = next((value for name, value in headers if name == b":status"), b"")
+            if len(status) != 3 or not status.isdigit():
+                self._stream_error(stream, PROTOCOL_ERROR, "response without a valid :status")
+                return
+            if status[0] == ord("1"):
+                if end_stream or status == b"101":
+                    self._stream_error(stream, PROTOCOL_ERROR, "bad informational response")
+                return  # 1xx: the final response follows
+            stream.headers_done = True
+            if not stream.headers.done():
+                stream.headers.set_result(headers)
+        if end_stream:
+            stream.ended = True
+        stream.wake()
+
+    def _settings(self, flags: int, sid: int, payload: memoryview) -> None:
+        if sid != 0:
+            raise _ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & _ACK:
+            if len(payload):
+                raise _ConnectionError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            return
+        if len(payload) % 6:
+            raise _ConnectionError(FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
+        for key, value in _SETTING.iter_unpack(payload):
+            if key == _HEADER_TABLE_SIZE:
+                self._encoder.resize(value)
+            elif key == _ENABLE_PUSH:
+                if value != 0:
+                    raise _ConnectionError(PROTOCOL_ERROR, "a server may not enable push")
+            elif key == _MAX_CONCURRENT_STREAMS:
+                self._max_concurrent = value
+            elif key == _INITIAL_WINDOW_SIZE:
+                if value > _LAST_STREAM_ID:
+                    raise _ConnectionError(FLOW_CONTROL_ERROR, "initial window over 2^31-1")
+            elif key == _MAX_FRAME_SIZE:
+                if not 16_384 <= value <= MAX_FRAME_SIZE:
+                    raise _ConnectionError(PROTOCOL_ERROR, f"max frame size {value}")
+                self._max_send_frame = value
+        self._outbox.append(_frame(_SETTINGS, _ACK, 0))
+        self.capacity.set()
+
+    def _stream_error(self, stream: _Stream, code: int, message: str) -> None:
+        """A malformed response: that stream alone is reset and fails."""
+        self._outbox.append(_frame(_RST_STREAM, 0, stream.stream_id, code.to_bytes(4, "big")))
+        self._fail(stream, StreamFailed(f"protocol error: {message}"))
+
+    def _connection_error(self, code: int, message: str) -> None:
+        if self._transport is not None and not self.closed:
+            self._outbox.append(
+                _frame(_GOAWAY, 0, 0, (0).to_bytes(4, "big") + code.to_bytes(4, "big"))
+            )
+            self._flush()
+        self._fail_all(StreamFailed(f"protocol error: {message}"))
+        self._close()
 
     def _fail(self, stream: _Stream, error: H2Error) -> None:
         stream.error = error
@@ -390,7 +538,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _fail_all(self, error: H2Error) -> None:
         for stream in list(self._streams.values()):
-            if not stream.ended:
+            if not stream.ended and stream.error is None:
                 self._fail(stream, error)
 
     # --- flow control -----------------------------------------------------------------------
@@ -405,26 +553,23 @@ class _Connection(asyncio.BufferedProtocol):
     def _send_credit(self) -> None:
         if self._transport is None or self.closed:
             return
-        frames = []
         for sid, amount in list(self._stream_credit.items()):
             if amount >= STREAM_WINDOW // 2:
-                frames.append(_window_update(sid, amount))
+                self._outbox.append(_window_update(sid, amount))
                 del self._stream_credit[sid]
                 stream = self._streams.get(sid)
                 if stream is not None:
                     stream.window += amount
         if self._conn_credit >= CONNECTION_WINDOW // 4:
-            frames.append(_window_update(0, self._conn_credit))
+            self._outbox.append(_window_update(0, self._conn_credit))
             self._conn_window += self._conn_credit
             self._conn_credit = 0
-        if frames:
-            self._flush()
-            self._transport.write(b"".join(frames))
+        self._flush()
 
     def _flush(self) -> None:
-        data = self._h2.data_to_send()
-        if data and self._transport is not None and not self.closed:
-            self._transport.write(data)
+        if self._outbox and self._transport is not None and not self.closed:
+            self._transport.write(b"".join(self._outbox))
+        self._outbox.clear()
 
     def _close(self) -> None:
         self.closed = True
@@ -442,14 +587,15 @@ class _Connection(asyncio.BufferedProtocol):
         """Room for one more stream on this connection."""
         if self.closed or self.goaway:
             return False
-        remote = self._h2.remote_settings.max_concurrent_streams
-        return self.open_streams < min(limit, remote) and self._h2.highest_outbound_stream_id < (
-            2**31 - 1000
+        return (
+            self.open_streams < min(limit, self._max_concurrent)
+            and self._next_stream_id < _LAST_STREAM_ID - 1000
         )
 
     def open(self, method: bytes, path: bytes, headers: Sequence[tuple[bytes, bytes]]) -> _Stream:
         """Send a request without a body; returns the stream to read the response from."""
-        sid = self._h2.get_next_available_stream_id()
+        sid = self._next_stream_id
+        self._next_stream_id += 2
         request = [
             (b":method", method),
             (b":scheme", b"https"),
@@ -457,9 +603,17 @@ class _Connection(asyncio.BufferedProtocol):
             (b":path", path),
             *((k.lower(), v) for k, v in headers if k.lower() not in _HOP_BY_HOP),
         ]
+        block = self._encoder.encode(request)
         stream = _Stream(sid, asyncio.get_running_loop().create_future())
         self._streams[sid] = stream
-        self._h2.send_headers(sid, request, end_stream=True)
+        size = self._max_send_frame
+        first, rest = block[:size], block[size:]
+        self._outbox.append(
+            _frame(_HEADERS, _END_STREAM | (0 if rest else _END_HEADERS), sid, first)
+        )
+        while rest:
+            piece, rest = rest[:size], rest[size:]
+            self._outbox.append(_frame(_CONTINUATION, 0 if rest else _END_HEADERS, sid, piece))
         self._flush()
         return stream
 
@@ -473,10 +627,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._conn_credit += stream.pending_credit
         stream.pending_credit = 0
         if not stream.ended and stream.error is None and not self.closed:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.reset_stream(stream.stream_id, h2.errors.ErrorCodes.CANCEL)
+            self._outbox.append(_frame(_RST_STREAM, 0, stream.stream_id, CANCEL.to_bytes(4, "big")))
         self._send_credit()
-        self._flush()
         self.capacity.set()
         if self.goaway and not self._streams:
             self._close()
@@ -512,10 +664,6 @@ def _authority(host: str, port: int) -> str:
     """The :authority of a request: host (an IPv6 literal in brackets), and the port unless 443."""
     name = f"[{host}]" if ":" in host else host
     return name if port == 443 else f"{name}:{port}"
-
-
-def _window_update(stream_id: int, increment: int) -> bytes:
-    return b"\x00\x00\x04\x08\x00" + stream_id.to_bytes(4, "big") + increment.to_bytes(4, "big")
 
 
 @dataclass

@@ -1,0 +1,100 @@
+"""A lean HTTP/2 client connection wired to a server-side h2 connection, with no socket.
+
+The server is a real HTTP/2 implementation (h2), so what it sends is what a conforming peer
+sends; frames it will not produce (misbehaviour, exotic orderings) are built by hand with
+`frame()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import h2.config
+import h2.connection
+
+from ingestd.net import h2lean
+
+
+class FakeTransport(asyncio.Transport):
+    """Collects what the client writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.read_upto = 0
+        self.closed = False
+
+    def new(self) -> bytes:
+        """What the client wrote since the last call."""
+        data = bytes(self.written[self.read_upto :])
+        self.read_upto = len(self.written)
+        return data
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    """One raw frame."""
+    return (
+        len(payload).to_bytes(3, "big")
+        + bytes([kind, flags])
+        + stream_id.to_bytes(4, "big")
+        + payload
+    )
+
+
+def data_frame(stream_id: int, payload: bytes, end: bool = False, pad: int = 0) -> bytes:
+    """A DATA frame, optionally padded."""
+    flags = (0x1 if end else 0) | (0x8 if pad else 0)
+    body = (bytes([pad]) + payload + b"\0" * pad) if pad else payload
+    return frame(0x0, flags, stream_id, body)
+
+
+class Peer:
+    """The client under test, its transport, and the h2 server it talks to."""
+
+    def __init__(self) -> None:
+        self.client = h2lean._Connection("origin.test")
+        self.transport = FakeTransport()
+        self.client.connection_made(self.transport)
+        self.server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        self.server.initiate_connection()
+        self.to_server()  # preface, SETTINGS, WINDOW_UPDATE
+        self.to_client()
+
+    def to_server(self) -> list[object]:
+        """Deliver what the client wrote; returns the server's events."""
+        return list(self.server.receive_data(self.transport.new()))
+
+    def to_client(self, extra: bytes = b"") -> None:
+        """Deliver what the server has to send, then `extra` raw bytes."""
+        self.client.data_received(self.server.data_to_send() + extra)
+
+    def request(self, path: bytes = b"/v.mp4") -> h2lean._Stream:
+        """Open a stream and let the server see it."""
+        stream = self.client.open(b"GET", path, [])
+        self.to_server()
+        return stream
+
+    def respond(
+        self, stream_id: int, headers: list[tuple[str, str]] | None = None, end: bool = False
+    ) -> None:
+        """Response headers from the server, delivered."""
+        fields = headers or [(":status", "200"), ("content-length", "999")]
+        self.server.send_headers(stream_id, fields, end_stream=end)
+        self.to_client()
+
+
+async def body(client: h2lean._Connection, stream: h2lean._Stream) -> bytes:
+    """Everything the stream delivers until its end."""
+    parts = []
+    while (chunks := await client.next_chunks(stream, timeout=1)) is not None:
+        parts += [bytes(c) for c in chunks]
+    return b"".join(parts)
