@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+import msgspec
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
@@ -24,9 +25,16 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_BACKUPS = 5
 
 
+_ENCODER = msgspec.json.Encoder(enc_hook=str)  # ~10x faster than json.dumps per event
+
+
 def render_json(event: EventDict) -> str:
     """The one JSON rendering used everywhere (stdout, file, `ingestd logs --json`)."""
-    return json.dumps(event, default=str, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return _ENCODER.encode(event).decode("utf-8")
+    except (TypeError, ValueError, msgspec.EncodeError):
+        # A lone surrogate (from a file name, say) is not UTF-8: escape it instead.
+        return json.dumps(event, default=str, ensure_ascii=True, separators=(",", ":"))
 
 
 class _RotatingFile:

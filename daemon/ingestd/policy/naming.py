@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -35,7 +36,14 @@ def topic_folder(topic: object) -> str:
     A sanitized name carries a short hash of the original so that two different topics never
     collapse into one folder. A missing or blank topic is `untagged`.
     """
-    if not isinstance(topic, str) or not topic.strip():
+    if not isinstance(topic, str):
+        return UNTAGGED
+    return _folder_for(topic)
+
+
+@functools.lru_cache(maxsize=4096)  # pure, and asked again for every file of a topic
+def _folder_for(topic: str) -> str:
+    if not topic.strip():
         return UNTAGGED
     plain = topic.replace(" ", "_")
     cleaned = "".join(_safe_char(ch) for ch in plain)
