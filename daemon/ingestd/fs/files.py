@@ -128,10 +128,13 @@ def fsync_dir(path: Path) -> None:
 def ensure_dir(root: Path, relative: Path) -> Path:
     """Create `root/relative` (one level below root), refusing to traverse a symlink."""
     target = root / relative
-    root.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        target.mkdir(mode=0o775)
-    st = target.lstat()
+    try:
+        st = os.lstat(target)  # the common case, once per file: it is there already
+    except FileNotFoundError:
+        root.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            target.mkdir(mode=0o775)
+        st = target.lstat()
     if not stat.S_ISDIR(st.st_mode):
         raise OSError(errno.ENOTDIR, f"{target} is not a real directory")
     return target

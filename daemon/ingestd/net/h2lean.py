@@ -10,8 +10,8 @@ stream's state (a graceful GOAWAY made h2 reject the end of streams it had let f
 So this module owns the whole connection: framing, SETTINGS, PING, GOAWAY, RST_STREAM, header
 blocks (CONTINUATION, informational responses, trailers) and flow control, which is ours:
 WINDOW_UPDATE frames are sent when the consumer has taken the bytes, in batches, so memory stays
-bounded by the windows. HPACK decoding is hpack's (the decoder h2 uses); requests are encoded
-here with static-table indexes and plain literals only. Any breach of the protocol by the server
+bounded by the windows. Response headers are decoded by net.headers; requests are encoded here
+with static-table indexes and plain literals only. Any breach of the protocol by the server
 is a connection error: every open stream fails, the server gets a GOAWAY saying why, and the
 connection closes. The tests drive this against h2 in server mode as the reference peer.
 
@@ -28,8 +28,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-import hpack
 from hpack.table import HeaderTable
+
+from ingestd.net.headers import Decoder, HeaderBlockError
 
 STREAM_WINDOW = 4 * 1024 * 1024  # per stream: bounds what one slow consumer can buffer
 CONNECTION_WINDOW = 32 * 1024 * 1024
@@ -239,7 +240,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._streams: dict[int, _Stream] = {}
         self._next_stream_id = 1
         self._encoder = _RequestEncoder()
-        self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
+        self._decoder = Decoder(max_header_list_size=MAX_HEADER_LIST)
         self._header_block: tuple[int, int, bytearray] | None = None  # (stream, flags, so far)
         self._max_concurrent = _LAST_STREAM_ID  # the server's, until its SETTINGS say
         self._max_send_frame = 16_384
@@ -460,13 +461,12 @@ class _Connection(asyncio.BufferedProtocol):
         self._check_known(sid)
         try:
             # Decoded even for streams we gave up on: the HPACK table is per connection.
-            fields = self._decoder.decode(bytes(block), raw=True)
-        except hpack.HPACKError as exc:
+            headers = self._decoder.decode(bytes(block))
+        except HeaderBlockError as exc:
             raise _ConnectionError(COMPRESSION_ERROR, f"header block: {exc}") from None
         stream = self._streams.get(sid)
         if stream is None or stream.error is not None:
             return
-        headers = [(bytes(name), bytes(value)) for name, value in fields]
         end_stream = bool(first_flags & _END_STREAM)
         if stream.ended:
             raise _ConnectionError(STREAM_CLOSED, "HEADERS after the end of the stream")

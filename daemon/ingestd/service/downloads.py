@@ -86,6 +86,7 @@ class DownloadPool:
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self._config = config
+        self._media_dir = config.media_dir  # a new Path per access otherwise, several per file
         self._db = db
         self._fetcher = fetcher
         self._log = log
@@ -111,6 +112,7 @@ class DownloadPool:
     def reconfigure(self, config: Config) -> None:
         """Use a reloaded config from the next claim and the next decision on."""
         self._config = config
+        self._media_dir = config.media_dir
         self._space_checked_at = -SPACE_RECHECK  # min_free_bytes may have changed
         self.wake()
 
@@ -253,7 +255,7 @@ class DownloadPool:
             "download_completed",
             bytes=done.size,
             sha256=done.sha256,
-            path=str(self._config.media_dir / done.path),
+            path=str(self._media_dir / done.path),
             attempt=item.attempts,
             duration_s=duration,
             resumed=done.resumed,
@@ -316,12 +318,13 @@ class DownloadPool:
         if not verdict.allowed:
             return Failure(Reason.UNSAFE_URL, detail=verdict.reason)
         relative = relative_video_path(item.topics[0] if item.topics else None, item.aweme_id)
-        final = config.media_dir / relative
+        media = self._media_dir
+        final = media / relative
         try:
             if item.validator is None:  # nothing to resume: no thread hop to open it now
-                part = PartFile.fresh_in(config.media_dir, Path(relative))
+                part = PartFile.fresh_in(media, Path(relative))
             else:
-                part = await asyncio.to_thread(PartFile.open_in, config.media_dir, Path(relative))
+                part = await asyncio.to_thread(PartFile.open_in, media, Path(relative))
         except OSError as exc:
             return Failure(Reason.LOCAL_IO, detail=f"{exc.strerror or exc}")
         try:
@@ -389,7 +392,7 @@ class DownloadPool:
         """Last bytes, fsync, atomic rename, folder fsync, hard links: one worker-thread hop."""
         part.write(tail)
         sha256 = part.publish(final)
-        relative = PurePosixPath(final.relative_to(self._config.media_dir))
+        relative = PurePosixPath(final.relative_to(self._media_dir))
         return sha256, self._link_topics(relative, topics)
 
     async def _receive(
@@ -442,13 +445,13 @@ class DownloadPool:
 
     def _link_topics(self, relative: PurePosixPath, topics: tuple[str | None, ...]) -> int:
         """Hard-link a published file into every further topic folder. Blocking."""
-        source = self._config.media_dir / relative
+        source = self._media_dir / relative
         made = 0
         for topic in topics:
             folder = topic_folder(topic)
             if folder == relative.parent.name:
                 continue
-            directory = ensure_dir(self._config.media_dir, Path(folder))
+            directory = ensure_dir(self._media_dir, Path(folder))
             if link_into(source, directory / relative.name):
                 made += 1
         return made
