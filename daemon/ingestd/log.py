@@ -11,6 +11,8 @@ import json
 import os
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -119,6 +121,27 @@ class _SinkLogger:
     debug = info = warning = error = critical = msg = _emit
 
 
+class _Timestamp:
+    """`timestamp`: UTC ISO 8601 with microseconds, e.g. 2026-11-27T01:11:53.004211Z.
+
+    structlog's TimeStamper builds a timezone-aware datetime per event, and drops the fraction
+    when it happens to be zero; this formats the second once and always has six digits."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._second: tuple[int, str] = (-1, "")  # replaced whole: threads share it
+
+    def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
+        now = self._clock()
+        second = int(now)
+        cached = self._second
+        if cached[0] != second:
+            cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._second = cached
+        event["timestamp"] = f"{cached[1]}.{int((now - second) * 1e6):06d}Z"
+        return event
+
+
 def _finish(_: WrappedLogger, __: str, event: EventDict) -> Any:
     return (event,), {}
 
@@ -138,9 +161,8 @@ def configure(
         old, _sink = _sink, _Sink(stream, console, file)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _Timestamp(),
             structlog.processors.format_exc_info,
             _finish,
         ],

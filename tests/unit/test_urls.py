@@ -1,5 +1,8 @@
 """URL and address policy as pure functions: no connection is ever made here."""
 
+import random
+from urllib.parse import parse_qsl, urlsplit
+
 import pytest
 
 from ingestd.policy.urls import (
@@ -110,3 +113,22 @@ def test_redact_drops_query_and_credentials() -> None:
     assert redact(url) == "https://v77.tiktokcdn-us.com:8443/video/o1/"
     assert "signature" not in redact("https://h/p?signature=s")
     assert redact("https://[::1]:9/x?y") == "https://[::1]:9/x"
+
+
+def test_expiry_fast_path_reads_queries_as_parse_qsl_does() -> None:
+    def reference(url: str) -> int | None:
+        for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=False):
+            if key.lower() in {"expire", "x-expires", "vexpiration"}:
+                value = value.strip()
+                if value.isascii() and value.isdigit() and len(value) <= 16:
+                    epoch = int(value)
+                    return epoch // 1000 if epoch > 100_000_000_000 else epoch
+        return None
+
+    rng = random.Random(5)
+    pieces = ["expire", "X-Expires", "VExpiration", "a", "=", "&", "1700000000", "17", " ", "+"]
+    pieces += ["%65", "%3D", "%26", "1795759200000", "x", "", "==", "&&"]
+    for _ in range(5000):
+        query = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        url = f"https://cdn.example/v.mp4?{query}"
+        assert url_expiry(url) == reference(url), url

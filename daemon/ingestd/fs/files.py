@@ -14,7 +14,7 @@ import stat
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from ingestd.policy.naming import part_name
 from ingestd.policy.settle import FileSignature
@@ -125,7 +125,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def ensure_dir(root: Path, relative: Path) -> Path:
+def ensure_dir(root: Path, relative: PurePath) -> Path:
     """Create `root/relative` (one level below root), refusing to traverse a symlink."""
     target = root / relative
     try:
@@ -147,8 +147,8 @@ class PartFile:
     is cancelled cannot race the close that follows.
     """
 
-    def __init__(self, root: Path, relative: Path, *, fresh: bool = False) -> None:
-        self.path = root / relative.parent / part_name(relative.name)
+    def __init__(self, root: Path, relative: PurePath, *, fresh: bool = False) -> None:
+        self.path = Path(part_name(f"{root}/{relative}"))  # one Path, not three joins per file
         self._root, self._relative = root, relative
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -160,12 +160,12 @@ class PartFile:
             self._open(truncate=False)
 
     @classmethod
-    def open_in(cls, root: Path, relative: Path) -> PartFile:
+    def open_in(cls, root: Path, relative: PurePath) -> PartFile:
         """Open `root/relative` + `.part` as it is (for a resume), creating its folder first."""
         return cls(root, relative)
 
     @classmethod
-    def fresh_in(cls, root: Path, relative: Path) -> PartFile:
+    def fresh_in(cls, root: Path, relative: PurePath) -> PartFile:
         """A `.part` that starts empty, with no I/O yet: its folder is made and the file opened
         (emptied if it exists) by the first method that needs it, in that method's thread hop."""
         return cls(root, relative, fresh=True)

@@ -255,7 +255,7 @@ class DownloadPool:
             "download_completed",
             bytes=done.size,
             sha256=done.sha256,
-            path=str(self._media_dir / done.path),
+            path=f"{self._media_dir}/{done.path}",
             attempt=item.attempts,
             duration_s=duration,
             resumed=done.resumed,
@@ -322,9 +322,9 @@ class DownloadPool:
         final = media / relative
         try:
             if item.validator is None:  # nothing to resume: no thread hop to open it now
-                part = PartFile.fresh_in(media, Path(relative))
+                part = PartFile.fresh_in(media, relative)
             else:
-                part = await asyncio.to_thread(PartFile.open_in, media, Path(relative))
+                part = await asyncio.to_thread(PartFile.open_in, media, relative)
         except OSError as exc:
             return Failure(Reason.LOCAL_IO, detail=f"{exc.strerror or exc}")
         try:
@@ -348,7 +348,7 @@ class DownloadPool:
         log.info(
             "download_started",
             url=redact(item.url),
-            topic=str(relative.parent),
+            topic=relative.parts[0],
             attempt=item.attempts,
             resume_from=offset,
         )
@@ -383,17 +383,23 @@ class DownloadPool:
             if declared is not None and size != declared:
                 await asyncio.to_thread(part.write, tail)  # kept for the resume
                 return Failure(Reason.TRUNCATED, response.status, detail=f"{size}/{declared}")
-        sha256, links = await asyncio.to_thread(self._finish_file, part, tail, final, item.topics)
+        sha256, links = await asyncio.to_thread(
+            self._finish_file, part, tail, final, relative, item.topics
+        )
         return Published(relative, part.size, sha256, resumed=offset > 0, links=links)
 
     def _finish_file(
-        self, part: PartFile, tail: list[Chunk], final: Path, topics: tuple[str | None, ...]
+        self,
+        part: PartFile,
+        tail: list[Chunk],
+        final: Path,
+        relative: PurePosixPath,
+        topics: tuple[str | None, ...],
     ) -> tuple[str, int]:
         """Last bytes, fsync, atomic rename, folder fsync, hard links: one worker-thread hop."""
         part.write(tail)
         sha256 = part.publish(final)
-        relative = PurePosixPath(final.relative_to(self._media_dir))
-        return sha256, self._link_topics(relative, topics)
+        return sha256, self._link_topics(relative, topics) if len(topics) > 1 else 0
 
     async def _receive(
         self, batches: AsyncIterator[Sequence[Chunk]], part: PartFile, offset: int
