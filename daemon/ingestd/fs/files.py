@@ -148,7 +148,7 @@ class PartFile:
     """
 
     def __init__(self, root: Path, relative: PurePath, *, fresh: bool = False) -> None:
-        self.path = Path(part_name(f"{root}/{relative}"))  # one Path, not three joins per file
+        self._path = part_name(f"{root}/{relative}")  # a str: a Path per file costs more than I/O
         self._root, self._relative = root, relative
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -173,13 +173,18 @@ class PartFile:
     def _open(self, truncate: bool) -> int:
         ensure_dir(self._root, self._relative.parent)
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(self.path, flags | (os.O_TRUNC if truncate else 0), 0o644)
+        fd = os.open(self._path, flags | (os.O_TRUNC if truncate else 0), 0o644)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise OSError(errno.EINVAL, f"{self.path} is not a regular file")
         self._fd, self.size = fd, st.st_size
         return fd
+
+    @property
+    def path(self) -> Path:
+        """Where the `.part` is."""
+        return Path(self._path)
 
     @property
     def closed(self) -> bool:
@@ -244,7 +249,7 @@ class PartFile:
             os.fsync(fd)
             os.close(fd)
             self._fd = None
-            os.rename(self.path, final)
+            os.rename(self._path, final)
             fsync_dir(final.parent)
             return self._hash.hexdigest()
 
@@ -260,7 +265,7 @@ class PartFile:
         """Close and delete: the content is known to be useless."""
         self.close()
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            os.unlink(self._path)
 
 
 def link_into(source: Path, target: Path) -> bool:
