@@ -13,7 +13,8 @@ import pytest
 from ingestd.net import h2lean
 from ingestd.net.fetch import Fetcher, FetchFailed, HttpSettings
 from ingestd.policy.retry import Reason
-from support.origin import OriginServer
+from support.goaway_origin import GoawayOrigin
+from support.origin import OriginServer, content
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +99,26 @@ async def test_a_stalled_body_times_out(origin: OriginServer) -> None:
         assert info.value.reason is Reason.TIMEOUT
     finally:
         await f.aclose()
+
+
+async def test_a_graceful_goaway_loses_no_transfer(tmp_path: Path) -> None:
+    # At every tenth stream the server says GOAWAY while earlier ones are mid-body: those
+    # must finish, and streams it never took must go, once, to a new connection.
+    async with GoawayOrigin(tmp_path, max_requests=10) as origin:
+        f = Fetcher(HttpSettings(True, 10.0, "t", "https://r/", origin.ca_path, 8, ("localhost",)))
+        gate = asyncio.Semaphore(8)
+
+        async def one(name: str) -> bytes:
+            async with gate, f.get(origin.url(name, 150_000), {}) as response:
+                assert response.status == 200
+                return b"".join([bytes(c) async for c in response.chunks()])
+
+        names = [f"goaway-{i}" for i in range(60)]
+        try:
+            bodies = await asyncio.wait_for(asyncio.gather(*(one(n) for n in names)), 30)
+        finally:
+            await f.aclose()
+    for name, data in zip(names, bodies, strict=True):
+        assert data == content(name, 150_000), name
+    assert origin.goaways >= 5 and origin.connections >= 6
+    assert set(origin.served.values()) == {1}  # nothing was fetched twice
