@@ -39,6 +39,10 @@ class FakeTransport(asyncio.Transport):
     def get_extra_info(self, name: str, default: object = None) -> object:
         return default
 
+    def get_write_buffer_size(self) -> int:
+        """What the server has not read yet (see new())."""
+        return len(self.written) - self.read_upto
+
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     """One raw frame."""

@@ -6,11 +6,13 @@ error must fail every open stream, tell the server why (GOAWAY) and close the tr
 """
 
 import asyncio
+import ssl
 import struct
 
 import h2.errors
 import h2.events
 import h2.settings
+import hpack
 import pytest
 
 from ingestd.net import h2lean
@@ -87,7 +89,7 @@ async def test_stream_resets_fail_only_their_stream() -> None:
     assert not peer.transport.closed and peer.client.can_open(100)
     again = peer.request()
     peer.respond(again.stream_id, [(":status", "204")], end=True)
-    assert dict(await asyncio.wait_for(again.headers, 1))[b":status"] == b"204"
+    assert (await asyncio.wait_for(again.headers, 1))[0] == 204
 
 
 async def test_unfinished_streams_are_cancelled_when_abandoned() -> None:
@@ -146,7 +148,7 @@ async def test_a_header_block_in_continuation_frames() -> None:
         + frame(CONTINUATION, END_HEADERS, sid, block[60:])
         + data_frame(sid, b"body", end=True)
     )
-    headers = await asyncio.wait_for(stream.headers, 1)
+    _, headers = await asyncio.wait_for(stream.headers, 1)
     assert (b"x-long", b"v" * 200) in headers
     assert await body(peer.client, stream) == b"body"
 
@@ -169,7 +171,7 @@ async def test_informational_responses_come_before_the_final_one() -> None:
     peer.respond(stream.stream_id, [(":status", "200"), ("content-length", "2")])
     peer.server.send_data(stream.stream_id, b"ok", end_stream=True)
     peer.to_client()
-    assert dict(await asyncio.wait_for(stream.headers, 1))[b":status"] == b"200"
+    assert (await asyncio.wait_for(stream.headers, 1))[0] == 200
     assert await body(peer.client, stream) == b"ok"
 
 
@@ -187,7 +189,7 @@ async def test_a_response_without_a_body() -> None:
     peer = Peer()
     stream = peer.request()
     peer.respond(stream.stream_id, [(":status", "404")], end=True)
-    assert dict(await asyncio.wait_for(stream.headers, 1))[b":status"] == b"404"
+    assert (await asyncio.wait_for(stream.headers, 1))[0] == 404
     assert await body(peer.client, stream) == b""
 
 
@@ -203,7 +205,7 @@ async def test_headers_of_an_abandoned_stream_still_update_the_decoder() -> None
     peer.server.send_headers(wanted.stream_id, fields)
     peer.to_client()
     assert first == 0  # (peek did not consume)
-    headers = await asyncio.wait_for(wanted.headers, 1)
+    _, headers = await asyncio.wait_for(wanted.headers, 1)
     assert (b"x-indexed", b"a value worth indexing") in headers
 
 
@@ -259,3 +261,158 @@ async def test_a_peer_breaking_the_protocol_gets_a_goaway_and_the_connection_end
     assert callable(wire)
     peer.client.data_received(wire(stream.stream_id))
     await assert_connection_error(peer, stream, code)
+
+
+# --- what a review of the rewrite found: each was reproduced against it first ---------------
+
+
+def pool_of(peer: Peer) -> h2lean.H2Pool:
+    """A pool whose only connection to origin.test:443 is the peer's client."""
+    pool = h2lean.H2Pool(ssl.create_default_context(), _no_resolver)
+    pool._pools[("origin.test", 443)] = [peer.client]
+    return pool
+
+
+async def _no_resolver(host: str, port: int, timeout: float | None) -> list[str]:
+    raise AssertionError("no connection may be made here")
+
+
+async def request(pool: h2lean.H2Pool, connect: float | None = 1, read: float | None = 1) -> None:
+    await pool.request("origin.test", 443, b"GET", b"/", [], connect, read)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(b":status", b"200"), (b":status", b"2x0")],  # once parsed as int(): ValueError
+        [(b"server", b"x"), (b":status", b"200")],  # a pseudo-header after a field
+        [(b":status", b"200"), (b":path", b"/")],  # a request pseudo-header
+        [(b"server", b"x")],  # no status at all
+    ],
+)
+async def test_malformed_response_headers_fail_that_stream_and_free_it(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    peer = Peer()
+    task = asyncio.create_task(request(pool_of(peer)))
+    await asyncio.sleep(0)
+    peer.to_server()
+    block = hpack.Encoder().encode(fields)
+    peer.client.data_received(frame(HEADERS, END_HEADERS, 1, block))
+    with pytest.raises(h2lean.StreamFailed, match="malformed"):
+        await task
+    assert peer.client.open_streams == 0 and not peer.transport.closed
+    resets = [e for e in peer.to_server() if isinstance(e, h2.events.StreamReset)]
+    assert [e.error_code for e in resets] == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+
+
+async def test_padding_is_credited_back_at_once() -> None:
+    # Padding reaches no consumer; held as pending credit it used up the window for good.
+    peer = Peer()
+    stream = peer.request()
+    peer.respond(stream.stream_id, [(":status", "200")])
+    sid = stream.stream_id
+    while peer.server.local_flow_control_window(sid) >= 256:
+        peer.server.send_data(sid, b"", pad_length=255)
+        peer.to_client()
+    updates = [e for e in peer.to_server() if isinstance(e, h2.events.WindowUpdated)]
+    assert {e.stream_id for e in updates} >= {sid}
+    assert peer.server.local_flow_control_window(sid) > h2lean.STREAM_WINDOW // 2
+
+
+async def test_empty_data_frames_do_not_stretch_the_stall_timeout() -> None:
+    peer = Peer()
+    stream = peer.request()
+    peer.respond(stream.stream_id, [(":status", "200")])
+
+    async def trickle() -> None:
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+            peer.client.data_received(data_frame(stream.stream_id, b""))
+
+    trickling = asyncio.create_task(trickle())
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(h2lean.StreamTimedOut):
+        await peer.client.next_chunks(stream, 0.2)
+    assert loop.time() - start < 0.5
+    trickling.cancel()
+    assert not peer.transport.closed  # the server was talking: the connection is alive
+
+
+async def test_a_silent_connection_is_dropped_when_a_stream_times_out() -> None:
+    peer = Peer()
+    stream = peer.request()
+    peer.respond(stream.stream_id, [(":status", "200")])
+    with pytest.raises(h2lean.StreamTimedOut):
+        await peer.client.next_chunks(stream, 0.1)
+    assert peer.transport.closed and not peer.client.can_open(100)  # presumed half-open
+
+
+async def test_waiting_for_a_free_stream_honours_the_timeout() -> None:
+    peer = Peer()
+    peer.client.data_received(frame(SETTINGS, 0, 0, struct.pack(">HI", 0x3, 0)))  # no streams
+    with pytest.raises(h2lean.ConnectTimedOut):
+        await asyncio.wait_for(request(pool_of(peer), connect=0.1), 2)
+
+
+@pytest.mark.parametrize("how", ["goaway", "lost"])
+async def test_a_connection_that_dies_during_the_handshake_is_not_used(how: str) -> None:
+    pool = h2lean.H2Pool(ssl.create_default_context(), _no_resolver)
+    made: list[Peer] = []
+
+    async def connect(host: str, port: int, timeout: float | None) -> h2lean._Connection:
+        peer = Peer()
+        made.append(peer)
+        if how == "goaway":  # a server shedding load
+            peer.client.data_received(frame(GOAWAY, 0, 0, bytes(8)))
+        else:
+            peer.client.connection_lost(ConnectionResetError("reset after the handshake"))
+        return peer.client
+
+    pool._connect = connect  # type: ignore[method-assign]
+    with pytest.raises(h2lean.ConnectFailed, match="ends every new connection"):
+        await asyncio.wait_for(request(pool, read=None), 2)  # no read timeout: must not hang
+    assert len(made) == 3 and all(p.client.open_streams == 0 for p in made)
+
+
+def test_a_ping_flood_from_a_server_that_does_not_read_ends_the_connection() -> None:
+    peer = Peer()
+    peer.transport.new()
+    peer.client.data_received(frame(PING, 0, 0, bytes(8)) * 100_000)
+    assert peer.transport.closed
+    # Checked after each read: at most one read buffer's worth of answers over the bound.
+    assert len(peer.transport.new()) <= h2lean.MAX_UNSENT + h2lean.READ_CHUNK
+
+
+async def test_tiny_data_frames_cannot_pin_unbounded_buffers() -> None:
+    peer = Peer()
+    stream = peer.request()
+    peer.respond(stream.stream_id, [(":status", "200")])
+    junk = frame(0xFA, 0, 0, bytes(500_000))  # an extension frame: not flow controlled
+    for _ in range(200):  # 200 bytes of window would pin 100 MB of buffers
+        peer.client.data_received(data_frame(stream.stream_id, b"x") + junk)
+        if peer.transport.closed:
+            break
+    pinned = {id(c.obj): len(c.obj) for c in stream.chunks}
+    assert peer.transport.closed and sum(pinned.values()) <= h2lean.MAX_PINNED + 2**20
+    assert goaway_sent(peer).error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+
+
+async def test_trailers_without_end_stream_and_endless_1xx_fail_only_their_stream() -> None:
+    peer = Peer()
+    trailing, chatty, fine = peer.request(), peer.request(), peer.request()
+    peer.respond(trailing.stream_id, [(":status", "200")])
+    trailer = peer.server.encoder.encode([("x-trailer", "1")])  # h2 would not send it so
+    peer.client.data_received(frame(HEADERS, END_HEADERS, trailing.stream_id, trailer))
+    for _ in range(h2lean.MAX_INFORMATIONAL + 1):
+        peer.server.send_headers(chatty.stream_id, [(":status", "103")])
+    peer.server.send_headers(fine.stream_id, [(":status", "200")])
+    peer.server.send_data(fine.stream_id, b"ok", end_stream=True)
+    peer.to_client()
+    with pytest.raises(h2lean.StreamFailed, match="trailers"):
+        await body(peer.client, trailing)
+    with pytest.raises(h2lean.StreamFailed, match="informational"):
+        await asyncio.wait_for(asyncio.shield(chatty.headers), 1)
+    assert await body(peer.client, fine) == b"ok"
+    assert not peer.transport.closed

@@ -24,6 +24,7 @@ import asyncio
 import collections
 import ssl
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -38,6 +39,11 @@ MAX_FRAME_SIZE = 2**24 - 1  # let servers send big frames when they are willing 
 MAX_HEADER_LIST = 256 * 1024  # decoded response header list (RFC 7541 sizes), and encoded block
 READ_CHUNK = 512 * 1024  # TLS decrypts straight into buffers of this size (see get_buffer)
 _MIN_FREE = 64 * 1024  # a buffer with less room than this is replaced by a fresh one
+# Replaced buffers that body views still pin may not exceed this: a server that slips tiny DATA
+# frames between big frames we ignore would otherwise pin a whole buffer per byte of window.
+MAX_PINNED = 2 * CONNECTION_WINDOW
+MAX_UNSENT = 1024 * 1024  # our own output the server does not read (PING/SETTINGS floods)
+MAX_INFORMATIONAL = 8  # 1xx responses before the final one
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _LAST_STREAM_ID = 2**31 - 1
 _FRAME_HEADER = struct.Struct(">HBBBI")  # 24-bit length (16 + 8), type, flags, stream id
@@ -51,7 +57,7 @@ _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0
 # Error codes (RFC 9113 section 7).
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
 STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 0x5, 0x6, 0x7, 0x8
-COMPRESSION_ERROR = 0x9
+COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 0x9, 0xB
 _ERROR_NAMES = {
     0x0: "NO_ERROR",
     0x1: "PROTOCOL_ERROR",
@@ -128,7 +134,7 @@ Resolver = Callable[[str, int, float | None], Awaitable[Sequence[str]]]
 @dataclass
 class _Stream:
     stream_id: int
-    headers: asyncio.Future[list[tuple[bytes, bytes]]]
+    headers: asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]]  # status, regular fields
     chunks: collections.deque[memoryview] = field(default_factory=collections.deque)
     pending_credit: int = 0  # flow-controlled bytes arrived but not yet handed to the consumer
     window: int = STREAM_WINDOW  # what the server may still send before our next WINDOW_UPDATE
@@ -136,6 +142,7 @@ class _Stream:
     error: H2Error | None = None  # set: the stream is over for the server too (reset, GOAWAY...)
     waiter: asyncio.Future[None] | None = None
     headers_done: bool = False  # the final (non-1xx) response headers arrived
+    informational: int = 0  # 1xx responses so far
     finished: bool = False
 
     def wake(self) -> None:
@@ -214,6 +221,35 @@ class _RequestEncoder:
         return b"".join(block)
 
 
+def _unexported(buffer: bytearray) -> bool:
+    """True when no memoryview of `buffer` is alive: only then may it shrink (and grow back)."""
+    try:
+        last = buffer.pop()
+    except BufferError:
+        return False
+    buffer.append(last)
+    return True
+
+
+def _response_head(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[int, list[tuple[bytes, bytes]]] | None:
+    """Status and regular fields of a response header list; None when malformed (RFC 9113
+    8.3: exactly one :status, no other pseudo-header, pseudo-headers first)."""
+    status = None
+    fields: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name[:1] == b":":
+            if name != b":status" or status is not None or fields:
+                return None
+            status = value
+        else:
+            fields.append((name, value))
+    if status is None or len(status) != 3 or not status.isdigit():
+        return None
+    return int(status), fields
+
+
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return _FRAME_HEADER.pack(len(payload) >> 8, len(payload) & 0xFF, kind, flags, stream_id) + (
         payload
@@ -248,6 +284,8 @@ class _Connection(asyncio.BufferedProtocol):
         self._start = 0  # first byte not yet parsed
         self._end = 0  # first byte not yet filled
         self._exported = False  # body bytes of this buffer were handed out: never rewrite it
+        self._pinned: list[bytearray] = []  # replaced buffers that body views may still use
+        self.last_received = time.monotonic()  # when the server last sent anything
         self._conn_credit = 0
         self._conn_window = CONNECTION_WINDOW
         self._stream_credit: dict[int, int] = {}
@@ -288,9 +326,18 @@ class _Connection(asyncio.BufferedProtocol):
                 need = max(need, 9 + int.from_bytes(self._buffer[self._start : self._start + 3]))
             fresh = bytearray(max(READ_CHUNK, need))
             fresh[:pending] = self._buffer[self._start : self._end]
+            if self._exported:
+                self._pin(self._buffer)
             self._buffer, self._start, self._end = fresh, 0, pending
             self._exported = False
         return memoryview(self._buffer)[self._end :]
+
+    def _pin(self, buffer: bytearray) -> None:
+        """Keep count of replaced buffers still pinned by body views; too many ends it all."""
+        self._pinned = [b for b in self._pinned if not _unexported(b)]
+        self._pinned.append(buffer)
+        if sum(len(b) for b in self._pinned) > MAX_PINNED:
+            self._connection_error(ENHANCE_YOUR_CALM, "tiny DATA frames pin too many buffers")
 
     def data_received(self, data: bytes) -> None:
         """Bytes from a non-buffered source (tests): fed through the buffer."""
@@ -306,6 +353,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self.closed:
             return
         self._end += nbytes
+        self.last_received = time.monotonic()
         buffer = self._buffer
         view = memoryview(buffer)
         offset = self._start
@@ -375,7 +423,9 @@ class _Connection(asyncio.BufferedProtocol):
         if len(payload):
             stream.chunks.append(payload)
             self._exported = True
-        stream.pending_credit += length
+        stream.pending_credit += len(payload)
+        if length > len(payload):  # padding: nobody will consume it, so it is returned now
+            self.credit(stream, length - len(payload))
         if flags & _END_STREAM:
             stream.ended = True
         stream.wake()
@@ -472,19 +522,21 @@ class _Connection(asyncio.BufferedProtocol):
             raise _ConnectionError(STREAM_CLOSED, "HEADERS after the end of the stream")
         if stream.headers_done:  # trailers: only the end of the stream matters
             if not end_stream:
-                raise _ConnectionError(PROTOCOL_ERROR, "trailers without END_STREAM")
-        else:
-            status = next((value for name, value in headers if name == b":status"), b"")
-            if len(status) != 3 or not status.isdigit():
-                self._stream_error(stream, PROTOCOL_ERROR, "response without a valid :status")
+                self._stream_error(stream, PROTOCOL_ERROR, "trailers without END_STREAM")
                 return
-            if status[0] == ord("1"):
-                if end_stream or status == b"101":
+        else:
+            response = _response_head(headers)
+            if response is None:
+                self._stream_error(stream, PROTOCOL_ERROR, "malformed response headers")
+                return
+            if 100 <= response[0] < 200:
+                stream.informational += 1
+                if end_stream or response[0] == 101 or stream.informational > MAX_INFORMATIONAL:
                     self._stream_error(stream, PROTOCOL_ERROR, "bad informational response")
                 return  # 1xx: the final response follows
             stream.headers_done = True
             if not stream.headers.done():
-                stream.headers.set_result(headers)
+                stream.headers.set_result(response)
         if end_stream:
             stream.ended = True
         stream.wake()
@@ -569,6 +621,13 @@ class _Connection(asyncio.BufferedProtocol):
     def _flush(self) -> None:
         if self._outbox and self._transport is not None and not self.closed:
             self._transport.write(b"".join(self._outbox))
+            if self._transport.get_write_buffer_size() > MAX_UNSENT:
+                # Our output is a few small frames per request: a server that leaves this much
+                # unread while making us answer (PING, SETTINGS) is flooding us.
+                self._outbox.clear()
+                self._fail_all(StreamFailed("protocol error: the server does not read"))
+                self._close()
+                return
         self._outbox.clear()
 
     def _close(self) -> None:
@@ -585,15 +644,17 @@ class _Connection(asyncio.BufferedProtocol):
 
     def can_open(self, limit: int) -> bool:
         """Room for one more stream on this connection."""
+        if self._next_stream_id >= _LAST_STREAM_ID - 1000:
+            self.goaway = True  # ids run out: no new streams here, a new connection takes over
         if self.closed or self.goaway:
             return False
-        return (
-            self.open_streams < min(limit, self._max_concurrent)
-            and self._next_stream_id < _LAST_STREAM_ID - 1000
-        )
+        return self.open_streams < min(limit, self._max_concurrent)
 
     def open(self, method: bytes, path: bytes, headers: Sequence[tuple[bytes, bytes]]) -> _Stream:
-        """Send a request without a body; returns the stream to read the response from."""
+        """Send a request without a body; returns the stream to read the response from.
+        Raises StreamFailed (retry_safe) when the connection can take no new stream."""
+        if self.closed or self.goaway:
+            raise StreamFailed("connection closed before the request", retry_safe=True)
         sid = self._next_stream_id
         self._next_stream_id += 2
         request = [
@@ -634,16 +695,24 @@ class _Connection(asyncio.BufferedProtocol):
             self._close()
 
     async def next_chunks(self, stream: _Stream, timeout: float | None) -> list[memoryview] | None:
-        """The body bytes that arrived since the last call; None at the end of the body."""
+        """The body bytes that arrived since the last call; None at the end of the body.
+        Raises StreamTimedOut when no body byte arrives within `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while not stream.chunks:
             if stream.error is not None:
                 raise stream.error
             if stream.ended:
                 return None
-            stream.waiter = asyncio.get_running_loop().create_future()
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                self.timed_out(timeout)
+                raise StreamTimedOut(f"no data for {timeout} s")
+            stream.waiter = loop.create_future()
             try:
-                await asyncio.wait_for(stream.waiter, timeout)
+                await asyncio.wait_for(stream.waiter, remaining)
             except TimeoutError:
+                self.timed_out(timeout)
                 raise StreamTimedOut(f"no data for {timeout} s") from None
             finally:
                 stream.waiter = None
@@ -653,6 +722,14 @@ class _Connection(asyncio.BufferedProtocol):
         self.credit(stream, credit)
         self._send_credit()
         return taken
+
+    def timed_out(self, timeout: float | None) -> None:
+        """A stream waited `timeout` in vain. If nothing at all came from the server in that
+        time, the connection is presumed dead (half-open) and closed, so that the next request
+        does not wait on it too."""
+        idle = time.monotonic() - self.last_received
+        if timeout is not None and idle >= timeout and not self.closed:
+            self.close()
 
     def close(self) -> None:
         """Close the connection now."""
@@ -728,8 +805,13 @@ class H2Pool:
         raise error
 
     async def _connection(self, host: str, port: int, timeout: float | None) -> _Connection:
+        """A connection with room for a stream, made if need be; waits at most `timeout` for
+        room (ConnectTimedOut), and gives up on an origin whose new connections die at once."""
         key = (host, port)
         lock = self._connecting.setdefault(key, asyncio.Lock())
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        fresh_failures = 0
         while True:
             pool = self._pools.setdefault(key, [])
             pool[:] = [c for c in pool if not c.closed and not (c.goaway and not c.open_streams)]
@@ -741,13 +823,21 @@ class H2Pool:
                     if len([c for c in pool if not c.goaway]) < self._per_origin:
                         connection = await self._connect(host, port, timeout)
                         pool.append(connection)
-                        return connection
+                        if connection.can_open(self._streams_per_connection):
+                            return connection
+                        # Closed, or GOAWAY, during the handshake (a server shedding load).
+                        fresh_failures += 1
+                        if fresh_failures >= 3:
+                            raise ConnectFailed(f"{host}:{port} ends every new connection")
                 continue
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise ConnectTimedOut(f"no stream free on {host}:{port} within {timeout} s")
             waiters = [asyncio.ensure_future(c.capacity.wait()) for c in pool]
             for c in pool:
                 c.capacity.clear()
             try:
-                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for w in waiters:
                     w.cancel()
@@ -765,11 +855,17 @@ class H2Pool:
         """Send a GET-like request (no body) and wait for the response headers."""
         for _ in range(3):  # a stream refused or never processed (GOAWAY) may go elsewhere
             connection = await self._connection(host, port, connect_timeout)
-            stream = connection.open(method, path, headers)
             try:
-                raw = await asyncio.wait_for(asyncio.shield(stream.headers), read_timeout)
+                stream = connection.open(method, path, headers)
+            except StreamFailed:
+                continue  # closed between the choice and the request: retry_safe by nature
+            try:
+                status, fields = await asyncio.wait_for(
+                    asyncio.shield(stream.headers), read_timeout
+                )
             except TimeoutError:
                 connection.finish(stream)
+                connection.timed_out(read_timeout)
                 raise StreamTimedOut(f"no response headers for {read_timeout} s") from None
             except StreamFailed as exc:
                 connection.finish(stream)
@@ -779,13 +875,6 @@ class H2Pool:
             except BaseException:
                 connection.finish(stream)
                 raise
-            status = 0
-            fields = []
-            for name, value in raw:
-                if name == b":status":
-                    status = int(value)
-                elif not name.startswith(b":"):
-                    fields.append((name, value))
             return Response(
                 status,
                 fields,
