@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import FAR_FUTURE, IngestdProcess, Nginx, _proc_hwm_kib
+from bench import FAR_FUTURE, LOOPBACK, IngestdProcess, Nginx, _proc_hwm_kib
 
 SAMPLE = {
     "desc": "night market dumplings #streetfood",
@@ -65,7 +65,7 @@ def merge_and_drain(
     impossibly high): the merge alone, without transfers competing for the CPU and the manifest."""
     origin_root = scratch / "backlog-origin"
     origin_root.mkdir(parents=True, exist_ok=True)
-    origin = Nginx(origin_root, [])
+    origin = Nginx(origin_root, LOOPBACK)
     origin.www.mkdir(parents=True, exist_ok=True)
     (origin.www / "tiny.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + os.urandom(4084))
     # Every /v/<i>.mp4 is the same small file: 200,000 URLs without 200,000 files.
@@ -189,7 +189,7 @@ def drop_to_request(scratch: Path, samples: int = 20) -> dict[str, Any]:
     """From the rename of a 1-record extract to the daemon's download_started, p50 and p95."""
     origin_root = scratch / "latency-origin"
     origin_root.mkdir(parents=True, exist_ok=True)
-    origin = Nginx(origin_root, [])
+    origin = Nginx(origin_root, LOOPBACK)
     (origin.www / "v").mkdir(parents=True, exist_ok=True)
     (origin.www / "v" / "x.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 1000)
     origin.start()

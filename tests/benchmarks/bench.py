@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import trustme
+import wanemu  # type: ignore[import-not-found]
 
 MiB = 1024 * 1024
 FAR_FUTURE = 4_102_444_800  # 2100-01-01: the benchmark's signed URLs never expire
@@ -128,22 +129,37 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def netns_prefix(wan: bool) -> list[str]:
-    return ["ip", "netns", "exec", NETNS] if wan else []
+@dataclass(frozen=True)
+class Network:
+    """Where the origin and the clients run, and the host name the URLs use."""
+
+    title: str
+    client_ns: list[str] = field(default_factory=list)  # command prefix for the clients
+    server_ns: list[str] = field(default_factory=list)  # and for nginx
+    host: str = "localhost"  # in URLs (the certificate names it)
+    listen: str = "127.0.0.1"
+
+
+LOOPBACK = Network("loopback")
 
 
 @contextlib.contextmanager
-def wan_namespace(delay_ms: int, loss: float, rate: str) -> Iterator[None]:
-    """A network namespace whose loopback has netem: both ends of every transfer live in it."""
+def wan_network(delay_ms: int, loss: float, rate_mbit: int) -> Iterator[Network]:
+    """80 ms RTT, 0.5 % loss, 200 Mbit/s. With the kernel's netem: one namespace whose
+    loopback has netem, both ends in it. Without (this project's VMs): wanemu.py, a userspace
+    forwarder between two namespaces over TUN devices."""
+    shape = f"{2 * delay_ms} ms RTT, {loss} % loss, {rate_mbit} Mbit/s"
     subprocess.run(["ip", "netns", "del", NETNS], stderr=subprocess.DEVNULL)
     subprocess.run(["ip", "netns", "add", NETNS], check=True)
+    run_in = ["ip", "netns", "exec", NETNS]
+    subprocess.run([*run_in, "ip", "link", "set", "lo", "up"], check=True)
+    probe = [*run_in, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]
+    if subprocess.run(probe, capture_output=True).returncode != 0:
+        subprocess.run(["ip", "netns", "del", NETNS], stderr=subprocess.DEVNULL)
+        with emulated_wan(delay_ms, loss, rate_mbit) as network:
+            yield network
+        return
     try:
-        run_in = ["ip", "netns", "exec", NETNS]
-        subprocess.run([*run_in, "ip", "link", "set", "lo", "up"], check=True)
-        # netem on lo shapes both directions: one-way delay is half the RTT.
-        probe = [*run_in, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]
-        if subprocess.run(probe, capture_output=True).returncode != 0:
-            sys.exit("--wan needs the kernel's sch_netem qdisc; this kernel does not have it")
         subprocess.run([*run_in, "tc", "qdisc", "del", "dev", "lo", "root"], check=True)
         subprocess.run(
             [
@@ -160,15 +176,42 @@ def wan_namespace(delay_ms: int, loss: float, rate: str) -> Iterator[None]:
                 "loss",
                 f"{loss}%",
                 "rate",
-                rate,
+                f"{rate_mbit}mbit",
                 "limit",
                 "100000",
             ],
             check=True,
         )
-        yield
+        yield Network(f"WAN (netem: {shape})", run_in, run_in)
     finally:
         subprocess.run(["ip", "netns", "del", NETNS], stderr=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def emulated_wan(delay_ms: int, loss: float, rate_mbit: int) -> Iterator[Network]:
+    """wanemu.py in its own process (its CPU is not any tool's), until the block ends."""
+    script = Path(__file__).with_name("wanemu.py")
+    argv = [sys.executable, str(script), "--delay-ms", str(delay_ms), "--loss", str(loss)]
+    emulator = subprocess.Popen(
+        [*argv, "--rate-mbit", str(rate_mbit)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert emulator.stdout is not None
+        ready: list[str] = []
+        reader = threading.Thread(target=lambda: ready.append(emulator.stdout.readline()))  # type: ignore[union-attr]
+        reader.start()
+        reader.join(timeout=15)
+        if not ready or ready[0].strip() != "ready":
+            raise RuntimeError("wanemu.py did not come up within 15 s")
+        yield Network(
+            f"WAN (emulated, wanemu.py: {2 * delay_ms} ms RTT, {loss} % loss, {rate_mbit} Mbit/s)",
+            ["ip", "netns", "exec", wanemu.CLIENT_NS],
+            ["ip", "netns", "exec", wanemu.SERVER_NS],
+            host=wanemu.SERVER_IP,
+            listen=wanemu.SERVER_IP,
+        )
+    finally:
+        stop_process(emulator, signal.SIGTERM, 10)
 
 
 # --- the origin ---------------------------------------------------------------------------
@@ -177,14 +220,15 @@ def wan_namespace(delay_ms: int, loss: float, rate: str) -> Iterator[None]:
 class Nginx:
     """nginx serving generated MP4-shaped files over TLS + HTTP/2 on an ephemeral port."""
 
-    def __init__(self, root: Path, ns: list[str]) -> None:
+    def __init__(self, root: Path, network: Network) -> None:
         self.root = root
         self.www = root / "www"
-        self.ns = ns
+        self.ns = network.server_ns
+        self.network = network
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         ca = trustme.CA()
-        cert = ca.issue_cert("localhost", "127.0.0.1")
+        cert = ca.issue_cert("localhost", "127.0.0.1", wanemu.SERVER_IP)
         self.ca_path = root / "ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_path))
         self.cert_path = root / "cert.pem"
@@ -230,7 +274,7 @@ http {{
     http2_max_requests 100000;
     types {{ video/mp4 mp4; }}
     server {{
-        listen 127.0.0.1:{self.port} ssl http2;
+        listen {self.network.listen}:{self.port} ssl http2;
         ssl_certificate {self.cert_path};
         ssl_certificate_key {self.cert_path};
         root {self.www};
@@ -270,7 +314,7 @@ http {{
 
     @property
     def base(self) -> str:
-        return f"https://localhost:{self.port}"
+        return f"https://{self.network.host}:{self.port}"
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -376,14 +420,16 @@ def _output_bytes(folder: Path) -> int:
 class IngestdProcess:
     """A real `ingestd run` with its JSON events read in a thread."""
 
-    def __init__(self, root: Path, ca: Path, ns: list[str], extra: dict[str, Any]) -> None:
+    def __init__(
+        self, root: Path, ca: Path, ns: list[str], extra: dict[str, Any], host: str = "localhost"
+    ) -> None:
         self.root = root
         config = {
             "data_dir": str(root / "data"),
             "state_dir": str(root / "state"),
             "log_file": str(root / "events.jsonl"),
             "ca_bundle": str(ca),
-            "allowed_hosts": ["localhost"],
+            "allowed_hosts": [host],
             "concurrency": 8,
             "min_free_bytes": 0,
             "max_file_bytes": 1 << 40,
@@ -462,9 +508,15 @@ def write_extract(raw: Path, urls: list[str], topic: str = "bench") -> float:
 
 
 def run_ingestd(
-    urls: list[str], out: Path, ca: Path, ns: list[str], timeout: float, extra: dict[str, Any]
+    urls: list[str],
+    out: Path,
+    ca: Path,
+    ns: list[str],
+    timeout: float,
+    extra: dict[str, Any],
+    host: str = "localhost",
 ) -> Run:
-    daemon = IngestdProcess(out, ca, ns, extra)
+    daemon = IngestdProcess(out, ca, ns, extra, host)
     try:
         if not daemon.wait("daemon_ready", 1, 30):
             daemon.stop()
@@ -533,12 +585,12 @@ def bench_workloads(
     runs: int,
     tools: list[str],
     scratch: Path,
-    wan: bool,
+    network: Network,
     ingestd_extra: dict[str, Any],
 ) -> list[Summary]:
-    ns = netns_prefix(wan)
+    ns = network.client_ns
     (scratch / "origin").mkdir(parents=True, exist_ok=True)
-    origin = Nginx(scratch / "origin", ns)
+    origin = Nginx(scratch / "origin", network)
     summaries: list[Summary] = []
     for workload in workloads:
         names = origin.make_files(workload)
@@ -559,7 +611,9 @@ def bench_workloads(
                         elif tool == "aria2c":
                             run = run_aria2c(urls, out, origin.ca_path, ns, timeout)
                         else:
-                            run = run_ingestd(urls, out, origin.ca_path, ns, timeout, ingestd_extra)
+                            run = run_ingestd(
+                                urls, out, origin.ca_path, ns, timeout, ingestd_extra, network.host
+                            )
                         expected = workload.files * workload.size
                         if run.bytes != expected:
                             run.ok = False
@@ -645,11 +699,11 @@ def main() -> int:
                 workloads, runs = list(SMOKE.values()), 1
             else:
                 workloads, runs = [WORKLOADS[w] for w in args.workloads], args.runs
-            title = "WAN (netem: 80 ms RTT, 0.5 % loss, 200 Mbit/s)" if args.wan else "loopback"
-            context = wan_namespace(40, 0.5, "200mbit") if args.wan else contextlib.nullcontext()
-            with context:
-                rows = bench_workloads(workloads, runs, tools, scratch, args.wan, extra)
-            print_table(f"{title}; median of {runs}; {report['machine']['date']}", rows)
+            context = wan_network(40, 0.5, 200) if args.wan else contextlib.nullcontext(LOOPBACK)
+            with context as network:
+                rows = bench_workloads(workloads, runs, tools, scratch, network, extra)
+            print_table(f"{network.title}; median of {runs}; {report['machine']['date']}", rows)
+            report["network"] = network.title
             report["profile"] = "wan" if args.wan else "loopback"
             report["results"] = [asdict(r) for r in rows]
             failed = sum(r.failures for r in rows)
