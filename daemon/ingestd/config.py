@@ -44,6 +44,7 @@ class Config:
     ca_bundle: Path | None = None
     allowed_hosts: tuple[str, ...] = ()
     http2: bool = True
+    connections_per_host: int = 2  # measured over a lossy WAN: see README, Performance
     user_agent: str = DEFAULT_USER_AGENT
     referer: str = DEFAULT_REFERER
     log_format: LogFormat = "auto"
@@ -95,7 +96,7 @@ def _parse_list(text: str) -> list[str]:
 _PATH_KEYS = frozenset({"data_dir", "state_dir", "ca_bundle", "log_file"})
 _INT_KEYS = frozenset(
     {"concurrency", "max_attempts", "max_file_bytes", "min_free_bytes", "max_extract_bytes"}
-) | {"log_max_bytes", "log_backups"}
+) | {"log_max_bytes", "log_backups", "connections_per_host"}
 _FLOAT_KEYS = frozenset(
     {"timeout", "backoff_base", "backoff_max", "settle_seconds", "rescan_seconds"}
 ) | {"progress_seconds"}
@@ -115,6 +116,7 @@ assert frozenset(_ENV_PARSERS) == KEYS
 
 _RANGES: dict[str, tuple[float, float]] = {
     "concurrency": (1, 1024),
+    "connections_per_host": (1, 64),
     "timeout": (0.1, 86400),
     "max_attempts": (1, 1000),
     "backoff_base": (0, 86400),

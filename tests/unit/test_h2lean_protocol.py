@@ -416,3 +416,24 @@ async def test_trailers_without_end_stream_and_endless_1xx_fail_only_their_strea
         await asyncio.wait_for(asyncio.shield(chatty.headers), 1)
     assert await body(peer.client, fine) == b"ok"
     assert not peer.transport.closed
+
+
+async def test_streams_spread_over_up_to_n_connections_per_origin() -> None:
+    pool = h2lean.H2Pool(ssl.create_default_context(), _no_resolver, connections_per_origin=3)
+    made: list[Peer] = []
+
+    async def connect(host: str, port: int, timeout: float | None) -> h2lean._Connection:
+        made.append(Peer())
+        return made[-1].client
+
+    pool._connect = connect  # type: ignore[method-assign]
+    for _ in range(7):
+        connection = await pool._connection("origin.test", 443, 1)
+        connection.open(b"GET", b"/", [])
+    assert sorted(p.client.open_streams for p in made) == [2, 2, 3]
+    # One connection per origin (the default) multiplexes everything on it.
+    single = h2lean.H2Pool(ssl.create_default_context(), _no_resolver)
+    single._connect = connect  # type: ignore[method-assign]
+    for _ in range(5):
+        (await single._connection("origin.test", 443, 1)).open(b"GET", b"/", [])
+    assert len(made) == 4 and made[-1].client.open_streams == 5

@@ -63,7 +63,7 @@ class HttpSettings:
     ca_bundle: Path | None
     max_connections: int
     allowed_hosts: tuple[str, ...]
-    connections_per_host: int = 1
+    connections_per_host: int = 2
 
 
 class _HostPolicy:

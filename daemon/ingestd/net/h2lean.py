@@ -816,9 +816,14 @@ class H2Pool:
             pool = self._pools.setdefault(key, [])
             pool[:] = [c for c in pool if not c.closed and not (c.goaway and not c.open_streams)]
             ready = [c for c in pool if c.can_open(self._streams_per_connection)]
-            if ready:
-                return min(ready, key=lambda c: c.open_streams)
-            if len([c for c in pool if not c.goaway]) < self._per_origin:
+            spare = len([c for c in pool if not c.goaway]) < self._per_origin
+            # Streams are spread over up to `connections_per_origin` connections (over a lossy
+            # path each TCP connection backs off on its own), a new one made only when every
+            # ready one is busy; while one is being made, the others carry on.
+            idle = [c for c in ready if not c.open_streams]
+            if idle or (ready and (not spare or lock.locked())):
+                return min(idle or ready, key=lambda c: c.open_streams)
+            if spare:
                 async with lock:
                     if len([c for c in pool if not c.goaway]) < self._per_origin:
                         connection = await self._connect(host, port, timeout)

@@ -27,7 +27,9 @@ STOP_BUDGET = 8.0  # seconds for the whole shutdown; systemd and users expect ex
 WATCH_RESTART_DELAY = 2.0
 STATUS_PERIOD = 5.0  # seconds between STATUS= updates for `systemctl status`
 # Keys that name places or the TLS/HTTP setup of the shared client: changing them needs a restart.
-RESTART_ONLY = frozenset({"data_dir", "state_dir", "http2", "ca_bundle", "metrics_address"})
+RESTART_ONLY = frozenset(
+    {"data_dir", "state_dir", "http2", "ca_bundle", "metrics_address", "connections_per_host"}
+)
 
 
 def http_settings(config: Config) -> HttpSettings:
@@ -40,6 +42,7 @@ def http_settings(config: Config) -> HttpSettings:
         ca_bundle=config.ca_bundle,
         max_connections=max(config.concurrency, 64),
         allowed_hosts=config.allowed_hosts,
+        connections_per_host=config.connections_per_host,
     )
 
 
