@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import ssl
 import struct
 import time
@@ -54,26 +55,25 @@ _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
 _PUSH_PROMISE, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = 0x5, 0x6, 0x7, 0x8, 0x9
 _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 
-# Error codes (RFC 9113 section 7).
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
-STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 0x5, 0x6, 0x7, 0x8
-COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 0x9, 0xB
-_ERROR_NAMES = {
-    0x0: "NO_ERROR",
-    0x1: "PROTOCOL_ERROR",
-    0x2: "INTERNAL_ERROR",
-    0x3: "FLOW_CONTROL_ERROR",
-    0x4: "SETTINGS_TIMEOUT",
-    0x5: "STREAM_CLOSED",
-    0x6: "FRAME_SIZE_ERROR",
-    0x7: "REFUSED_STREAM",
-    0x8: "CANCEL",
-    0x9: "COMPRESSION_ERROR",
-    0xA: "CONNECT_ERROR",
-    0xB: "ENHANCE_YOUR_CALM",
-    0xC: "INADEQUATE_SECURITY",
-    0xD: "HTTP_1_1_REQUIRED",
-}
+
+class ErrorCode(enum.IntEnum):
+    """RFC 9113 section 7."""
+
+    NO_ERROR = 0x0
+    PROTOCOL_ERROR = 0x1
+    INTERNAL_ERROR = 0x2
+    FLOW_CONTROL_ERROR = 0x3
+    SETTINGS_TIMEOUT = 0x4
+    STREAM_CLOSED = 0x5
+    FRAME_SIZE_ERROR = 0x6
+    REFUSED_STREAM = 0x7
+    CANCEL = 0x8
+    COMPRESSION_ERROR = 0x9
+    CONNECT_ERROR = 0xA
+    ENHANCE_YOUR_CALM = 0xB
+    INADEQUATE_SECURITY = 0xC
+    HTTP_1_1_REQUIRED = 0xD
+
 
 # SETTINGS identifiers.
 _HEADER_TABLE_SIZE, _ENABLE_PUSH, _MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
@@ -337,7 +337,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._pinned = [b for b in self._pinned if not _unexported(b)]
         self._pinned.append(buffer)
         if sum(len(b) for b in self._pinned) > MAX_PINNED:
-            self._connection_error(ENHANCE_YOUR_CALM, "tiny DATA frames pin too many buffers")
+            self._connection_error(
+                ErrorCode.ENHANCE_YOUR_CALM, "tiny DATA frames pin too many buffers"
+            )
 
     def data_received(self, data: bytes) -> None:
         """Bytes from a non-buffered source (tests): fed through the buffer."""
@@ -367,7 +369,9 @@ class _Connection(asyncio.BufferedProtocol):
                     break
                 sid &= _LAST_STREAM_ID
                 if self._header_block is not None and kind != _CONTINUATION:
-                    raise _ConnectionError(PROTOCOL_ERROR, "a frame inside a header block")
+                    raise _ConnectionError(
+                        ErrorCode.PROTOCOL_ERROR, "a frame inside a header block"
+                    )
                 if kind == _DATA:
                     self._data_frame(sid, flags, view[offset + 9 : end], length)
                 else:
@@ -396,15 +400,17 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _data_frame(self, sid: int, flags: int, payload: memoryview, length: int) -> None:
         if sid == 0:
-            raise _ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
+            raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
         self._conn_window -= length
         if self._conn_window < 0:
             # A server that ignores flow control could make us buffer without bound.
-            raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+            raise _ConnectionError(
+                ErrorCode.FLOW_CONTROL_ERROR, "DATA beyond the connection window"
+            )
         if flags & _PADDED:
             pad = payload[0] if length else 0
             if pad >= length:
-                raise _ConnectionError(PROTOCOL_ERROR, "more padding than payload")
+                raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "more padding than payload")
             payload = payload[1 : length - pad]
         stream = self._streams.get(sid)
         if stream is None or stream.error is not None:
@@ -414,12 +420,12 @@ class _Connection(asyncio.BufferedProtocol):
             self._conn_credit += length
             return
         if stream.ended:
-            raise _ConnectionError(STREAM_CLOSED, "DATA after the end of the stream")
+            raise _ConnectionError(ErrorCode.STREAM_CLOSED, "DATA after the end of the stream")
         if not stream.headers_done:
-            raise _ConnectionError(PROTOCOL_ERROR, "DATA before the response headers")
+            raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "DATA before the response headers")
         stream.window -= length
         if stream.window < 0:
-            raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the stream window")
+            raise _ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "DATA beyond the stream window")
         if len(payload):
             stream.chunks.append(payload)
             self._exported = True
@@ -434,46 +440,51 @@ class _Connection(asyncio.BufferedProtocol):
         length = len(payload)
         if kind == _HEADERS:
             if sid == 0:
-                raise _ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
+                raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
             start, stop = 0, length
             if flags & _PADDED:
                 start, stop = 1, length - (payload[0] if length else length + 1)
             if flags & _PRIORITY_FLAG:
                 start += 5
             if start > stop:
-                raise _ConnectionError(PROTOCOL_ERROR, "more padding than payload")
+                raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "more padding than payload")
             self._header_block = (sid, flags, bytearray(payload[start:stop]))
             self._header_fragment_done(flags)
         elif kind == _CONTINUATION:
             if self._header_block is None or self._header_block[0] != sid:
-                raise _ConnectionError(PROTOCOL_ERROR, "CONTINUATION without a header block")
+                raise _ConnectionError(
+                    ErrorCode.PROTOCOL_ERROR, "CONTINUATION without a header block"
+                )
             self._header_block[2].extend(payload)
             self._header_fragment_done(flags)
         elif kind == _SETTINGS:
             self._settings(flags, sid, payload)
         elif kind == _PING:
             if sid != 0:
-                raise _ConnectionError(PROTOCOL_ERROR, "PING on a stream")
+                raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "PING on a stream")
             if length != 8:
-                raise _ConnectionError(FRAME_SIZE_ERROR, "PING is not 8 bytes")
+                raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "PING is not 8 bytes")
             if not flags & _ACK:
                 self._outbox.append(_frame(_PING, _ACK, 0, bytes(payload)))
         elif kind == _RST_STREAM:
             if sid == 0:
-                raise _ConnectionError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
+                raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
             if length != 4:
-                raise _ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM is not 4 bytes")
+                raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM is not 4 bytes")
             self._check_known(sid)
             code = int.from_bytes(payload, "big")
             stream = self._streams.get(sid)
             if stream is not None and stream.error is None and not stream.ended:
-                name = _ERROR_NAMES.get(code, hex(code))
-                self._fail(stream, StreamFailed(f"stream reset ({name})", code == REFUSED_STREAM))
+                known = code in ErrorCode._value2member_map_
+                name = ErrorCode(code).name if known else hex(code)
+                self._fail(
+                    stream, StreamFailed(f"stream reset ({name})", code == ErrorCode.REFUSED_STREAM)
+                )
         elif kind == _GOAWAY:
             if sid != 0:
-                raise _ConnectionError(PROTOCOL_ERROR, "GOAWAY on a stream")
+                raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
             if length < 8:
-                raise _ConnectionError(FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
+                raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
             last = int.from_bytes(payload[:4], "big") & _LAST_STREAM_ID
             self.goaway = True
             for stream in list(self._streams.values()):
@@ -485,26 +496,26 @@ class _Connection(asyncio.BufferedProtocol):
                 self._close()
         elif kind == _WINDOW_UPDATE:
             if length != 4:
-                raise _ConnectionError(FRAME_SIZE_ERROR, "WINDOW_UPDATE is not 4 bytes")
+                raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE is not 4 bytes")
             if sid == 0 and not int.from_bytes(payload, "big") & _LAST_STREAM_ID:
-                raise _ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE of zero")
+                raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of zero")
             # We send no DATA: the server's windows for us do not matter.
         elif kind == _PUSH_PROMISE:
-            raise _ConnectionError(PROTOCOL_ERROR, "PUSH_PROMISE with push disabled")
+            raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE with push disabled")
         elif kind == _PRIORITY and sid == 0:
-            raise _ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+            raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
         # Frames of unknown types are ignored (RFC 9113 5.5).
 
     def _check_known(self, sid: int) -> None:
         """Frames on a stream we never opened (idle, or a server-initiated id) are an error."""
         if sid % 2 == 0 or sid >= self._next_stream_id:
-            raise _ConnectionError(PROTOCOL_ERROR, f"frame on idle stream {sid}")
+            raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, f"frame on idle stream {sid}")
 
     def _header_fragment_done(self, flags: int) -> None:
         assert self._header_block is not None
         sid, first_flags, block = self._header_block
         if len(block) > MAX_HEADER_LIST:
-            raise _ConnectionError(PROTOCOL_ERROR, "header block too large")
+            raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "header block too large")
         if not flags & _END_HEADERS:
             return
         self._header_block = None
@@ -513,26 +524,28 @@ class _Connection(asyncio.BufferedProtocol):
             # Decoded even for streams we gave up on: the HPACK table is per connection.
             headers = self._decoder.decode(bytes(block))
         except HeaderBlockError as exc:
-            raise _ConnectionError(COMPRESSION_ERROR, f"header block: {exc}") from None
+            raise _ConnectionError(ErrorCode.COMPRESSION_ERROR, f"header block: {exc}") from None
         stream = self._streams.get(sid)
         if stream is None or stream.error is not None:
             return
         end_stream = bool(first_flags & _END_STREAM)
         if stream.ended:
-            raise _ConnectionError(STREAM_CLOSED, "HEADERS after the end of the stream")
+            raise _ConnectionError(ErrorCode.STREAM_CLOSED, "HEADERS after the end of the stream")
         if stream.headers_done:  # trailers: only the end of the stream matters
             if not end_stream:
-                self._stream_error(stream, PROTOCOL_ERROR, "trailers without END_STREAM")
+                self._stream_error(stream, ErrorCode.PROTOCOL_ERROR, "trailers without END_STREAM")
                 return
         else:
             response = _response_head(headers)
             if response is None:
-                self._stream_error(stream, PROTOCOL_ERROR, "malformed response headers")
+                self._stream_error(stream, ErrorCode.PROTOCOL_ERROR, "malformed response headers")
                 return
             if 100 <= response[0] < 200:
                 stream.informational += 1
                 if end_stream or response[0] == 101 or stream.informational > MAX_INFORMATIONAL:
-                    self._stream_error(stream, PROTOCOL_ERROR, "bad informational response")
+                    self._stream_error(
+                        stream, ErrorCode.PROTOCOL_ERROR, "bad informational response"
+                    )
                 return  # 1xx: the final response follows
             stream.headers_done = True
             if not stream.headers.done():
@@ -543,27 +556,31 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _settings(self, flags: int, sid: int, payload: memoryview) -> None:
         if sid != 0:
-            raise _ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
+            raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & _ACK:
             if len(payload):
-                raise _ConnectionError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+                raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             return
         if len(payload) % 6:
-            raise _ConnectionError(FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
+            raise _ConnectionError(
+                ErrorCode.FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6"
+            )
         for key, value in _SETTING.iter_unpack(payload):
             if key == _HEADER_TABLE_SIZE:
                 self._encoder.resize(value)
             elif key == _ENABLE_PUSH:
                 if value != 0:
-                    raise _ConnectionError(PROTOCOL_ERROR, "a server may not enable push")
+                    raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "a server may not enable push")
             elif key == _MAX_CONCURRENT_STREAMS:
                 self._max_concurrent = value
             elif key == _INITIAL_WINDOW_SIZE:
                 if value > _LAST_STREAM_ID:
-                    raise _ConnectionError(FLOW_CONTROL_ERROR, "initial window over 2^31-1")
+                    raise _ConnectionError(
+                        ErrorCode.FLOW_CONTROL_ERROR, "initial window over 2^31-1"
+                    )
             elif key == _MAX_FRAME_SIZE:
                 if not 16_384 <= value <= MAX_FRAME_SIZE:
-                    raise _ConnectionError(PROTOCOL_ERROR, f"max frame size {value}")
+                    raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, f"max frame size {value}")
                 self._max_send_frame = value
         self._outbox.append(_frame(_SETTINGS, _ACK, 0))
         self.capacity.set()
@@ -688,7 +705,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._conn_credit += stream.pending_credit
         stream.pending_credit = 0
         if not stream.ended and stream.error is None and not self.closed:
-            self._outbox.append(_frame(_RST_STREAM, 0, stream.stream_id, CANCEL.to_bytes(4, "big")))
+            self._outbox.append(
+                _frame(_RST_STREAM, 0, stream.stream_id, ErrorCode.CANCEL.to_bytes(4, "big"))
+            )
         self._send_credit()
         self.capacity.set()
         if self.goaway and not self._streams:
