@@ -6,6 +6,7 @@ error must fail every open stream, tell the server why (GOAWAY) and close the tr
 """
 
 import asyncio
+import functools
 import ssl
 import struct
 
@@ -437,3 +438,29 @@ async def test_streams_spread_over_up_to_n_connections_per_origin() -> None:
     for _ in range(5):
         (await single._connection("origin.test", 443, 1)).open(b"GET", b"/", [])
     assert len(made) == 4 and made[-1].client.open_streams == 5
+
+
+async def test_an_ended_connection_frees_its_buffer_and_leaves_the_pool() -> None:
+    # Over weeks a daemon meets many CDN hosts; nothing of a dead connection may stay.
+    pool = h2lean.H2Pool(ssl.create_default_context(), _no_resolver)
+    made: list[Peer] = []
+
+    async def connect(host: str, port: int, timeout: float | None) -> h2lean._Connection:
+        made.append(Peer())
+        made[-1].client._on_lost = functools.partial(pool._forget, (host, port))
+        return made[-1].client
+
+    pool._connect = connect  # type: ignore[method-assign]
+    stream = (await pool._connection("cdn-1.test", 443, 1)).open(b"GET", b"/", [])
+    peer = made[0]
+    peer.to_server()
+    peer.respond(stream.stream_id, [(":status", "200")])
+    peer.client.data_received(data_frame(stream.stream_id, b"kept by the consumer"))
+    held = await peer.client.next_chunks(stream, 1)
+    peer.client.connection_lost(None)
+    assert len(peer.client._buffer) == 0 and pool._pools == {} and pool._connecting == {}
+    assert held is not None and b"".join(held) == b"kept by the consumer"  # views stay valid
+    with pytest.raises(h2lean.StreamFailed, match="connection lost"):
+        await peer.client.next_chunks(stream, 1)
+    await pool._connection("cdn-1.test", 443, 1)  # a new one when asked again
+    assert len(made) == 2 and list(pool._pools) == [("cdn-1.test", 443)]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import ssl
 import struct
 import time
@@ -270,8 +271,11 @@ class _Connection(asyncio.BufferedProtocol):
     partial frame at most), and the old one lives on only as long as views of it do.
     """
 
-    def __init__(self, authority: str) -> None:
+    def __init__(
+        self, authority: str, on_lost: Callable[[_Connection], None] | None = None
+    ) -> None:
         self._authority = authority.encode("ascii")
+        self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, _Stream] = {}
         self._next_stream_id = 1
@@ -395,6 +399,13 @@ class _Connection(asyncio.BufferedProtocol):
         self.closed = True
         self._fail_all(StreamFailed(f"connection lost: {exc or 'closed by peer'}"))
         self.capacity.set()
+        # A daemon meets many CDN hosts over weeks: a dead connection keeps no read buffer
+        # (views already handed out keep theirs alive on their own), and leaves its pool.
+        self._buffer = bytearray()
+        self._start = self._end = 0
+        self._pinned.clear()
+        if self._on_lost is not None:
+            self._on_lost(self)
 
     # --- frames ---------------------------------------------------------------------------
 
@@ -795,12 +806,13 @@ class H2Pool:
         loop = asyncio.get_running_loop()
         addresses = await self._resolve(host, port, timeout)
         authority = _authority(host, port)
+        key = (host, port)
         error: Exception = ConnectFailed(f"no address for {host}")
         for address in addresses:
             try:
                 _, protocol = await asyncio.wait_for(
                     loop.create_connection(
-                        lambda: _Connection(authority),
+                        lambda: _Connection(authority, functools.partial(self._forget, key)),
                         address,
                         port,
                         ssl=self._ssl,
@@ -827,11 +839,12 @@ class H2Pool:
         """A connection with room for a stream, made if need be; waits at most `timeout` for
         room (ConnectTimedOut), and gives up on an origin whose new connections die at once."""
         key = (host, port)
-        lock = self._connecting.setdefault(key, asyncio.Lock())
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         fresh_failures = 0
         while True:
+            # Looked up each time round: an origin whose connections all ended is forgotten.
+            lock = self._connecting.setdefault(key, asyncio.Lock())
             pool = self._pools.setdefault(key, [])
             pool[:] = [c for c in pool if not c.closed and not (c.goaway and not c.open_streams)]
             ready = [c for c in pool if c.can_open(self._streams_per_connection)]
@@ -915,6 +928,16 @@ class H2Pool:
                 yield chunks
         finally:
             connection.finish(stream)
+
+    def _forget(self, key: tuple[str, int], connection: _Connection) -> None:
+        """A connection ended: drop it, and the origin's entry once nothing else is there."""
+        pool = self._pools.get(key)
+        if pool is not None and connection in pool:
+            pool.remove(connection)
+        lock = self._connecting.get(key)
+        if not pool and (lock is None or not lock.locked()):
+            self._pools.pop(key, None)
+            self._connecting.pop(key, None)
 
     async def aclose(self) -> None:
         """Close every connection."""
