@@ -7,29 +7,19 @@ all be shown.
 
 import asyncio
 
-import h2.connection
 import hpack
 import pytest
 
 from ingestd.net import h2lean
-from support.h2peer import FakeTransport, Peer, data_frame
-
-
-def setup() -> tuple[h2lean._Connection, FakeTransport, h2.connection.H2Connection]:
-    peer = Peer()
-    return peer.client, peer.transport, peer.server
-
-
-def respond(client: h2lean._Connection, server: h2.connection.H2Connection, sid: int) -> None:
-    server.send_headers(sid, [(":status", "200"), ("content-length", "999")])
-    client.data_received(server.data_to_send())
+from support.h2peer import Peer, data_frame
 
 
 async def test_data_fast_path_padding_split_reads_and_end() -> None:
-    client, transport, server = setup()
+    peer = Peer()
+    client = peer.client
     stream = client.open(b"GET", b"/v.mp4?sig=x", [(b"user-agent", b"t"), (b"connection", b"x")])
-    server.receive_data(transport.new())
-    respond(client, server, stream.stream_id)
+    peer.to_server()
+    peer.respond(stream.stream_id)
     assert stream.headers.done() and stream.headers.result()[0] == 200
     wire = (
         data_frame(1, b"hello ") + data_frame(1, b"padded", pad=5) + data_frame(1, b"!", end=True)
@@ -44,10 +34,10 @@ async def test_data_fast_path_padding_split_reads_and_end() -> None:
 
 
 async def test_window_updates_follow_consumption() -> None:
-    client, transport, server = setup()
-    stream = client.open(b"GET", b"/big", [])
-    server.receive_data(transport.new())
-    respond(client, server, stream.stream_id)
+    peer = Peer()
+    client, transport = peer.client, peer.transport
+    stream = peer.request(b"/big")
+    peer.respond(stream.stream_id)
     sent = len(transport.written)
     half = h2lean.STREAM_WINDOW // 2
     client.data_received(data_frame(1, b"x" * 16384) * (half // 16384 + 1))
@@ -58,10 +48,10 @@ async def test_window_updates_follow_consumption() -> None:
 
 
 async def test_a_server_ignoring_flow_control_is_cut_off() -> None:
-    client, transport, server = setup()
-    stream = client.open(b"GET", b"/flood", [])
-    server.receive_data(transport.new())
-    respond(client, server, stream.stream_id)
+    peer = Peer()
+    client, transport = peer.client, peer.transport
+    stream = peer.request(b"/flood")
+    peer.respond(stream.stream_id)
     flood = data_frame(1, b"x" * 16384) * (h2lean.STREAM_WINDOW // 16384 + 1)
     client.data_received(flood)
     assert transport.closed
@@ -71,10 +61,10 @@ async def test_a_server_ignoring_flow_control_is_cut_off() -> None:
 
 
 async def test_data_for_an_abandoned_stream_returns_connection_credit() -> None:
-    client, transport, server = setup()
-    stream = client.open(b"GET", b"/gone", [])
-    server.receive_data(transport.new())
-    respond(client, server, stream.stream_id)
+    peer = Peer()
+    client, transport = peer.client, peer.transport
+    stream = peer.request(b"/gone")
+    peer.respond(stream.stream_id)
     client.finish(stream)  # abandoned before any body
     sent = len(transport.written)
     client.data_received(data_frame(1, b"y" * 16384) * (h2lean.CONNECTION_WINDOW // 4 // 16384 + 1))
@@ -119,12 +109,12 @@ def test_authority_brackets_ipv6_literals_and_omits_the_default_port() -> None:
     assert h2lean._authority("127.0.0.1", 4443) == "127.0.0.1:4443"
 
 
-async def test_frames_up_to_the_advertised_size_pass_through_h2_too() -> None:
+async def test_header_blocks_up_to_the_advertised_frame_size_are_accepted() -> None:
     # We advertise MAX_FRAME_SIZE. A response header block over 16 KiB may then come as one
-    # HEADERS frame, which h2 parses: it must accept it, not fail the connection.
-    client, transport, server = setup()
-    stream = client.open(b"GET", b"/", [])
-    server.receive_data(transport.new())
+    # HEADERS frame: it must be accepted, not fail the connection.
+    peer = Peer()
+    client, server = peer.client, peer.server
+    stream = peer.request(b"/")
     server.send_headers(stream.stream_id, [(":status", "200"), ("x-long", "v" * 40_000)])
     block = server.data_to_send()
     assert int.from_bytes(block[:3], "big") > 16_384  # one frame, bigger than h2's default
