@@ -258,7 +258,7 @@ def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes
 
 
 def _window_update(stream_id: int, increment: int) -> bytes:
-    return b"\x00\x00\x04\x08\x00" + stream_id.to_bytes(4, "big") + increment.to_bytes(4, "big")
+    return _frame(_WINDOW_UPDATE, 0, stream_id, increment.to_bytes(4, "big"))
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -392,8 +392,7 @@ class _Connection(asyncio.BufferedProtocol):
         if offset == filled and not self._exported:
             # All parsed and no body bytes handed out from this buffer: start it over.
             self._start = self._end = 0
-        self._send_credit()
-        self._flush()
+        self._send_credit()  # and flush what the frames made us write
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
