@@ -45,6 +45,10 @@ class Config:
     allowed_hosts: tuple[str, ...] = ()
     http2: bool = True
     connections_per_host: int = 2  # measured over a lossy WAN: see README, Performance
+    per_host_concurrency: int = 0  # downloads one host may hold; 0: as many as `concurrency`
+    host_backoff_max: float = 900.0  # cap on a failing host's cooldown, seconds
+    min_rate: int = 1024  # bytes a second, averaged over min_rate_window; 0: no floor
+    min_rate_window: float = 60.0
     user_agent: str = DEFAULT_USER_AGENT
     referer: str = DEFAULT_REFERER
     log_format: LogFormat = "auto"
@@ -56,6 +60,11 @@ class Config:
     max_extract_bytes: int = 512 * 1024 * 1024
     rescan_seconds: float = 30.0
     progress_seconds: float = 60.0
+
+    @property
+    def host_slots(self) -> int:
+        """Downloads one host may hold at once."""
+        return min(self.per_host_concurrency or self.concurrency, self.concurrency)
 
     @property
     def raw_dir(self) -> Path:
@@ -96,10 +105,10 @@ def _parse_list(text: str) -> list[str]:
 _PATH_KEYS = frozenset({"data_dir", "state_dir", "ca_bundle", "log_file"})
 _INT_KEYS = frozenset(
     {"concurrency", "max_attempts", "max_file_bytes", "min_free_bytes", "max_extract_bytes"}
-) | {"log_max_bytes", "log_backups", "connections_per_host"}
+) | {"log_max_bytes", "log_backups", "connections_per_host", "per_host_concurrency", "min_rate"}
 _FLOAT_KEYS = frozenset(
     {"timeout", "backoff_base", "backoff_max", "settle_seconds", "rescan_seconds"}
-) | {"progress_seconds"}
+) | {"progress_seconds", "host_backoff_max", "min_rate_window"}
 _ENV_PARSERS: dict[str, Callable[[str], object]] = {
     **dict.fromkeys(_PATH_KEYS, str),
     **dict.fromkeys(_INT_KEYS, int),
@@ -117,6 +126,10 @@ assert frozenset(_ENV_PARSERS) == KEYS
 _RANGES: dict[str, tuple[float, float]] = {
     "concurrency": (1, 1024),
     "connections_per_host": (1, 64),
+    "per_host_concurrency": (0, 1024),
+    "host_backoff_max": (1, 7 * 86400),
+    "min_rate": (0, 2**40),
+    "min_rate_window": (1, 86400),
     "timeout": (0.1, 86400),
     "max_attempts": (1, 1000),
     "backoff_base": (0, 86400),

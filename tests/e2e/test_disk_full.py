@@ -11,7 +11,7 @@ import contextlib
 import os
 import random
 import subprocess
-from collections import Counter
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ def _published_are_whole(daemon: Daemon, items: list[Item]) -> int:
     return whole
 
 
-def test_a_full_disk_costs_no_attempts_and_everything_lands_once_there_is_room(
+def test_a_full_disk_pauses_downloads_costs_no_attempts_and_everything_lands_after(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:
     records, items = _items(origin, prefix, 6)
@@ -73,29 +73,40 @@ def test_a_full_disk_costs_no_attempts_and_everything_lands_once_there_is_room(
         daemon.start()
         try:
             daemon.drop_atomic("extract_20261127T010000.json", records)
-
-            def most_disk_failures() -> int:
-                per_item = Counter(
-                    e["aweme_id"]
-                    for e in daemon.events("download_retry_scheduled")
-                    if e["reason"] == "local_io_error"
-                )
-                return max(per_item.values(), default=0)
-
-            # One item failing three times on a full disk: more than max_attempts, if counted.
-            daemon.wait_until(lambda: most_disk_failures() >= 3, "repeated disk-full", timeout=30)
+            paused = daemon.wait_for("downloads_paused", timeout=30)
+            assert paused["reason"] == "disk_full", paused
+            assert "No space left" in paused["detail"] and str(daemon.media_dir) in paused["detail"]
+            requests_at_pause = len(origin.requests())
+            since = daemon.event_count()
+            # While paused: no request to any CDN, no attempt spent, nothing logged per item.
+            daemon.wait_until(
+                lambda: (
+                    daemon.event_count() == since and len(origin.requests()) == requests_at_pause
+                ),
+                "a quiet pause",
+                timeout=5,
+            )
+            time_paused = time.monotonic()
+            while time.monotonic() - time_paused < 3:  # a pause that lasts: still nothing
+                assert len(origin.requests()) == requests_at_pause
+                assert daemon.events("download_retry_scheduled") == []
+                time.sleep(0.2)
             assert daemon.running
             assert daemon.events("download_failed") == []
             assert _published_are_whole(daemon, items) <= 2
             subprocess.run(
                 ["mount", "-o", "remount,size=64m", "tmpfs", str(daemon.data_dir)], check=True
             )
+            resumed = daemon.wait_for("downloads_resumed", since=since, timeout=90)
+            assert resumed["reason"] == "disk_full"
             daemon.wait_for_count("download_completed", len(items), timeout=40)
             assert _published_are_whole(daemon, items) == len(items)
             assert daemon.part_files() == []
             assert daemon.events("download_failed") == []
+            assert all(e["attempt"] == 1 for e in daemon.events("download_completed"))
             status = daemon.status_json()["items"]
             assert (status["done"], status["failed"]) == (len(items), 0), status
+            assert len(daemon.events("downloads_paused")) == 1
         finally:
             daemon.terminate()
 

@@ -289,6 +289,8 @@ async def request(pool: h2lean.H2Pool, connect: float | None = 1, read: float | 
         [(b"server", b"x"), (b":status", b"200")],  # a pseudo-header after a field
         [(b":status", b"200"), (b":path", b"/")],  # a request pseudo-header
         [(b"server", b"x")],  # no status at all
+        [(b":status", b"200"), (b"Content-Length", b"10")],  # upper case: RFC 9113 8.2.1
+        [(b":status", b"200"), (b"x-Cache", b"hit")],
     ],
 )
 async def test_malformed_response_headers_fail_that_stream_and_free_it(
@@ -300,7 +302,7 @@ async def test_malformed_response_headers_fail_that_stream_and_free_it(
     peer.to_server()
     block = hpack.Encoder().encode(fields)
     peer.client.data_received(frame(HEADERS, END_HEADERS, 1, block))
-    with pytest.raises(h2lean.StreamFailed, match="malformed"):
+    with pytest.raises(h2lean.MalformedResponse, match="malformed"):
         await task
     assert peer.client.open_streams == 0 and not peer.transport.closed
     resets = [e for e in peer.to_server() if isinstance(e, h2.events.StreamReset)]

@@ -130,10 +130,47 @@ def test_done_items_are_never_requeued_but_are_relinked(manifest: Manifest) -> N
     assert row["state"] == "done" and row["url"] == OLD
     (relink,) = manifest.pending_relinks(10)
     assert relink.topics == ("a", "b") and relink.path == "a/1.mp4"
-    manifest.clear_relink("1")
+    assert manifest.clear_relink("1", relink.topics)
     assert manifest.pending_relinks(10) == []
     assert manifest.claim_due(now=100.0, limit=10) == []
     assert manifest.counts().bytes_done == 100
+
+
+def test_a_merge_during_a_relink_keeps_the_new_topic_due(manifest: Manifest) -> None:
+    manifest.merge([r("1")], "e1.json", now=1.0)
+    manifest.claim_due(now=2.0, limit=1)
+    done(manifest, "1", 100, "ab" * 32, "a/1.mp4", ["a"], 3.0)
+    manifest.merge([r("1", topic="b")], "e2.json", now=4.0)
+    (relink,) = manifest.pending_relinks(10)
+    manifest.merge([r("1", topic="c")], "e3.json", now=5.0)  # while "b" is being linked
+    assert not manifest.clear_relink("1", relink.topics)
+    (again,) = manifest.pending_relinks(10)
+    assert again.topics == ("a", "b", "c")
+
+
+def test_the_resume_point_is_recorded_and_cleared_when_done(manifest: Manifest) -> None:
+    manifest.merge([r("1")], "e1.json", now=1.0)
+    (item,) = manifest.claim_due(now=2.0, limit=1)
+    assert (item.validator, item.total, item.durable) == (None, None, 0)
+    manifest.set_part("1", '"tag"', 5_000_000, 0)
+    manifest.set_part("1", '"tag"', 5_000_000, 2_000_000)
+    manifest.release(["1"], now=3.0)
+    (item,) = manifest.claim_due(now=4.0, limit=1)
+    assert (item.validator, item.total, item.durable) == ('"tag"', 5_000_000, 2_000_000)
+    done(manifest, "1", 5_000_000, "ab" * 32, "a/1.mp4", [None], 5.0)
+    row = manifest.item("1")
+    assert (row["validator"], row["total_bytes"], row["durable_bytes"]) == (None, None, 0)
+
+
+def test_items_handed_back_wait_until_due_with_their_attempt(manifest: Manifest) -> None:
+    manifest.merge([r("1")], "e1.json", now=1.0)
+    manifest.claim_due(now=2.0, limit=1)
+    manifest.release(["1"], now=3.0, due=60.0)  # its host cools down until 60
+    assert manifest.item("1")["attempts"] == 0
+    assert manifest.claim_due(now=59.0, limit=1) == []
+    assert manifest.next_due() == 60.0
+    (item,) = manifest.claim_due(now=60.0, limit=1)
+    assert item.attempts == 1
 
 
 def test_outcome_for_a_superseded_url_requeues(manifest: Manifest) -> None:
@@ -206,7 +243,7 @@ def test_version_1_manifests_are_migrated_with_their_rows(tmp_path: Path) -> Non
     assert (items["pending"], items["done"]) == (1, 1)
     m.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'items'").fetchone()[0]
     assert "WITHOUT ROWID" not in sql
     indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}

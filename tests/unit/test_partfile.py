@@ -44,9 +44,33 @@ def test_discarding_a_fresh_part_removes_a_stale_one(tmp_path: Path) -> None:
 def test_open_in_keeps_what_is_there_for_a_resume(tmp_path: Path) -> None:
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "4.mp4.part").write_bytes(b"first half|")
-    part = PartFile.open_in(tmp_path, Path("t/4.mp4"))
+    part = PartFile.open_in(tmp_path, Path("t/4.mp4"), durable=100)
     assert part.size == len(b"first half|") and not part.closed
     part.hash_existing()
     part.write([b"second half"])
     part.publish(tmp_path / "t" / "4.mp4")
     assert (tmp_path / "t" / "4.mp4").read_bytes() == b"first half|second half"
+
+
+def test_open_in_cuts_what_was_never_durable(tmp_path: Path) -> None:
+    # After a power cut the tail past the last fsync may read back as zeros.
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "5.mp4.part").write_bytes(b"durable|" + bytes(8))
+    part = PartFile.open_in(tmp_path, Path("t/5.mp4"), durable=len(b"durable|"))
+    assert (part.size, part.durable) == (8, 8)
+    part.write([b"rest"], sync=True)
+    assert part.durable == 12
+    part.publish(tmp_path / "t" / "5.mp4")  # hashes what it did not see written
+    assert (tmp_path / "t" / "5.mp4").read_bytes() == b"durable|rest"
+
+
+def test_truncate_to_a_point_keeps_the_digest_honest(tmp_path: Path) -> None:
+    part = PartFile.fresh_in(tmp_path, Path("t/6.mp4"))
+    part.write([b"good|bad"])
+    part.sync()
+    part.truncate(5)
+    assert (part.size, part.durable) == (5, 5)
+    part.write([b"fine"])
+    digest = part.publish(tmp_path / "t" / "6.mp4")
+    assert (tmp_path / "t" / "6.mp4").read_bytes() == b"good|fine"
+    assert digest == hashlib.sha256(b"good|fine").hexdigest()

@@ -47,8 +47,9 @@ def test_retry_after_seconds_and_dates() -> None:
     assert parse_retry_after(date, now) == pytest.approx(30.0, abs=1.0)
     past = email.utils.formatdate(now - 30, usegmt=True)
     assert parse_retry_after(past, now) == 0.0
-    for bad in (None, "", "soon", "-5", "1.5", "Mon, 99 Foo 2026"):
+    for bad in (None, "", "soon", "-5", "1.5", "Mon, 99 Foo 2026", "²", "٣", "7" * 5000):
         assert parse_retry_after(bad, now) is None
+    assert parse_retry_after("Fri, 31 Dec 99999 23:59:59 GMT", now) is None
 
 
 def test_backoff_grows_exponentially_within_jitter_bounds_and_cap() -> None:

@@ -147,22 +147,31 @@ class PartFile:
     is cancelled cannot race the close that follows.
     """
 
-    def __init__(self, root: Path, relative: PurePath, *, fresh: bool = False) -> None:
+    def __init__(
+        self, root: Path, relative: PurePath, *, fresh: bool = False, keep: int = 0
+    ) -> None:
         self._path = part_name(f"{root}/{relative}")  # a str: a Path per file costs more than I/O
         self._root, self._relative = root, relative
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._unopened = fresh  # opened (and emptied) by the first call that needs it
         self.size = 0
+        self.durable = 0  # bytes known to be on stable storage (fsynced)
         self._hash = hashlib.sha256()
         self._hashed = 0
         if not fresh:
             self._open(truncate=False)
+            if self.size > keep:
+                os.ftruncate(self._require_fd(), keep)
+                self.size = keep
+            self.durable = self.size
 
     @classmethod
-    def open_in(cls, root: Path, relative: PurePath) -> PartFile:
-        """Open `root/relative` + `.part` as it is (for a resume), creating its folder first."""
-        return cls(root, relative)
+    def open_in(cls, root: Path, relative: PurePath, durable: int) -> PartFile:
+        """Open `root/relative` + `.part` for a resume, creating its folder first, cut back to
+        the `durable` bytes a checkpoint recorded: past them a power cut may have left
+        anything (a zero-filled tail, on many filesystems)."""
+        return cls(root, relative, keep=durable)
 
     @classmethod
     def fresh_in(cls, root: Path, relative: PurePath) -> PartFile:
@@ -215,16 +224,26 @@ class PartFile:
                 self._hash.update(chunk)
                 self._hashed += len(chunk)
 
-    def truncate(self) -> None:
-        """Start over from zero bytes."""
+    def truncate(self, size: int = 0) -> None:
+        """Cut the file back to `size` bytes (start over, by default)."""
         with self._lock:
-            os.ftruncate(self._require_fd(), 0)
-            self.size = 0
-            self._hash = hashlib.sha256()
-            self._hashed = 0
+            os.ftruncate(self._require_fd(), size)
+            self.size = size
+            self.durable = min(self.durable, size)
+            if self._hashed > size:
+                self._hash = hashlib.sha256()
+                self._hashed = 0
 
-    def write(self, chunks: Sequence[bytes | memoryview]) -> None:
-        """Append `chunks` and hash them."""
+    def sync(self) -> int:
+        """fsync what was written; returns the durable size."""
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
+                self.durable = self.size
+            return self.durable
+
+    def write(self, chunks: Sequence[bytes | memoryview], *, sync: bool = False) -> None:
+        """Append `chunks` and hash them; with `sync`, fsync them too (a checkpoint)."""
         # One join here (a worker thread) rather than one GIL round trip per chunk: hashing
         # releases the GIL for each buffer, and the event loop would make each one wait.
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -236,12 +255,17 @@ class PartFile:
                 written = os.pwrite(fd, view, offset)
                 offset += written
                 view = view[written:]
-            self._hash.update(data)
+            if self._hashed == self.size:  # else hash_existing catches up first, at publish
+                self._hash.update(data)
+                self._hashed = offset
             self.size = offset
-            self._hashed = offset
+            if sync:
+                os.fsync(fd)
+                self.durable = offset
 
     def publish(self, final: Path) -> str:
         """fsync, rename to `final`, fsync the folder; return the sha256. Closes the file."""
+        self.hash_existing()
         with self._lock:
             fd = self._require_fd()
             if self._hashed != self.size:

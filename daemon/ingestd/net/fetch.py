@@ -151,9 +151,13 @@ class _Transport(httpx.AsyncHTTPTransport):
 
 
 def _translate_lean(exc: h2lean.H2Error, *, in_body: bool) -> FetchFailed:
-    if isinstance(exc, (h2lean.ConnectTimedOut, h2lean.StreamTimedOut)):
+    if isinstance(exc, h2lean.ConnectFailed):  # DNS, TCP or TLS: the host's fault
+        return FetchFailed(Reason.UNREACHABLE, _describe(exc))
+    if isinstance(exc, h2lean.StreamTimedOut):
         return FetchFailed(Reason.TIMEOUT, type(exc).__name__)
-    if isinstance(exc, h2lean.ConnectFailed) or not in_body:
+    if isinstance(exc, h2lean.MalformedResponse):
+        return FetchFailed(Reason.MALFORMED, _describe(exc))
+    if not in_body:
         return FetchFailed(Reason.CONNECTION_ERROR, _describe(exc))
     return FetchFailed(Reason.TRUNCATED, _describe(exc))
 
@@ -190,6 +194,8 @@ def _describe(exc: BaseException) -> str:
 def _translate(exc: BaseException, *, in_body: bool) -> FetchFailed:
     if isinstance(exc, _UnsafeDestination):
         return FetchFailed(Reason.UNSAFE_URL, str(exc))
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):  # DNS, TCP or TLS
+        return FetchFailed(Reason.UNREACHABLE, _describe(exc))
     if isinstance(exc, httpx.TimeoutException):
         return FetchFailed(Reason.TIMEOUT, type(exc).__name__)
     if isinstance(exc, (httpx.RemoteProtocolError, h2.exceptions.ProtocolError)) and in_body:
@@ -250,14 +256,6 @@ class Response:
     def header(self, name: str) -> str | None:
         """A response header (name in lower case), or None."""
         return self._headers.get(name)
-
-    @property
-    def content_length(self) -> int | None:
-        """The declared body length, or None when absent or malformed."""
-        value = self.header("content-length")
-        if value is None or not value.strip().isdigit():
-            return None
-        return int(value)
 
     async def batches(self) -> AsyncIterator[Sequence[Chunk]]:
         """The body as it arrives, undecoded, in batches of chunks. Raises FetchFailed.

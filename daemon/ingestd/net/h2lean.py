@@ -121,6 +121,10 @@ class StreamFailed(H2Error):
         self.retry_safe = retry_safe
 
 
+class MalformedResponse(StreamFailed):
+    """The server sent a response that breaks RFC 9113 8.1-8.3; its stream was reset."""
+
+
 class _ConnectionError(Exception):
     """The server broke the protocol: the whole connection ends with this code."""
 
@@ -236,7 +240,8 @@ def _response_head(
     headers: list[tuple[bytes, bytes]],
 ) -> tuple[int, list[tuple[bytes, bytes]]] | None:
     """Status and regular fields of a response header list; None when malformed (RFC 9113
-    8.3: exactly one :status, no other pseudo-header, pseudo-headers first)."""
+    8.3: exactly one :status, no other pseudo-header, pseudo-headers first; 8.2.1: no
+    upper-case field names, which would slip past every lower-case lookup)."""
     status = None
     fields: list[tuple[bytes, bytes]] = []
     for name, value in headers:
@@ -244,8 +249,10 @@ def _response_head(
             if name != b":status" or status is not None or fields:
                 return None
             status = value
-        else:
+        elif name.islower() or name == name.lower():
             fields.append((name, value))
+        else:
+            return None
     if status is None or len(status) != 3 or not status.isdigit():
         return None
     return int(status), fields
@@ -598,7 +605,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _stream_error(self, stream: _Stream, code: int, message: str) -> None:
         """A malformed response: that stream alone is reset and fails."""
         self._outbox.append(_frame(_RST_STREAM, 0, stream.stream_id, code.to_bytes(4, "big")))
-        self._fail(stream, StreamFailed(f"protocol error: {message}"))
+        self._fail(stream, MalformedResponse(f"protocol error: {message}"))
 
     def _connection_error(self, code: int, message: str) -> None:
         if self._transport is not None and not self.closed:

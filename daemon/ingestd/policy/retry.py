@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import re
 from dataclasses import dataclass
+
+MAX_RETRY_AFTER_CHARS = 40  # an HTTP-date is 29; anything longer is not one
+_DELTA_SECONDS = re.compile(r"[0-9]{1,10}")  # up to 317 years; the policy caps it anyway
 
 
 class Reason(enum.StrEnum):
@@ -15,7 +19,10 @@ class Reason(enum.StrEnum):
     SERVER_ERROR = "server_error"
     TIMEOUT = "timeout"
     CONNECTION_ERROR = "connection_error"
+    UNREACHABLE = "unreachable"  # no connection: DNS, connect or TLS handshake failed
     TRUNCATED = "truncated"
+    MALFORMED = "malformed_response"
+    TOO_SLOW = "too_slow"
     RANGE_MISMATCH = "range_mismatch"
     LOCAL_IO = "local_io_error"
     INTERNAL = "internal_error"
@@ -36,15 +43,20 @@ RETRYABLE = frozenset(
         Reason.SERVER_ERROR,
         Reason.TIMEOUT,
         Reason.CONNECTION_ERROR,
+        Reason.UNREACHABLE,
         Reason.TRUNCATED,
+        Reason.MALFORMED,
+        Reason.TOO_SLOW,
         Reason.RANGE_MISMATCH,
         Reason.LOCAL_IO,
         Reason.INTERNAL,
     }
 )
 EXPIRING = frozenset({Reason.FORBIDDEN, Reason.URL_EXPIRED})
-# Local faults (disk full, permissions) are not the item's fault: they do not use up attempts.
-NOT_COUNTED = frozenset({Reason.LOCAL_IO})
+# The host's fault, not the item's: they cool the host down (policy.hosts) and use no attempt.
+HOST_FAULTS = frozenset({Reason.UNREACHABLE, Reason.RATE_LIMITED, Reason.UNAVAILABLE})
+# Local faults (disk full, permissions) are not the item's fault either.
+NOT_COUNTED = HOST_FAULTS | {Reason.LOCAL_IO}
 
 
 class Action(enum.StrEnum):
@@ -63,6 +75,8 @@ class Failure:
     status: int | None = None
     retry_after: float | None = None
     detail: str = ""
+    errno: int | None = None  # for LOCAL_IO: what the filesystem said, and about which path
+    path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,21 +118,20 @@ def classify_status(status: int) -> Reason | None:
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait per a Retry-After header (delta-seconds or HTTP-date); None if unusable."""
+    """Seconds to wait per a Retry-After header (delta-seconds or HTTP-date); None when absent
+    or outside its grammar and bounds (the caller's own backoff applies then)."""
     if value is None:
         return None
-    value = value.strip()
-    if not value:
+    value = value.strip(" \t")
+    if not value or len(value) > MAX_RETRY_AFTER_CHARS:
         return None
-    if value.isascii() and value.isdigit():
-        return float(min(int(value), 10**9))
+    if _DELTA_SECONDS.fullmatch(value):
+        return float(int(value))
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        return max(0.0, when.timestamp() - now) if when.tzinfo is not None else None
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def backoff_delay(attempt: int, base: float, cap: float, jitter: float) -> float:

@@ -19,8 +19,8 @@ from ingestd.net.fetch import Fetcher, HttpSettings, SetupError
 from ingestd.notify import Notifier
 from ingestd.ops.status import status_line
 from ingestd.service.db import Db
-from ingestd.service.downloads import DownloadPool
 from ingestd.service.ingest import Ingestor
+from ingestd.service.pool import DownloadPool
 from ingestd.store.manifest import ManifestError
 
 STOP_BUDGET = 8.0  # seconds for the whole shutdown; systemd and users expect exit within 10

@@ -25,8 +25,8 @@ from ingestd.policy.naming import topic_folder
 if TYPE_CHECKING:  # the CLI reads the manifest without loading the extract parser
     from ingestd.policy.extract import Record
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # the columns readers use are the same in both
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # the columns readers use are the same in all
 _CHUNK = 500  # ids per SELECT ... IN (...) and records per write transaction
 
 # Every items column after the key, in order (both versions of the table share them).
@@ -113,6 +113,13 @@ _MIGRATIONS: dict[int, str] = {
             WHERE state = NEW.state;
     END;
     """,
+    # A resume continues from the bytes of the .part that were fsynced (durable_bytes), never
+    # from its size: after a power cut the tail may hold anything. total_bytes is the file size
+    # the server declared, which every later range reply must repeat.
+    3: """
+    ALTER TABLE items ADD COLUMN durable_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE items ADD COLUMN total_bytes INTEGER;
+    """,
 }
 
 
@@ -133,6 +140,8 @@ class Item:
     topics: tuple[str | None, ...]
     attempts: int
     validator: str | None
+    durable: int = 0  # bytes of the .part known to be fsynced
+    total: int | None = None  # the file size the server declared for the .part
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,13 +398,15 @@ class Manifest:
             )
             return cur.rowcount
 
-    def release(self, ids: Iterable[str], now: float) -> None:
-        """Return claimed items to pending without using up an attempt (clean shutdown)."""
+    def release(self, ids: Iterable[str], now: float, due: float = 0.0) -> None:
+        """Return claimed items to pending, due at `due`, without using up an attempt (a clean
+        shutdown, a pause, a host cooling down)."""
         with self._write() as db:
             db.executemany(
                 "UPDATE items SET state = 'pending', attempts = max(attempts - 1, 0),"
-                " updated_at = ? WHERE aweme_id = ? AND state = 'active'",
-                [(now, i) for i in ids],
+                " next_attempt_at = max(next_attempt_at, ?), updated_at = ?"
+                " WHERE aweme_id = ? AND state = 'active'",
+                [(due, now, i) for i in ids],
             )
 
     def claim_due(self, now: float, limit: int) -> list[Item]:
@@ -407,10 +418,11 @@ class Manifest:
                 "UPDATE items SET state = 'active', attempts = attempts + 1, updated_at = ?"
                 " WHERE aweme_id IN (SELECT aweme_id FROM items WHERE state = 'pending'"
                 " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
-                " RETURNING aweme_id, url, topics, attempts, validator",
+                " RETURNING aweme_id, url, topics, attempts, validator, durable_bytes,"
+                " total_bytes",
                 (now, now, limit),
             ).fetchall()
-        return [Item(r[0], r[1], tuple(json.loads(r[2])), r[3], r[4]) for r in rows]
+        return [Item(r[0], r[1], tuple(json.loads(r[2])), r[3], r[4], r[5], r[6]) for r in rows]
 
     def next_due(self) -> float | None:
         """The earliest retry time among pending items, or None when nothing is pending."""
@@ -419,10 +431,17 @@ class Manifest:
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
-    def set_validator(self, aweme_id: str, validator: str | None) -> None:
-        """Remember the validator (ETag/Last-Modified) that the .part file was written under."""
+    def set_part(
+        self, aweme_id: str, validator: str | None, total: int | None, durable: int
+    ) -> None:
+        """Record what the .part is resumed under: the validator (ETag or Last-Modified) it was
+        written under, the file size declared, and how many of its bytes are durable."""
         with self._write() as db:
-            db.execute("UPDATE items SET validator = ? WHERE aweme_id = ?", (validator, aweme_id))
+            db.execute(
+                "UPDATE items SET validator = ?, total_bytes = ?, durable_bytes = ?"
+                " WHERE aweme_id = ?",
+                (validator, total, durable, aweme_id),
+            )
 
     def complete_many(self, done: Sequence[Completion]) -> list[bool]:
         """Mark items done with size, digest and relative path, in one transaction. One flag per
@@ -433,7 +452,8 @@ class Manifest:
             for c in done:
                 row = db.execute(
                     "UPDATE items SET state = 'done', bytes = ?, sha256 = ?, path = ?,"
-                    " validator = NULL, last_error = NULL, last_status = NULL, completed_at = ?,"
+                    " validator = NULL, durable_bytes = 0, total_bytes = NULL,"
+                    " last_error = NULL, last_status = NULL, completed_at = ?,"
                     " updated_at = ?, relink = (topics != ?) WHERE aweme_id = ? RETURNING relink",
                     (
                         c.size,
@@ -492,10 +512,15 @@ class Manifest:
         ).fetchall()
         return [Relink(r[0], r[1], tuple(json.loads(r[2]))) for r in rows]
 
-    def clear_relink(self, aweme_id: str) -> None:
-        """Mark an item's links as made."""
+    def clear_relink(self, aweme_id: str, linked_topics: Sequence[str | None]) -> bool:
+        """Mark an item's links as made, unless topics arrived that `linked_topics` (the topics
+        it was linked for) do not cover: then it stays due. True when cleared."""
         with self._write() as db:
-            db.execute("UPDATE items SET relink = 0 WHERE aweme_id = ?", (aweme_id,))
+            cur = db.execute(
+                "UPDATE items SET relink = 0 WHERE aweme_id = ? AND topics = ?",
+                (aweme_id, _json_array(tuple(linked_topics))),
+            )
+            return cur.rowcount > 0
 
     # --- reporting ------------------------------------------------------------------------
 

@@ -1,0 +1,132 @@
+"""Host health: which origin hosts may be sent a request now, and when a failing one is tried again.
+
+Pure: the pool asks `admit` before each transfer and reports each outcome to `finished`; both take
+the time as an argument and return what to do. A host that fails to connect (DNS, TCP, TLS) or
+answers 429/503 `HOST_FAILURES_TO_COOL` times in a row cools down: no request goes to it until
+the cooldown ends, when a single probe tests it. The cooldown doubles with each failed probe, up
+to `host_backoff_max`; a `Retry-After` on a 429/503 sets it for the whole host. Items waiting for
+a cooling host spend none of their attempts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ingestd.policy.retry import backoff_delay
+
+HOST_FAILURES_TO_COOL = 2  # one lost SYN is not an outage; two in a row stop the traffic
+# While a probe is out, other items for the host look again this much later at the earliest.
+PROBE_WAIT = 1.0
+# Hosts remembered; the healthy ones with nothing in flight are forgotten first.
+MAX_HOSTS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class HostEvent:
+    """A change an operator should see: `host_unavailable` or `host_recovered`."""
+
+    event: str
+    host: str
+    reason: str
+    retry_in_s: float = 0.0
+    failures: int = 0
+    down_s: float = 0.0
+
+
+@dataclass
+class _Host:
+    in_flight: int = 0
+    failures: int = 0  # host faults in a row
+    cooling_until: float = 0.0
+    down_since: float | None = None  # set while the host is reported unavailable
+    probing: bool = False
+    reason: str = ""
+
+
+class HostHealth:
+    """Per-host slots, cooldowns and probes."""
+
+    def __init__(self, backoff_base: float, backoff_max: float, slots: int) -> None:
+        self._base = max(backoff_base, 0.1)
+        self._max = backoff_max
+        self._slots = slots
+        self._hosts: dict[str, _Host] = {}
+
+    def reconfigure(self, backoff_base: float, backoff_max: float, slots: int) -> None:
+        """Apply reloaded settings to later decisions."""
+        self._base, self._max, self._slots = max(backoff_base, 0.1), backoff_max, slots
+
+    def down(self) -> list[str]:
+        """Hosts reported unavailable now."""
+        return [name for name, h in self._hosts.items() if h.down_since is not None]
+
+    def cooling_until(self, host: str) -> float:
+        """When `host` may be tried again (0 when it may be now)."""
+        state = self._hosts.get(host)
+        return 0.0 if state is None else state.cooling_until
+
+    def admit(self, host: str, now: float) -> float | None:
+        """Take a slot on `host` for one request: None when taken, else the earliest time to
+        ask again (the end of a cooldown; a little later while a probe is out or the host's
+        slots are all taken)."""
+        state = self._hosts.get(host)
+        if state is None:
+            if len(self._hosts) >= MAX_HOSTS:
+                self._forget_idle()
+            state = self._hosts[host] = _Host()
+        if now < state.cooling_until:
+            return state.cooling_until
+        if state.probing or state.in_flight >= self._slots:
+            return now + PROBE_WAIT
+        if state.down_since is not None:
+            state.probing = True  # the single request that tests a host coming back
+        state.in_flight += 1
+        return None
+
+    def finished(
+        self,
+        host: str,
+        now: float,
+        *,
+        host_fault: bool,
+        reason: str = "",
+        retry_after: float | None = None,
+        jitter: float = 0.5,
+        cancelled: bool = False,
+    ) -> HostEvent | None:
+        """Release the slot `admit` gave; `host_fault` says the host failed us (no connection,
+        429 or 503), `cancelled` that the request ended without a verdict. Returns the event
+        to log, if the host went down or came back."""
+        state = self._hosts.setdefault(host, _Host(in_flight=1))
+        state.in_flight = max(state.in_flight - 1, 0)
+        probe, state.probing = state.probing, False
+        if cancelled:
+            return None
+        if not host_fault:
+            state.failures = 0
+            state.cooling_until = 0.0
+            if state.down_since is None:
+                return None
+            down_s, state.down_since = now - state.down_since, None
+            return HostEvent("host_recovered", host, state.reason, down_s=round(down_s, 3))
+        if state.down_since is not None and not probe:
+            return None  # sent before the cooldown began: says nothing new
+        state.failures += 1
+        state.reason = reason
+        if state.failures < HOST_FAILURES_TO_COOL and retry_after is None:
+            return None
+        if retry_after is not None:
+            delay = min(max(retry_after, 0.0), self._max)
+        else:
+            exponent = state.failures - HOST_FAILURES_TO_COOL + 1
+            delay = backoff_delay(exponent, self._base, self._max, jitter)
+        state.cooling_until = max(state.cooling_until, now + delay)
+        if state.down_since is not None:
+            return None
+        state.down_since = now
+        return HostEvent("host_unavailable", host, reason, round(delay, 3), failures=state.failures)
+
+    def _forget_idle(self) -> None:
+        idle = [n for n, h in self._hosts.items() if not h.in_flight and h.down_since is None]
+        for name in idle[: max(len(idle) // 2, 1)]:
+            del self._hosts[name]

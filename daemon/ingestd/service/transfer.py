@@ -1,0 +1,320 @@
+"""One download attempt: the request, the resume, the response checks, the writing of the part.
+
+`Transfers.attempt` returns an outcome, `Published` or a `Failure`, and raises nothing but
+cancellation. The rules it applies are pure and live in policy.transfer; this module does the
+I/O they decide: requests through net.fetch, part-file work in worker threads, and the resume
+bookkeeping (validator, declared size, durable offset) in the manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ingestd.config import Config
+from ingestd.fs.files import PartFile
+from ingestd.log import Logger
+from ingestd.net.fetch import Chunk, Fetcher, FetchFailed, Response
+from ingestd.policy.naming import relative_video_path
+from ingestd.policy.retry import Failure, Reason, classify_status, parse_retry_after
+from ingestd.policy.transfer import (
+    SNIFF_BYTES,
+    PublishPart,
+    RateFloor,
+    Receive,
+    Reject,
+    looks_like_mp4,
+    plan_response,
+    resume_headers,
+    strong_validator,
+)
+from ingestd.policy.urls import check_url, is_expired, redact
+from ingestd.service.db import Db
+from ingestd.service.publish import Publisher
+from ingestd.store.manifest import Item
+
+RESUME_MIN_BYTES = 1024 * 1024  # smaller files restart from zero: not worth a manifest write
+WRITE_BATCH = 1024 * 1024  # bytes gathered before one write+hash in a worker thread
+# A slow transfer still reaches the disk often, so a kill loses little of what arrived.
+FLUSH_SECONDS = 0.25
+# fsync and record the durable offset this often (bytes or seconds, whichever comes first):
+# what a power cut can cost a resumable file.
+CHECKPOINT_BYTES = 8 * 1024 * 1024
+CHECKPOINT_SECONDS = 2.0
+# Range requests one attempt may make while a CDN caps its replies (each must make progress).
+MAX_RANGE_REQUESTS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A finished transfer: where the file is, what it holds, which topics it is linked under."""
+
+    path: PurePosixPath
+    size: int
+    sha256: str
+    resumed: bool
+    linked_topics: tuple[str | None, ...]
+    links: int = 0
+
+
+class Transfers:
+    """Runs single attempts; shared by every transfer of the pool."""
+
+    def __init__(
+        self,
+        config: Config,
+        db: Db,
+        fetcher: Fetcher,
+        publisher: Publisher,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._fetcher = fetcher
+        self._publisher = publisher
+        self._clock = clock
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Use a reloaded config from the next attempt on."""
+        self._config = config
+        self._media_dir = config.media_dir
+
+    async def attempt(self, item: Item, log: Logger) -> Published | Failure:
+        """Download `item` once. Raises nothing but cancellation."""
+        if is_expired(item.url, self._clock()):
+            return Failure(Reason.URL_EXPIRED)
+        verdict = check_url(item.url, self._config.allowed_hosts)
+        if not verdict.allowed:
+            return Failure(Reason.UNSAFE_URL, detail=verdict.reason)
+        relative = relative_video_path(item.topics[0] if item.topics else None, item.aweme_id)
+        media = self._media_dir
+        try:
+            if item.validator is None or item.durable < SNIFF_BYTES:
+                part = PartFile.fresh_in(media, relative)  # no thread hop to open it now
+            else:
+                part = await asyncio.to_thread(PartFile.open_in, media, relative, item.durable)
+        except OSError as exc:
+            return _local_failure(exc, media / relative)
+        attempt = _Attempt(self, item, part, relative, log)
+        try:
+            outcome = await attempt.run()
+        except asyncio.CancelledError:
+            await attempt.checkpoint()  # stopping: what arrived is kept for the next run
+            raise
+        except FetchFailed as exc:
+            outcome = Failure(exc.reason, exc.status, detail=exc.detail)
+        except OSError as exc:
+            outcome = _local_failure(exc, part.path)
+        except Exception as exc:  # a bug costs one attempt, never the daemon
+            log.exception("download_crashed", error=repr(exc))
+            outcome = Failure(Reason.INTERNAL, detail=repr(exc)[:200])
+        finally:
+            if not part.closed:
+                await asyncio.to_thread(part.close)
+        return outcome
+
+
+def _local_failure(exc: OSError, path: Path) -> Failure:
+    where = str(exc.filename or path)
+    detail = f"{exc.strerror or exc}: {where}"
+    return Failure(Reason.LOCAL_IO, detail=detail, errno=exc.errno, path=where)
+
+
+class _Attempt:
+    """The state of one attempt at one item."""
+
+    def __init__(
+        self,
+        transfers: Transfers,
+        item: Item,
+        part: PartFile,
+        relative: PurePosixPath,
+        log: Logger,
+    ) -> None:
+        self._t = transfers
+        self._config = transfers._config
+        self._db = transfers._db
+        self._item = item
+        self._part = part
+        self._relative = relative
+        self._log = log
+        self._validator = item.validator
+        self._total = item.total
+        self._resumable = False  # the manifest knows how to resume this part
+        self._recorded = (item.validator, item.total, item.durable)
+        self._resumed_from = 0
+
+    async def run(self) -> Published | Failure:
+        item, part = self._item, self._part
+        for hop in range(MAX_RANGE_REQUESTS):
+            offset = part.size
+            headers = resume_headers(offset, self._validator)
+            if offset and not headers:
+                await asyncio.to_thread(part.truncate)
+                offset = 0
+            if hop == 0:
+                self._resumed_from = offset
+                self._log.info(
+                    "download_started",
+                    url=redact(item.url),
+                    topic=self._relative.parts[0],
+                    attempt=item.attempts,
+                    resume_from=offset,
+                )
+            async with self._t._fetcher.get(item.url, headers) as response:
+                outcome = await self._answer(response, offset)
+            if outcome is not None:
+                if isinstance(outcome, Failure):
+                    await self.checkpoint()
+                return outcome
+            # A capped range reply: its bytes are good, the rest is asked for at once.
+        return Failure(Reason.TRUNCATED, detail=f"still short after {MAX_RANGE_REQUESTS} ranges")
+
+    async def _answer(self, response: Response, offset: int) -> Published | Failure | None:
+        """Handle one response: an outcome, or None when the file needs another range."""
+        part, status = self._part, response.status
+        if status not in (200, 206, 416):
+            reason = classify_status(status) or Reason.HTTP_ERROR
+            retry_after = parse_retry_after(response.header("retry-after"), self._t._clock())
+            return Failure(reason, status, retry_after)
+        plan = plan_response(
+            status,
+            offset,
+            self._total,
+            response.header("content-length"),
+            response.header("content-range"),
+        )
+        if isinstance(plan, Reject):
+            if plan.discard:
+                await asyncio.to_thread(part.truncate)
+                await self._remember(None, None)
+            return plan.failure
+        if isinstance(plan, PublishPart):
+            return await self._publish([], offset)
+        if plan.total is not None and plan.total > self._config.max_file_bytes:
+            await asyncio.to_thread(part.discard)
+            return Failure(Reason.TOO_LARGE, status, detail=f"declared {plan.total}")
+        if plan.start < part.size:  # a 200 to a resume: the file starts over
+            await asyncio.to_thread(part.truncate, plan.start)
+        elif plan.start:
+            await asyncio.to_thread(part.hash_existing)  # so the new bytes are hashed inline
+        validator = strong_validator(response.header("etag"), response.header("last-modified"))
+        worth = plan.total is None or plan.total > RESUME_MIN_BYTES
+        await self._remember(validator if worth else None, plan.total)
+        received = await self._receive(response, plan)
+        if isinstance(received, Failure):
+            return received
+        if plan.total is not None and part.size + sum(len(c) for c in received) < plan.total:
+            await asyncio.to_thread(part.write, received)
+            return None
+        return await self._publish(received, offset)
+
+    async def _remember(self, validator: str | None, total: int | None) -> None:
+        """Record the validator and size the part is written under: a resume asks by them."""
+        self._resumable = validator is not None
+        self._validator, self._total = validator, total
+        await self._record(validator, total, self._part.durable if validator is not None else 0)
+
+    async def _record(self, validator: str | None, total: int | None, durable: int) -> None:
+        if (validator, total, durable) != self._recorded:
+            self._recorded = (validator, total, durable)
+            await self._db.run(
+                self._db.manifest.set_part, self._item.aweme_id, validator, total, durable
+            )
+
+    async def checkpoint(self) -> None:
+        """Make what was written durable and record it, so a resume may use it. Never raises."""
+        part = self._part
+        if not self._resumable or part.closed or part.size <= part.durable:
+            return
+        try:
+            durable = await asyncio.to_thread(part.sync)
+            await self._record(self._validator, self._total, durable)
+        except Exception as exc:  # the resume then starts from the last checkpoint
+            self._log.warning("checkpoint_failed", error=str(exc)[:200])
+
+    async def _receive(self, response: Response, plan: Receive) -> list[Chunk] | Failure:
+        """Stream the body into the part. Returns the last chunks, not yet written (written
+        with the publish, in one hop), or a Failure. Writes nothing past the declared length."""
+        config, part = self._config, self._part
+        limit = config.max_file_bytes
+        pending: list[Chunk] = []
+        pending_size = 0
+        received = 0
+        checked = plan.start > 0
+        last_flush = last_sync = time.monotonic()
+        floor = RateFloor(config.min_rate, config.min_rate_window, last_flush)
+
+        async def flush() -> None:
+            nonlocal pending, pending_size, last_flush, last_sync
+            last_flush = time.monotonic()
+            if pending:
+                sync = self._resumable and (
+                    part.size + pending_size - part.durable >= CHECKPOINT_BYTES
+                    or last_flush - last_sync >= CHECKPOINT_SECONDS
+                )
+                data, pending, pending_size = pending, [], 0
+                await asyncio.to_thread(part.write, data, sync=sync)
+                if sync:
+                    last_sync = last_flush
+                    await self._record(self._validator, self._total, part.durable)
+
+        try:
+            async for batch in response.batches():
+                size = sum(len(chunk) for chunk in batch)
+                received += size
+                if plan.length is not None and received > plan.length:
+                    await asyncio.to_thread(part.truncate, plan.start)
+                    detail = f"body longer than its content-length {plan.length}"
+                    return Failure(Reason.MALFORMED, response.status, detail=detail)
+                if plan.start + received > limit:
+                    await asyncio.to_thread(part.discard)
+                    return Failure(Reason.TOO_LARGE, detail=f"more than {limit} bytes")
+                pending += batch
+                pending_size += size
+                if not checked and pending_size >= SNIFF_BYTES:
+                    if not looks_like_mp4(b"".join(pending)[:SNIFF_BYTES]):
+                        await asyncio.to_thread(part.discard)
+                        return Failure(Reason.NOT_VIDEO, detail="no ftyp box")
+                    checked = True
+                now = time.monotonic()
+                if floor.too_slow(received, now):
+                    await flush()
+                    return Failure(Reason.TOO_SLOW, response.status, detail=floor.describe())
+                if checked and (pending_size >= WRITE_BATCH or now - last_flush >= FLUSH_SECONDS):
+                    await flush()
+        except FetchFailed:
+            if checked:
+                await flush()  # keep what arrived, for the resume
+            raise
+        if not checked:
+            await asyncio.to_thread(part.discard)
+            return Failure(Reason.NOT_VIDEO, detail=f"only {received} bytes")
+        if plan.length is not None and received < plan.length:
+            await flush()
+            end = plan.start + plan.length
+            return Failure(Reason.TRUNCATED, response.status, detail=f"{part.size}/{end}")
+        return pending
+
+    async def _publish(self, tail: Sequence[Chunk], offset: int) -> Published | Failure:
+        part, item = self._part, self._item
+        if not tail and not looks_like_mp4(await asyncio.to_thread(part.head, SNIFF_BYTES)):
+            await asyncio.to_thread(part.discard)
+            await self._remember(None, None)
+            return Failure(Reason.NOT_VIDEO, detail="the part kept is not a video")
+        done = await asyncio.to_thread(
+            self._t._publisher.publish, part, tail, self._relative, item.topics
+        )
+        if done.link_error is not None:
+            self._log.warning("link_failed", error=done.link_error, retry="relink")
+        return Published(
+            self._relative,
+            part.size,
+            done.sha256,
+            resumed=self._resumed_from > 0,
+            linked_topics=done.linked_topics,
+            links=done.links,
+        )

@@ -1,0 +1,91 @@
+"""Host health as a pure state machine: no clock, no socket, no manifest."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingestd.policy.hosts import HOST_FAILURES_TO_COOL, PROBE_WAIT, HostHealth
+
+
+def fail(hosts: HostHealth, now: float, **kw: object) -> object:
+    assert hosts.admit("cdn", now) is None
+    return hosts.finished("cdn", now, host_fault=True, reason="unreachable", **kw)  # type: ignore[arg-type]
+
+
+def test_one_failure_is_not_an_outage_two_in_a_row_are() -> None:
+    hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=8)
+    assert fail(hosts, 0.0) is None
+    assert hosts.admit("cdn", 0.1) is None  # still admitted after one failure
+    assert hosts.finished("cdn", 0.1, host_fault=False) is None  # ... which it then forgets
+    assert fail(hosts, 1.0) is None
+    event = fail(hosts, 2.0)
+    assert event is not None and event.event == "host_unavailable"  # type: ignore[attr-defined]
+    assert event.reason == "unreachable" and 0.5 <= event.retry_in_s <= 1.0  # type: ignore[attr-defined]
+    assert hosts.down() == ["cdn"]
+
+
+def test_a_cooling_host_admits_nothing_then_one_probe_whose_failure_doubles_the_wait() -> None:
+    hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=8)
+    for i in range(HOST_FAILURES_TO_COOL):
+        fail(hosts, float(i), jitter=0.0)
+    until = hosts.cooling_until("cdn")
+    assert until == pytest.approx(1.5)  # base/2 with no jitter
+    assert hosts.admit("cdn", 1.2) == until
+    assert hosts.admit("cdn", until) is None  # the probe
+    assert hosts.admit("cdn", until) == until + PROBE_WAIT  # only one probe at a time
+    waits = []
+    now = until
+    for _ in range(12):
+        assert hosts.finished("cdn", now, host_fault=True, reason="unreachable", jitter=0.0) is None
+        wait = hosts.cooling_until("cdn") - now
+        waits.append(wait)
+        now = hosts.cooling_until("cdn")
+        assert hosts.admit("cdn", now) is None
+    assert waits[:4] == pytest.approx([1.0, 2.0, 4.0, 8.0])
+    assert max(waits) == pytest.approx(450.0)  # host_backoff_max 900, halved without jitter
+    event = hosts.finished("cdn", now, host_fault=False)
+    assert event is not None and event.event == "host_recovered"
+    assert event.down_s == pytest.approx(now - 1.0)
+    assert hosts.down() == [] and hosts.admit("cdn", now) is None
+
+
+def test_failures_of_requests_sent_before_the_cooldown_do_not_stretch_it() -> None:
+    hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=8)
+    for _ in range(8):  # eight transfers in flight when the network goes
+        assert hosts.admit("cdn", 0.0) is None
+    events = [
+        hosts.finished("cdn", 0.1, host_fault=True, reason="unreachable", jitter=0.0)
+        for _ in range(8)
+    ]
+    assert [e.event for e in events if e is not None] == ["host_unavailable"]
+    assert hosts.cooling_until("cdn") == pytest.approx(0.6)
+
+
+def test_retry_after_cools_the_whole_host_at_once_within_the_cap() -> None:
+    hosts = HostHealth(backoff_base=1.0, backoff_max=100.0, slots=8)
+    event = fail(hosts, 10.0, retry_after=30.0)
+    assert event is not None and event.retry_in_s == 30.0  # type: ignore[attr-defined]
+    assert hosts.admit("cdn", 39.0) == 40.0
+    hosts2 = HostHealth(backoff_base=1.0, backoff_max=100.0, slots=8)
+    fail(hosts2, 0.0, retry_after=10**9)
+    assert hosts2.cooling_until("cdn") == 100.0
+
+
+def test_per_host_slots_and_other_hosts_are_independent() -> None:
+    hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=2)
+    assert hosts.admit("a", 0.0) is None and hosts.admit("a", 0.0) is None
+    assert hosts.admit("a", 0.0) == PROBE_WAIT
+    assert hosts.admit("b", 0.0) is None
+    hosts.finished("a", 1.0, host_fault=False)
+    assert hosts.admit("a", 1.0) is None
+
+
+def test_a_cancelled_probe_gives_no_verdict_and_frees_the_probe() -> None:
+    hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=8)
+    for i in range(HOST_FAILURES_TO_COOL):
+        fail(hosts, float(i), jitter=0.0)
+    now = hosts.cooling_until("cdn")
+    assert hosts.admit("cdn", now) is None
+    assert hosts.finished("cdn", now, host_fault=False, cancelled=True) is None
+    assert hosts.down() == ["cdn"]
+    assert hosts.admit("cdn", now) is None  # a new probe may go
