@@ -111,6 +111,9 @@ class Transfers:
         except Exception as exc:  # a bug costs one attempt, never the daemon
             log.exception("download_crashed", error=repr(exc))
             outcome = Failure(Reason.INTERNAL, detail=repr(exc)[:200])
+        try:
+            if isinstance(outcome, Failure):
+                await attempt.checkpoint()  # what arrived is kept for the resume
         finally:
             if not part.closed:
                 await asyncio.to_thread(part.close)
@@ -167,8 +170,6 @@ class _Attempt:
             async with self._t._fetcher.get(item.url, headers) as response:
                 outcome = await self._answer(response, offset)
             if outcome is not None:
-                if isinstance(outcome, Failure):
-                    await self.checkpoint()
                 return outcome
             # A capped range reply: its bytes are good, the rest is asked for at once.
         return Failure(Reason.TRUNCATED, detail=f"still short after {MAX_RANGE_REQUESTS} ranges")
