@@ -1,25 +1,38 @@
-"""Command line: run, status, list, retry, logs.
+"""Command line: run, status, list, retry, rebind, logs.
 
-Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error, 3 nothing matched
-(`retry` refused every id, `list` found nothing when asked with --fail-empty).
+Exit codes: 0 success, 1 runtime failure (including no manifest for this data dir), 2 usage or
+configuration error (including a manifest that belongs to another data dir), 3 nothing matched
+(`retry` refused every id, `list` found nothing when asked with --fail-empty), 4 another ingestd
+runs on this data dir or state dir.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from ingestd import __version__
 from ingestd.config import Config, ConfigError, load_config
-from ingestd.store.manifest import Counts, ItemSummary, Manifest, ManifestError
+from ingestd.fs.lock import FileLock, LockError, LockHeld
+from ingestd.store.manifest import ItemSummary, Manifest, ManifestError, WrongLibrary
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NO_MATCH = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NO_MATCH, EXIT_LOCKED = 0, 1, 2, 3, 4
 STATES = ("pending", "active", "done", "expired", "failed")
+DATA_LOCK = ".ingestd.lock"  # in the data dir: hidden, beside raw/ and media_assets/
+STATE_LOCK = "ingestd.lock"
 T = TypeVar("T")
+
+
+class NoManifest(Exception):
+    """A reading command found no manifest for this data dir."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(f"no manifest for {config.data_dir} (looked in {config.manifest_path})")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ingestd",
         description="Turn scraped TikTok extracts into a local video library.",
-        epilog="Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 nothing matched.",
+        epilog="Exit codes: 0 ok, 1 failure (or no manifest), 2 usage/config error, 3 nothing"
+        " matched, 4 another ingestd runs on this data dir or state dir.",
     )
     parser.add_argument("--version", action="version", version=f"ingestd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -68,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("ids", nargs="*", metavar="AWEME_ID")
     retry.add_argument("--json", action="store_true", help="machine-readable output")
 
+    rebind = commands.add_parser(
+        "rebind",
+        help="make the manifest belong to this data dir (after moving a library; daemon stopped)",
+    )
+    _common(rebind)
+
     logs = commands.add_parser("logs", help="show (and follow) the JSON event log")
     _common(logs)
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
@@ -89,15 +109,38 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides={k: v for k, v in overrides.items() if v is not None})
 
 
-def _read(config: Config, query: Callable[[Manifest], T], default: T) -> T:
-    """Run a read-only query; a manifest that does not exist yet reads as `default`."""
+def _read(config: Config, query: Callable[[Manifest], T]) -> T:
+    """Run a read-only query on this data dir's manifest."""
     if not config.manifest_path.exists():
-        return default
+        raise NoManifest(config)
     manifest = Manifest.open(config.manifest_path, readonly=True)
     try:
+        manifest.check_data_dir(config.data_dir)
         return query(manifest)
     finally:
         manifest.close()
+
+
+@contextlib.contextmanager
+def _writable(config: Config) -> Iterator[Manifest]:
+    """This data dir's manifest, open for writing; it must exist."""
+    if not config.manifest_path.exists():
+        raise NoManifest(config)
+    manifest = Manifest.open(config.manifest_path)
+    try:
+        yield manifest
+    finally:
+        manifest.close()
+
+
+@contextlib.contextmanager
+def _library_locked(config: Config) -> Iterator[None]:
+    """Hold the data dir's and the state dir's locks: one daemon (or rebind) per library."""
+    with (
+        FileLock.acquire(config.data_dir / DATA_LOCK),
+        FileLock.acquire(config.state_dir / STATE_LOCK),
+    ):
+        yield
 
 
 def _recent_failures(manifest: Manifest) -> list[ItemSummary]:
@@ -107,23 +150,21 @@ def _recent_failures(manifest: Manifest) -> list[ItemSummary]:
 def _status(config: Config, args: argparse.Namespace) -> int:
     from ingestd.ops.status import measure_rate, status_document, status_table, watch_frame
 
-    empty = Counts({}, {}, 0)
-    no_items: list[ItemSummary] = []
     if not args.watch:
-        counts = _read(config, Manifest.counts, empty)
+        counts = _read(config, Manifest.counts)
         if args.json:
             print(json.dumps(status_document(counts)))
         else:
             print(status_table(counts, str(config.manifest_path)))
         return EXIT_OK
-    previous, previous_time = _read(config, Manifest.counts, empty), time.monotonic()
+    previous, previous_time = _read(config, Manifest.counts), time.monotonic()
     frames = 0
     tty = sys.stdout.isatty()
     try:
         while True:
             time.sleep(max(args.interval, 0.05))
-            counts = _read(config, Manifest.counts, empty)
-            failures = _read(config, _recent_failures, no_items)
+            counts = _read(config, Manifest.counts)
+            failures = _read(config, _recent_failures)
             now = time.monotonic()
             frame = watch_frame(
                 counts, measure_rate(previous, counts, now - previous_time), failures
@@ -140,8 +181,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 def _list(config: Config, args: argparse.Namespace) -> int:
     from ingestd.ops.status import list_document, list_table
 
-    no_items: list[ItemSummary] = []
-    items = _read(config, lambda m: m.list_items(args.state, args.topic, args.limit), no_items)
+    items = _read(config, lambda m: m.list_items(args.state, args.topic, args.limit))
     print(json.dumps(list_document(items)) if args.json else list_table(items))
     return EXIT_NO_MATCH if args.fail_empty and not items else EXIT_OK
 
@@ -151,14 +191,9 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
     if not states and not args.ids:
         print("ingestd: retry needs --failed, --expired or AWEME_IDs", file=sys.stderr)
         return EXIT_USAGE
-    if not config.manifest_path.exists():
-        print(f"ingestd: no manifest at {config.manifest_path}", file=sys.stderr)
-        return EXIT_FAILURE
-    manifest = Manifest.open(config.manifest_path)
-    try:
+    with _writable(config) as manifest:
+        manifest.check_data_dir(config.data_dir)
         requeued, refused = manifest.retry(states, args.ids, time.time())
-    finally:
-        manifest.close()
     if args.json:
         print(json.dumps({"requeued": requeued, "refused": refused}))
     else:
@@ -190,6 +225,53 @@ def _logs(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _rebind(config: Config, args: argparse.Namespace) -> int:
+    if not config.data_dir.is_dir():
+        print(f"ingestd: the data dir {config.data_dir} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    if not config.manifest_path.exists():
+        raise NoManifest(config)  # before the locks, which would create the state dir
+    with _library_locked(config), _writable(config) as manifest:
+        before = manifest.bind_data_dir(config.data_dir, replace=True)
+        after = manifest.recorded_data_dir()
+    print(f"{config.manifest_path} now belongs to {after} (was {before or 'not recorded'})")
+    return EXIT_OK
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    from ingestd import log
+    from ingestd.service.daemon import run
+
+    # The locks come first: a second daemon must not touch the manifest or the shared log file.
+    with _library_locked(config):
+        manifest = Manifest.open(config.manifest_path)
+        try:
+            manifest.bind_data_dir(config.data_dir)  # the first run records it
+        finally:
+            manifest.close()
+        try:
+            log.configure(
+                config.log_format, config.log_file, config.log_max_bytes, config.log_backups
+            )
+        except OSError as exc:
+            print(f"ingestd: cannot open log file: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        try:
+            return run(config, reload_config=lambda: _config(args))
+        finally:
+            log.shutdown()
+
+
+def _wrong_library(config: Config, exc: WrongLibrary) -> str:
+    return (
+        f"the manifest {config.manifest_path} belongs to the data dir {exc.recorded}, not"
+        f" {exc.wanted}. Use the --state-dir (or state_dir) that holds {exc.wanted}'s own"
+        f" manifest, or none for its default one; or move this manifest to {exc.recorded}'s"
+        f" state dir; or, if the library itself moved here, run `ingestd rebind` with this"
+        " state dir (README: Moving a library)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ingestd` console script."""
     args = build_parser().parse_args(argv)
@@ -198,25 +280,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ingestd: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    commands = {"status": _status, "list": _list, "retry": _retry, "logs": _logs}
-    if args.command in commands:
-        try:
-            return commands[args.command](config, args)
-        except ManifestError as exc:
-            print(f"ingestd: cannot use the manifest: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
-        except OSError as exc:  # e.g. no permission on the state folder
-            print(f"ingestd: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-            return EXIT_FAILURE
-    from ingestd import log
-    from ingestd.service.daemon import run
-
+    commands: dict[str, Callable[[Config, argparse.Namespace], int]] = {
+        "run": _run,
+        "status": _status,
+        "list": _list,
+        "retry": _retry,
+        "rebind": _rebind,
+        "logs": _logs,
+    }
     try:
-        log.configure(config.log_format, config.log_file, config.log_max_bytes, config.log_backups)
-    except OSError as exc:
-        print(f"ingestd: cannot open log file: {exc}", file=sys.stderr)
+        return commands[args.command](config, args)
+    except LockHeld as exc:
+        print(f"ingestd: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except NoManifest as exc:
+        print(f"ingestd: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    try:
-        return run(config, reload_config=lambda: _config(args))
-    finally:
-        log.shutdown()
+    except WrongLibrary as exc:
+        print(f"ingestd: configuration error: {_wrong_library(config, exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except LockError as exc:
+        print(f"ingestd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ManifestError as exc:
+        print(f"ingestd: cannot use the manifest: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # e.g. no permission on the state folder
+        print(f"ingestd: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return EXIT_FAILURE

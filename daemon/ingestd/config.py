@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -12,6 +14,7 @@ from typing import Any, Literal, cast
 import platformdirs
 
 from ingestd.policy.urls import parse_loopback_address
+from ingestd.store.manifest import Manifest, ManifestError, library_path, same_dir
 
 APP_NAME = "ingestd"
 ENV_PREFIX = "INGESTD_"
@@ -21,6 +24,8 @@ DEFAULT_USER_AGENT = (
     "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
 )
 DEFAULT_REFERER = "https://www.tiktok.com/"
+MANIFEST_NAME = "manifest.sqlite3"
+LIBRARIES = "libraries"  # <user state dir>/libraries/<one folder per data dir>
 LogFormat = Literal["auto", "json", "console"]
 
 
@@ -79,7 +84,7 @@ class Config:
     @property
     def manifest_path(self) -> Path:
         """The SQLite manifest."""
-        return self.state_dir / "manifest.sqlite3"
+        return self.state_dir / MANIFEST_NAME
 
 
 # How each key is read from a string (environment) and what values it accepts.
@@ -202,14 +207,61 @@ def _systemd_dir(env: Mapping[str, str], name: str) -> Path | None:
     return Path(value.split(":")[0]) if value else None
 
 
-def _defaults(env: Mapping[str, str]) -> dict[str, object]:
+def library_dir_name(data_dir: Path) -> str:
+    """The state folder name of one library: `<last folder name, sanitized>-<12 hex digits of
+    the SHA-256 of the path>`. `data_dir` must be absolute and resolved (see library_path)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", data_dir.name).lstrip(".-")[:40] or "library"
+    digest = hashlib.sha256(os.fsencode(str(data_dir))).hexdigest()[:12]
+    return f"{name}-{digest}"
+
+
+def default_state_dir(
+    env: Mapping[str, str], data_dir: Path, base: Path, legacy_fits: Callable[[Path], bool]
+) -> Path:
+    """The state dir when none is configured: `$STATE_DIRECTORY` under systemd, else one per
+    library, `<base>/libraries/<library_dir_name(data_dir)>`. `base` is the platformdirs user
+    state dir, where earlier versions kept one manifest for whatever library they ran on: that
+    manifest stays in use for its own library, as `legacy_fits(<base>/manifest.sqlite3)` says.
+    """
+    systemd = _systemd_dir(env, "STATE_DIRECTORY")
+    if systemd is not None:
+        return systemd
+    if legacy_fits(base / MANIFEST_NAME):
+        return base
+    return base / LIBRARIES / library_dir_name(data_dir)
+
+
+def legacy_manifest_fits(data_dir: Path) -> Callable[[Path], bool]:
+    """Whether a manifest from before per-library state dirs is `data_dir`'s: it exists and
+    records that data dir, or none yet (an older schema: the first `run` adopts it)."""
+
+    def fits(manifest: Path) -> bool:
+        if not manifest.is_file():
+            return False
+        try:
+            reader = Manifest.open(manifest, readonly=True)
+            try:
+                recorded = reader.recorded_data_dir()
+            finally:
+                reader.close()
+        except ManifestError:
+            return True  # unreadable: using it shows why, rather than starting a new library
+        return recorded is None or same_dir(recorded, data_dir)
+
+    return fits
+
+
+def _defaults(env: Mapping[str, str], values: Mapping[str, object]) -> dict[str, object]:
     logs = _systemd_dir(env, "LOGS_DIRECTORY") or Path(platformdirs.user_log_dir(APP_NAME))
-    return {
-        "data_dir": Path(platformdirs.user_data_dir(APP_NAME)),
-        "state_dir": _systemd_dir(env, "STATE_DIRECTORY")
-        or Path(platformdirs.user_state_dir(APP_NAME)),
-        "log_file": logs / "ingestd.jsonl",
-    }
+    data_dir = cast(Path, values.get("data_dir") or Path(platformdirs.user_data_dir(APP_NAME)))
+    defaults: dict[str, object] = {"data_dir": data_dir, "log_file": logs / "ingestd.jsonl"}
+    if "state_dir" not in values:
+        resolved = Path(library_path(data_dir))
+        base = Path(platformdirs.user_state_dir(APP_NAME))
+        defaults["state_dir"] = default_state_dir(
+            env, resolved, base, legacy_manifest_fits(resolved)
+        )
+    return defaults
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -264,7 +316,7 @@ def load_config(
     if overrides:
         _check_keys("command line", overrides)
         values.update({k: _coerce(k, v, cwd) for k, v in overrides.items() if v is not None})
-    merged = {**_defaults(env), **values}
+    merged = {**_defaults(env, values), **values}
     config = Config(**cast(dict[str, Any], merged))
     if config.backoff_max < config.backoff_base:
         raise ConfigError("backoff_max must not be smaller than backoff_base")

@@ -455,12 +455,13 @@ def test_invalid_config_exits_2_naming_the_key(
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        ((), ["run", "status", "list", "retry", "logs", "--version"]),
+        ((), ["run", "status", "list", "retry", "rebind", "logs", "--version"]),
         (("run",), ["--config", "--data-dir", "--state-dir", "--concurrency", "--log-file"]),
         (("status",), ["--json", "--watch", "--interval", "--count"]),
         (("list",), ["--state", "--topic", "--limit", "--json", "--fail-empty"]),
         (("retry",), ["--failed", "--expired", "AWEME_ID", "--json"]),
         (("logs",), ["--follow", "--event", "--id", "--json", "--log-file"]),
+        (("rebind",), ["--data-dir", "--state-dir"]),
     ],
 )
 def test_help_for_every_command(command: tuple[str, ...], options: list[str]) -> None:

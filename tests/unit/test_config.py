@@ -1,10 +1,28 @@
-"""Configuration precedence, validation and unknown keys."""
+"""Configuration precedence, validation, unknown keys, and where each library's state lives."""
 
+import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ingestd.config import ConfigError, load_config
+from ingestd.config import (
+    ConfigError,
+    default_state_dir,
+    library_dir_name,
+    load_config,
+)
+from ingestd.store.manifest import Manifest
+
+
+@pytest.fixture(autouse=True)
+def user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """platformdirs' user folders under tmp_path: never the real user's (state, config)."""
+    home = tmp_path / "home"
+    for name, folder in (("XDG_STATE_HOME", "state"), ("XDG_DATA_HOME", "share")):
+        monkeypatch.setenv(name, str(home / folder))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    return home / "state" / "ingestd"  # platformdirs' user_state_dir("ingestd")
 
 
 def write(path: Path, text: str) -> Path:
@@ -77,3 +95,71 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     config = load_config(env={}, cwd=tmp_path)
     with pytest.raises(AttributeError):
         config.concurrency = 3  # type: ignore[misc]
+
+
+def test_library_dir_name_is_the_folder_name_and_a_hash_of_the_path() -> None:
+    digest = hashlib.sha256(b"/srv/My Library").hexdigest()[:12]
+    assert library_dir_name(Path("/srv/My Library")) == f"My_Library-{digest}"
+    assert library_dir_name(Path("/a/data")) != library_dir_name(Path("/b/data"))
+    assert library_dir_name(Path("/a/data")).startswith("data-")
+    assert library_dir_name(Path("/")).startswith("library-")
+    assert library_dir_name(Path("/x/..hidden")).startswith("hidden-")
+    assert library_dir_name(Path("/x/" + "n" * 300)).split("-")[0] == "n" * 40
+
+
+def test_default_state_dir_systemd_then_legacy_then_per_library() -> None:
+    base, data = Path("/home/u/.local/state/ingestd"), Path("/srv/lib")
+    seen: list[Path] = []
+
+    def legacy(fits: bool) -> Callable[[Path], bool]:
+        def check(manifest: Path) -> bool:
+            seen.append(manifest)
+            return fits
+
+        return check
+
+    systemd = {"STATE_DIRECTORY": "/var/lib/ingestd:/other"}
+    assert default_state_dir(systemd, data, base, legacy(True)) == Path("/var/lib/ingestd")
+    assert seen == [], "under systemd the legacy manifest is not even looked at"
+    assert default_state_dir({}, data, base, legacy(True)) == base
+    assert seen == [base / "manifest.sqlite3"]
+    assert default_state_dir({}, data, base, legacy(False)) == (
+        base / "libraries" / library_dir_name(data)
+    )
+
+
+def test_two_data_dirs_get_two_state_dirs(tmp_path: Path, user_dirs: Path) -> None:
+    one = load_config(env={}, overrides={"data_dir": "one"}, cwd=tmp_path)
+    two = load_config(env={}, overrides={"data_dir": "two"}, cwd=tmp_path)
+    assert one.state_dir == user_dirs / "libraries" / library_dir_name(tmp_path / "one")
+    assert two.state_dir.parent == one.state_dir.parent and two.state_dir != one.state_dir
+    default = load_config(env={}, cwd=tmp_path)
+    assert default.data_dir == tmp_path / "home" / "share" / "ingestd"
+    assert default.state_dir.parent == user_dirs / "libraries"
+    # Set explicitly (flag, environment or file), the state dir is what it says.
+    explicit = load_config(env={}, overrides={"data_dir": "one", "state_dir": "s"}, cwd=tmp_path)
+    assert explicit.state_dir == tmp_path / "s"
+    env = {"INGESTD_STATE_DIR": str(tmp_path / "e")}
+    assert load_config(env=env, overrides={"data_dir": "one"}, cwd=tmp_path).state_dir == (
+        tmp_path / "e"
+    )
+
+
+def test_a_manifest_in_the_old_shared_place_stays_with_its_library(
+    tmp_path: Path, user_dirs: Path
+) -> None:
+    legacy = Manifest.open(user_dirs / "manifest.sqlite3")  # as an earlier version left it
+    legacy.close()
+
+    def state_dir(data: str) -> Path:
+        return load_config(env={}, overrides={"data_dir": data}, cwd=tmp_path).state_dir
+
+    # Nothing recorded yet: any library may adopt it (the first `run` records its own).
+    assert state_dir("one") == state_dir("two") == user_dirs
+    legacy = Manifest.open(user_dirs / "manifest.sqlite3")
+    legacy.bind_data_dir(tmp_path / "one")
+    legacy.close()
+    assert state_dir("one") == user_dirs
+    assert state_dir("two") == user_dirs / "libraries" / library_dir_name(tmp_path / "two")
+    (user_dirs / "manifest.sqlite3").write_bytes(b"not a database")
+    assert state_dir("two") == user_dirs, "an unreadable one is used, so its error shows"

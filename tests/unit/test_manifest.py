@@ -15,6 +15,7 @@ from ingestd.store.manifest import (
     Completion,
     Manifest,
     ManifestError,
+    WrongLibrary,
 )
 
 OLD = "https://h/v?expire=100"
@@ -243,7 +244,7 @@ def test_version_1_manifests_are_migrated_with_their_rows(tmp_path: Path) -> Non
     assert (items["pending"], items["done"]) == (1, 1)
     m.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'items'").fetchone()[0]
     assert "WITHOUT ROWID" not in sql
     indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -306,3 +307,61 @@ def test_status_totals_follow_every_change_without_scanning_items(manifest: Mani
     manifest.counts()
     manifest._conn.set_trace_callback(None)
     assert not [q for q in statements if " FROM items" in q], statements
+
+
+def test_the_first_bind_records_the_data_dir_and_another_is_refused(tmp_path: Path) -> None:
+    library, other = tmp_path / "library", tmp_path / "other"
+    library.mkdir()
+    (tmp_path / "alias").symlink_to(library)
+    m = Manifest.open(tmp_path / "state" / "manifest.sqlite3")
+    assert m.recorded_data_dir() is None
+    m.check_data_dir(other)  # nothing recorded: any data dir may read it
+    assert m.bind_data_dir(library) is None
+    assert m.recorded_data_dir() == str(library.resolve())
+    assert m.bind_data_dir(tmp_path / "alias") == str(library.resolve())  # the same folder
+    m.check_data_dir(tmp_path / "." / "library")
+    with pytest.raises(WrongLibrary) as refused:
+        m.bind_data_dir(other)
+    assert (refused.value.recorded, refused.value.wanted) == (str(library), str(other))
+    assert str(library) in str(refused.value) and str(other) in str(refused.value)
+    with pytest.raises(WrongLibrary):
+        m.check_data_dir(other)
+    assert m.recorded_data_dir() == str(library), "a refused bind changes nothing"
+    assert m.bind_data_dir(other, replace=True) == str(library)  # `ingestd rebind`
+    assert m.recorded_data_dir() == str(other)
+    m.close()
+    reader = Manifest.open(tmp_path / "state" / "manifest.sqlite3", readonly=True)
+    assert reader.recorded_data_dir() == str(other)
+    with pytest.raises(WrongLibrary):
+        reader.check_data_dir(library)
+    reader.close()
+
+
+def test_version_2_manifests_are_migrated_and_adopted_by_the_first_bind(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(_MIGRATIONS[1] + ";" + _MIGRATIONS[2] + "; PRAGMA user_version = 2;")
+    conn.execute(
+        "INSERT INTO items (aweme_id, url, topics, state, attempts, bytes, sources, record,"
+        " created_at, updated_at) VALUES ('7', 'https://h/v', '[\"a\"]', 'done', 1, 99,"
+        " '[\"e.json\"]', '{}', 1.0, 2.0)"
+    )
+    conn.close()
+    reader = Manifest.open(path, readonly=True)  # read before any daemon migrated it
+    assert reader.recorded_data_dir() is None
+    reader.check_data_dir(tmp_path / "anything")
+    assert reader.counts().items["done"] == 1
+    reader.close()
+    m = Manifest.open(path)
+    assert m.recorded_data_dir() is None
+    assert m.bind_data_dir(tmp_path / "library") is None
+    assert (m.counts().items["done"], m.counts().bytes_done) == (1, 99)
+    m.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'meta'").fetchone()[0]
+    assert "WITHOUT ROWID" in sql
+    assert conn.execute("SELECT key, value FROM meta").fetchall() == [
+        ("data_dir", str(tmp_path / "library"))
+    ]
+    conn.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,8 +26,8 @@ from ingestd.policy.naming import topic_folder
 if TYPE_CHECKING:  # the CLI reads the manifest without loading the extract parser
     from ingestd.policy.extract import Record
 
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)  # the columns readers use are the same in all
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)  # the columns readers use are the same in all
 _CHUNK = 500  # ids per SELECT ... IN (...) and records per write transaction
 
 # Every items column after the key, in order (both versions of the table share them).
@@ -120,11 +121,29 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE items ADD COLUMN durable_bytes INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE items ADD COLUMN total_bytes INTEGER;
     """,
+    # The manifest records the library (absolute data dir) it belongs to, so that it is never
+    # used for another one by mistake. `meta` holds such facts about the manifest as a whole.
+    4: """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 }
+_META_DATA_DIR = "data_dir"
 
 
 class ManifestError(Exception):
     """The manifest cannot be opened or used (corrupt, wrong version, disk trouble)."""
+
+
+class WrongLibrary(ManifestError):
+    """The manifest belongs to another data dir than the one it is opened for."""
+
+    def __init__(self, recorded: str, wanted: str) -> None:
+        self.recorded = recorded
+        self.wanted = wanted
+        super().__init__(f"the manifest belongs to the data dir {recorded}, not {wanted}")
 
 
 class MergeInterrupted(ManifestError):
@@ -257,6 +276,44 @@ class Manifest:
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise ManifestError(str(exc)) from exc
+
+    # --- the library it belongs to ---------------------------------------------------------
+
+    def recorded_data_dir(self) -> str | None:
+        """The data dir recorded by the first `ingestd run`, or None: not recorded yet (or a
+        schema before 4, read without migrating it)."""
+        if self._version < 4:
+            return None
+        try:
+            row = self._conn.execute(
+                "SELECT value FROM meta WHERE key = ?", (_META_DATA_DIR,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise ManifestError(str(exc)) from exc
+        return None if row is None else str(row[0])
+
+    def check_data_dir(self, data_dir: Path) -> None:
+        """Raise WrongLibrary if another data dir is recorded. None recorded is accepted."""
+        recorded = self.recorded_data_dir()
+        if recorded is not None and not same_dir(recorded, data_dir):
+            raise WrongLibrary(recorded, library_path(data_dir))
+
+    def bind_data_dir(self, data_dir: Path, *, replace: bool = False) -> str | None:
+        """Record `data_dir` (resolved) as this manifest's library; returns what was recorded
+        before. Another data dir already recorded raises WrongLibrary, unless `replace`."""
+        wanted = library_path(data_dir)
+        with self._write() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (_META_DATA_DIR,)).fetchone()
+            recorded = None if row is None else str(row[0])
+            if recorded is not None and not replace and not same_dir(recorded, data_dir):
+                raise WrongLibrary(recorded, wanted)
+            if recorded != wanted:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (_META_DATA_DIR, wanted),
+                )
+        return recorded
 
     # --- extracts -------------------------------------------------------------------------
 
@@ -614,6 +671,16 @@ class Manifest:
         if row is None:
             return None
         return {d[0]: v for d, v in zip(cur.description, row, strict=True)}
+
+
+def library_path(data_dir: str | Path) -> str:
+    """A data dir as recorded and compared: absolute, symlinks resolved."""
+    return os.path.realpath(data_dir)
+
+
+def same_dir(a: str | Path, b: str | Path) -> bool:
+    """True when both name the same folder once resolved."""
+    return library_path(a) == library_path(b)
 
 
 def _open_readonly(path: Path) -> sqlite3.Connection:
