@@ -134,3 +134,42 @@ def test_low_space_pauses_new_transfers_and_room_resumes_them(
             assert _published_are_whole(daemon, items) == len(items)
         finally:
             daemon.terminate()
+
+
+def test_a_read_only_media_folder_pauses_downloads_until_it_is_writable(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    records, items = _items(origin, prefix, 6)
+    daemon: Daemon = daemon_factory(concurrency=2, max_attempts=2, min_free_bytes=0)
+    daemon.media_dir.mkdir(parents=True, exist_ok=True)
+    with small_disk(daemon.media_dir, "64m"):
+        # Read-only while no file is open for writing (a busy filesystem cannot be remounted).
+        subprocess.run(["mount", "-o", "remount,ro", str(daemon.media_dir)], check=True)
+        daemon.start()
+        try:
+            daemon.drop_atomic("extract_20261201T030000.json", records)
+            paused = daemon.wait_for("downloads_paused", timeout=30)
+            assert paused["reason"] == "read_only", paused
+            assert str(daemon.media_dir) in paused["detail"]
+            names = {i.name for i in items}
+
+            def requests() -> int:
+                return sum(r.name in names for r in origin.requests())
+
+            at_pause, since = requests(), daemon.event_count()
+            assert at_pause <= 2  # the transfers that found out
+            quiet_from = time.monotonic()
+            while time.monotonic() - quiet_from < 3:
+                assert requests() == at_pause, "a request went out while paused"
+                assert daemon.event_count() == since, daemon.tail(5)
+                time.sleep(0.2)
+            subprocess.run(["mount", "-o", "remount,rw", str(daemon.media_dir)], check=True)
+            resumed = daemon.wait_for("downloads_resumed", since=since, timeout=90)
+            assert resumed["reason"] == "read_only"
+            daemon.wait_for_count("download_completed", len(items), timeout=40)
+            assert _published_are_whole(daemon, items) == len(items)
+            assert daemon.events("download_failed") == []
+            assert daemon.events("download_retry_scheduled") == []
+            assert {e["attempt"] for e in daemon.events("download_completed")} == {1}
+        finally:
+            daemon.terminate()

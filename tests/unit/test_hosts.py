@@ -89,3 +89,13 @@ def test_a_cancelled_probe_gives_no_verdict_and_frees_the_probe() -> None:
     assert hosts.finished("cdn", now, host_fault=False, cancelled=True) is None
     assert hosts.down() == ["cdn"]
     assert hosts.admit("cdn", now) is None  # a new probe may go
+
+
+def test_a_host_that_answered_meanwhile_makes_a_dead_transfer_the_items_own() -> None:
+    hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=8)
+    assert not hosts.served_since("cdn", 0.0)
+    assert hosts.admit("cdn", 0.0) is None and hosts.admit("cdn", 0.0) is None
+    hosts.finished("cdn", 5.0, host_fault=False)  # another transfer got its answer at 5
+    assert hosts.served_since("cdn", 1.0)  # so one that started at 1 and died is its own
+    assert not hosts.served_since("cdn", 6.0)  # one that started after: the host's, maybe
+    assert not hosts.served_since("other", 0.0)

@@ -98,3 +98,16 @@ def test_expiring_and_permanent_failures() -> None:
 def test_local_io_errors_do_not_use_up_attempts() -> None:
     d = decide(Failure(Reason.LOCAL_IO), 5, POLICY, 0.5)
     assert d.action is Action.RETRY and not d.count_attempt
+
+
+def test_host_faults_and_transport_failures_the_host_caused_spend_no_attempt() -> None:
+    policy = RetryPolicy(max_attempts=2, backoff_base=1.0, backoff_max=60.0)
+    for reason in (Reason.UNREACHABLE, Reason.RATE_LIMITED, Reason.UNAVAILABLE):
+        decision = decide(Failure(reason), 2, policy, 0.5)
+        assert (decision.action, decision.count_attempt) == (Action.RETRY, False), reason
+    lost = Failure(Reason.CONNECTION_ERROR, host_fault=True)
+    assert decide(lost, 2, policy, 0.5).action is Action.RETRY  # at max_attempts: not counted
+    own = Failure(Reason.CONNECTION_ERROR)
+    assert decide(own, 2, policy, 0.5).action is Action.FAILED
+    malformed = decide(Failure(Reason.MALFORMED), 1, policy, 0.5)
+    assert (malformed.action, malformed.count_attempt) == (Action.RETRY, True)

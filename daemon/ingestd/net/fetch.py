@@ -37,11 +37,14 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 class FetchFailed(Exception):
     """A request or its body failed; `reason` classifies it for the retry policy."""
 
-    def __init__(self, reason: Reason, detail: str = "", status: int | None = None) -> None:
+    def __init__(
+        self, reason: Reason, detail: str = "", status: int | None = None, host_fault: bool = False
+    ) -> None:
         super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
         self.reason = reason
         self.detail = detail
         self.status = status
+        self.host_fault = host_fault  # the connection died under several requests at once
 
 
 class SetupError(Exception):
@@ -157,6 +160,10 @@ def _translate_lean(exc: h2lean.H2Error, *, in_body: bool) -> FetchFailed:
         return FetchFailed(Reason.TIMEOUT, type(exc).__name__)
     if isinstance(exc, h2lean.MalformedResponse):
         return FetchFailed(Reason.MALFORMED, _describe(exc))
+    if isinstance(exc, h2lean.ConnectionLost):  # the host's, unless it died mid-body, alone
+        return FetchFailed(
+            Reason.CONNECTION_ERROR, _describe(exc), host_fault=exc.shared or not in_body
+        )
     if not in_body:
         return FetchFailed(Reason.CONNECTION_ERROR, _describe(exc))
     return FetchFailed(Reason.TRUNCATED, _describe(exc))

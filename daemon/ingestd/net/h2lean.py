@@ -121,6 +121,15 @@ class StreamFailed(H2Error):
         self.retry_safe = retry_safe
 
 
+class ConnectionLost(StreamFailed):
+    """The connection under the stream ended (closed by the peer, or found dead). `shared`:
+    other streams were open on it, so it was no single response's doing."""
+
+    def __init__(self, message: str, shared: bool = False) -> None:
+        super().__init__(message)
+        self.shared = shared
+
+
 class MalformedResponse(StreamFailed):
     """The server sent a response that breaks RFC 9113 8.1-8.3; its stream was reset."""
 
@@ -403,7 +412,9 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail_all(StreamFailed(f"connection lost: {exc or 'closed by peer'}"))
+        self._fail_all(
+            ConnectionLost(f"connection lost: {exc or 'closed by peer'}", self._shared())
+        )
         self.capacity.set()
         # A daemon meets many CDN hosts over weeks: a dead connection keeps no read buffer
         # (views already handed out keep theirs alive on their own), and leaves its pool.
@@ -622,6 +633,9 @@ class _Connection(asyncio.BufferedProtocol):
             stream.headers.set_exception(error)
         stream.wake()
 
+    def _shared(self) -> bool:
+        return sum(not s.ended and s.error is None for s in self._streams.values()) > 1
+
     def _fail_all(self, error: H2Error) -> None:
         for stream in list(self._streams.values()):
             if not stream.ended and stream.error is None:
@@ -769,7 +783,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         """Close the connection now."""
-        self._fail_all(StreamFailed("connection closed"))
+        self._fail_all(ConnectionLost("connection closed", self._shared()))
         self._close()
 
 

@@ -41,6 +41,7 @@ class _Host:
     down_since: float | None = None  # set while the host is reported unavailable
     probing: bool = False
     reason: str = ""
+    served_at: float = -1.0  # when a request last ended with an answer from the host
 
 
 class HostHealth:
@@ -59,6 +60,12 @@ class HostHealth:
     def down(self) -> list[str]:
         """Hosts reported unavailable now."""
         return [name for name, h in self._hosts.items() if h.down_since is not None]
+
+    def served_since(self, host: str, since: float) -> bool:
+        """True when `host` answered some request that ended after `since`: a transfer of
+        its that died meanwhile failed on its own account, not the host's."""
+        state = self._hosts.get(host)
+        return state is not None and state.served_at >= since
 
     def cooling_until(self, host: str) -> float:
         """When `host` may be tried again (0 when it may be now)."""
@@ -105,6 +112,7 @@ class HostHealth:
         if not host_fault:
             state.failures = 0
             state.cooling_until = 0.0
+            state.served_at = now
             if state.down_since is None:
                 return None
             down_s, state.down_since = now - state.down_since, None

@@ -57,6 +57,9 @@ EXPIRING = frozenset({Reason.FORBIDDEN, Reason.URL_EXPIRED})
 HOST_FAULTS = frozenset({Reason.UNREACHABLE, Reason.RATE_LIMITED, Reason.UNAVAILABLE})
 # Local faults (disk full, permissions) are not the item's fault either.
 NOT_COUNTED = HOST_FAULTS | {Reason.LOCAL_IO}
+# The connection died or went silent: the item's fault only if the host served other requests
+# meanwhile (the caller knows; it sets Failure.host_fault otherwise).
+TRANSPORT = frozenset({Reason.CONNECTION_ERROR, Reason.TIMEOUT})
 
 
 class Action(enum.StrEnum):
@@ -77,6 +80,7 @@ class Failure:
     detail: str = ""
     errno: int | None = None  # for LOCAL_IO: what the filesystem said, and about which path
     path: str | None = None
+    host_fault: bool = False  # the host failed us: no attempt is spent
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +155,7 @@ def decide(failure: Failure, attempt: int, policy: RetryPolicy, jitter: float) -
         return Decision(Action.EXPIRED, reason)
     if reason not in RETRYABLE:
         return Decision(Action.FAILED, reason)
-    counted = reason not in NOT_COUNTED
+    counted = reason not in NOT_COUNTED and not failure.host_fault
     if counted and attempt >= policy.max_attempts:
         return Decision(Action.FAILED, reason)
     if failure.retry_after is not None and reason in (Reason.RATE_LIMITED, Reason.UNAVAILABLE):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import errno
 import functools
 import os
@@ -28,6 +29,7 @@ from ingestd.policy.hosts import HostHealth
 from ingestd.policy.merge import State
 from ingestd.policy.retry import (
     HOST_FAULTS,
+    TRANSPORT,
     Action,
     Failure,
     Reason,
@@ -353,10 +355,16 @@ class DownloadPool:
         duration = round(time.monotonic() - started, 3)
         now = self._clock()
         failure = outcome if isinstance(outcome, Failure) else None
+        if failure is not None and (
+            failure.host_fault
+            or failure.reason in HOST_FAULTS
+            or (failure.reason in TRANSPORT and not self._hosts.served_since(host, now - duration))
+        ):
+            failure = outcome = dataclasses.replace(failure, host_fault=True)
         event = self._hosts.finished(
             host,
             now,
-            host_fault=failure is not None and failure.reason in HOST_FAULTS,
+            host_fault=failure is not None and failure.host_fault,
             reason=failure.reason.value if failure is not None else "",
             retry_after=failure.retry_after if failure is not None else None,
             jitter=self._jitter(),
@@ -434,8 +442,8 @@ class DownloadPool:
         decision = decide(failure, item.attempts, policy, self._jitter())
         now = self._clock()
         due = now + decision.delay
-        host_down = failure.reason in HOST_FAULTS and self._hosts.cooling_until(host) > now
-        if failure.reason in HOST_FAULTS:
+        host_down = failure.host_fault and self._hosts.cooling_until(host) > now
+        if failure.host_fault:
             due = max(due, self._hosts.cooling_until(host))
         target = {
             Action.RETRY: State.PENDING,

@@ -105,7 +105,7 @@ class Transfers:
             await attempt.checkpoint()  # stopping: what arrived is kept for the next run
             raise
         except FetchFailed as exc:
-            outcome = Failure(exc.reason, exc.status, detail=exc.detail)
+            outcome = Failure(exc.reason, exc.status, detail=exc.detail, host_fault=exc.host_fault)
         except OSError as exc:
             outcome = _local_failure(exc, part.path)
         except Exception as exc:  # a bug costs one attempt, never the daemon
