@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sqlite3
 import time
 from typing import Any
 
@@ -131,6 +132,18 @@ def test_sigkill_mid_download_then_restart_resumes(
     daemon.terminate()
 
 
+def test_a_crash_charges_the_running_item_not_those_claimed_ahead(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    daemon, _ = _one_running_one_claimed_ahead(daemon_factory, origin, prefix)
+    daemon.kill()
+    daemon.start()
+    daemon.wait_for("daemon_ready", timeout=15)
+    recovered = daemon.events("items_recovered")
+    assert [e["count"] for e in recovered] == [1], recovered
+    daemon.terminate()
+
+
 def test_power_loss_after_sigkill_never_publishes_bytes_that_were_not_durable(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:
@@ -213,8 +226,10 @@ def test_a_clean_stop_hands_back_running_and_claimed_ahead_items(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:
     # A clean stop must hand the running item and the one claimed ahead back to the queue,
-    # with the attempt that claiming counted given back too.
+    # with the attempt that starting counted given back too.
     daemon, items = _one_running_one_claimed_ahead(daemon_factory, origin, prefix)
+    status = daemon.status_json()["items"]  # `active` is what is in flight, nothing more
+    assert (status["active"], status["pending"]) == (1, 3), status
     assert daemon.terminate(timeout=10) < 10
     manifest = Manifest.open(daemon.state_dir / "manifest.sqlite3", readonly=True)
     try:
@@ -243,4 +258,30 @@ def test_pausing_for_disk_space_hands_back_items_claimed_ahead(
     items = daemon.status_json()["items"]
     assert (items["active"], items["done"], items["pending"]) == (0, 1, 3), items
     assert len(daemon.events("download_started")) == 1
+    daemon.terminate()
+
+
+def test_a_manifest_that_refuses_an_outcome_for_a_while_never_strands_the_item(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    aweme_id, name = new_id(random.Random(prefix)), f"{prefix}-locked"
+    url = origin.url(name, "slow", 256 * 1024, chunk=CHUNK, delay=0.3)  # about 1.2 s
+    daemon: Daemon = daemon_factory(timeout=5.0)
+    daemon.start()
+    daemon.drop_atomic("extract_20261201T170000.json", [make_record(aweme_id, url, TOPIC)])
+    daemon.wait_for("download_started", timeout=15)
+    blocker = sqlite3.connect(daemon.state_dir / "manifest.sqlite3", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the manifest past busy_timeout
+        failed = daemon.wait_for("download_bookkeeping_failed", timeout=20)
+        assert failed["aweme_id"] == aweme_id and "locked" in failed["error"], failed
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    done = daemon.wait_for("download_completed", timeout=40)
+    assert done["aweme_id"] == aweme_id
+    daemon.wait_until(
+        lambda: daemon.status_json()["items"]["done"] == 1, "the item is recorded done", timeout=10
+    )
+    assert daemon.status_json()["items"]["active"] == 0
     daemon.terminate()

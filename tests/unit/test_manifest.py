@@ -244,7 +244,7 @@ def test_version_1_manifests_are_migrated_with_their_rows(tmp_path: Path) -> Non
     assert (items["pending"], items["done"]) == (1, 1)
     m.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'items'").fetchone()[0]
     assert "WITHOUT ROWID" not in sql
     indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -358,10 +358,31 @@ def test_version_2_manifests_are_migrated_and_adopted_by_the_first_bind(tmp_path
     assert (m.counts().items["done"], m.counts().bytes_done) == (1, 99)
     m.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'meta'").fetchone()[0]
     assert "WITHOUT ROWID" in sql
     assert conn.execute("SELECT key, value FROM meta").fetchall() == [
         ("data_dir", str(tmp_path / "library"))
     ]
     conn.close()
+
+
+def test_items_claimed_ahead_are_held_not_active_and_cost_no_attempt(manifest: Manifest) -> None:
+    manifest.merge([r(str(i)) for i in range(5)], "e.json", now=1.0)
+    started, held = manifest.claim(now=2.0, start=1, hold=2)
+    assert [i.attempts for i in started] == [1] and [i.attempts for i in held] == [0, 0]
+    assert (manifest.counts().items["active"], manifest.counts().items["pending"]) == (1, 4)
+    again, more = manifest.claim(now=2.0, start=5, hold=5)  # held ones are not claimed twice
+    assert {i.aweme_id for i in again + more}.isdisjoint({i.aweme_id for i in started + held})
+    assert len(again) == 2 and more == []
+    assert manifest.next_due() is None  # nothing left that is not claimed
+    assert manifest.start_held([held[0].aweme_id], now=3.0) == [1]
+    assert manifest.counts().items["active"] == 4
+    manifest.release([held[1].aweme_id], now=4.0)  # handed back: still no attempt
+    assert manifest.item(held[1].aweme_id)["attempts"] == 0
+    assert manifest.start_held([held[1].aweme_id], now=5.0) == [None]
+    # A crash: the active ones paid an attempt, a held one did not.
+    (last,) = manifest.claim(now=6.0, start=0, hold=1)[1]
+    assert manifest.reset_active(now=7.0) == 4
+    assert manifest.item(last.aweme_id)["attempts"] == 0
+    assert manifest.claim_due(now=8.0, limit=10) != []

@@ -118,7 +118,7 @@ class DownloadPool:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Claimed ahead, in one transaction per batch, so a finishing transfer is replaced
         # without a manifest round trip. Released, like running ones, on shutdown.
-        self._ready: collections.deque[Item] = collections.deque()
+        self._ready: collections.deque[tuple[Item, bool]] = collections.deque()  # (item, held)
         self._completions = GroupCommit(db, db.manifest.complete_many)
         self._space_checked_at = -SPACE_RECHECK
         self._wake = asyncio.Event()
@@ -171,7 +171,7 @@ class DownloadPool:
                 self._relink_due = False
                 await self.relink()
             if not await self._local_ok():
-                await self._hand_back([item.aweme_id for item in self._ready], 0.0)
+                await self._hand_back([item.aweme_id for item, _ in self._ready], 0.0)
                 self._ready.clear()
                 pause = self._pause
                 recheck = IDLE_RECHECK if pause is None else pause.next_check - time.monotonic()
@@ -179,12 +179,17 @@ class DownloadPool:
                 continue
             concurrency = self._config.concurrency
             free = concurrency - len(self._tasks)
-            claimed: list[Item] = []
+            claimed = False
             if free > len(self._ready):
-                # Enough for the free slots and for the next `concurrency` to finish.
-                want = free + concurrency - len(self._ready)
-                claimed = await self._db.run(self._db.manifest.claim_due, self._clock(), want)
-                self._ready.extend(claimed)
+                # Enough for the free slots (started at once), and held for the next
+                # `concurrency` to finish: a finishing transfer is replaced without a claim.
+                start = free - len(self._ready)
+                started, held = await self._db.run(
+                    self._db.manifest.claim, self._clock(), start, concurrency
+                )
+                self._ready.extend([(item, False) for item in started])
+                self._ready.extend([(item, True) for item in held])
+                claimed = bool(started or held)
             await self._start_ready()
             if claimed and len(self._tasks) < concurrency:
                 continue  # there may be more due right now
@@ -197,15 +202,27 @@ class DownloadPool:
 
     async def _start_ready(self) -> None:
         """Start what the slots allow; items whose host is cooling down or full go back to the
-        queue, due when the host may take them, with their attempt handed back."""
+        queue, due when the host may take them, with no attempt counted."""
         deferred: dict[float, list[str]] = collections.defaultdict(list)
+        admitted: list[tuple[Item, bool]] = []
         now = self._clock()
-        while self._ready and len(self._tasks) < self._config.concurrency:
-            item = self._ready.popleft()
+        while self._ready and len(self._tasks) + len(admitted) < self._config.concurrency:
+            item, held = self._ready.popleft()
             later = self._hosts.admit(host_of(item.url), now)
-            if later is not None:
+            if later is None:
+                admitted.append((item, held))
+            else:
                 deferred[later].append(item.aweme_id)
-                continue
+        holding = [item.aweme_id for item, held in admitted if held]
+        started = await self._db.run(self._db.manifest.start_held, holding, now) if holding else []
+        attempts = iter(started)
+        for item, held in admitted:
+            if held:
+                attempt = next(attempts)
+                if attempt is None:  # handed back meanwhile
+                    self._hosts.finished(host_of(item.url), now, host_fault=False, cancelled=True)
+                    continue
+                item = dataclasses.replace(item, attempts=attempt)
             task = asyncio.create_task(self._download(item), name=f"dl-{item.aweme_id}")
             self._tasks[item.aweme_id] = task
             task.add_done_callback(functools.partial(self._forget, item.aweme_id))
@@ -232,7 +249,7 @@ class DownloadPool:
 
     async def shutdown(self) -> None:
         """Cancel transfers (their .part files stay) and hand their items back to the queue."""
-        ids = [*self._tasks, *(item.aweme_id for item in self._ready)]
+        ids = [*self._tasks, *(item.aweme_id for item, _ in self._ready)]
         self._ready.clear()
         await self._cancel_transfers()
         if ids:
@@ -336,7 +353,7 @@ class DownloadPool:
             task.cancel()
         if running:
             await asyncio.wait(running.values(), timeout=5.0)
-        ids = [*running, *(item.aweme_id for item in self._ready)]
+        ids = [*running, *(item.aweme_id for item, _ in self._ready)]
         self._ready.clear()
         await self._hand_back(ids, 0.0)
         self.wake()

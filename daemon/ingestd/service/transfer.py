@@ -34,7 +34,7 @@ from ingestd.policy.transfer import (
 from ingestd.policy.urls import check_url, is_expired, redact
 from ingestd.service.db import Db
 from ingestd.service.publish import Publisher
-from ingestd.store.manifest import Item
+from ingestd.store.manifest import Item, ManifestError
 
 RESUME_MIN_BYTES = 1024 * 1024  # smaller files restart from zero: not worth a manifest write
 WRITE_BATCH = 1024 * 1024  # bytes gathered before one write+hash in a worker thread
@@ -220,11 +220,17 @@ class _Attempt:
         await self._record(validator, total, self._part.durable if validator is not None else 0)
 
     async def _record(self, validator: str | None, total: int | None, durable: int) -> None:
-        if (validator, total, durable) != self._recorded:
-            self._recorded = (validator, total, durable)
+        if (validator, total, durable) == self._recorded:
+            return
+        try:
             await self._db.run(
                 self._db.manifest.set_part, self._item.aweme_id, validator, total, durable
             )
+        except ManifestError as exc:  # the transfer goes on; a resume starts from what is known
+            self._resumable = False
+            self._log.warning("checkpoint_failed", error=str(exc)[:200])
+            return
+        self._recorded = (validator, total, durable)
 
     async def checkpoint(self) -> None:
         """Make what was written durable and record it, so a resume may use it. Never raises."""

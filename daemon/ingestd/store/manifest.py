@@ -26,8 +26,8 @@ from ingestd.policy.naming import topic_folder
 if TYPE_CHECKING:  # the CLI reads the manifest without loading the extract parser
     from ingestd.policy.extract import Record
 
-SCHEMA_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)  # the columns readers use are the same in all
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)  # the columns readers use are the same in all
 _CHUNK = 500  # ids per SELECT ... IN (...) and records per write transaction
 
 # Every items column after the key, in order (both versions of the table share them).
@@ -128,6 +128,11 @@ _MIGRATIONS: dict[int, str] = {
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
     ) WITHOUT ROWID;
+    """,
+    # Items claimed ahead of a free slot are `held`: still pending (not in flight, no attempt
+    # counted), but no other claim takes them. `active` means in flight.
+    5: """
+    ALTER TABLE items ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
     """,
 }
 _META_DATA_DIR = "data_dir"
@@ -448,43 +453,76 @@ class Manifest:
     # --- the download queue ---------------------------------------------------------------
 
     def reset_active(self, now: float) -> int:
-        """Put items left `active` (by a crash) back to pending. Returns how many."""
+        """Put items left `active` (by a crash) back to pending, and let go of those that were
+        only claimed ahead. Returns how many were active: a crash costs those their attempt."""
         with self._write() as db:
+            db.execute("UPDATE items SET held = 0 WHERE held = 1")
             cur = db.execute(
                 "UPDATE items SET state = 'pending', updated_at = ? WHERE state = 'active'", (now,)
             )
             return cur.rowcount
 
     def release(self, ids: Iterable[str], now: float, due: float = 0.0) -> None:
-        """Return claimed items to pending, due at `due`, without using up an attempt (a clean
-        shutdown, a pause, a host cooling down)."""
+        """Return claimed items (running or held) to pending, due at `due`, without using up an
+        attempt (a clean shutdown, a pause, a host cooling down)."""
         with self._write() as db:
             db.executemany(
-                "UPDATE items SET state = 'pending', attempts = max(attempts - 1, 0),"
-                " next_attempt_at = max(next_attempt_at, ?), updated_at = ?"
-                " WHERE aweme_id = ? AND state = 'active'",
+                "UPDATE items SET held = 0, next_attempt_at = max(next_attempt_at, ?),"
+                " attempts = CASE state WHEN 'active' THEN max(attempts - 1, 0) ELSE attempts END,"
+                " state = 'pending', updated_at = ?"
+                " WHERE aweme_id = ? AND (state = 'active' OR held = 1)",
                 [(due, now, i) for i in ids],
             )
 
     def claim_due(self, now: float, limit: int) -> list[Item]:
         """Atomically move up to `limit` due pending items to active and return them."""
+        return self.claim(now, limit, 0)[0]
+
+    def claim(self, now: float, start: int, hold: int) -> tuple[list[Item], list[Item]]:
+        """In one transaction, the next due items: `start` of them made active (an attempt
+        counted), then `hold` more claimed ahead. Held items stay `pending` (they are not in
+        flight) with no attempt counted, until `start_held`; no other claim takes them."""
+        if start <= 0 and hold <= 0:
+            return [], []
+        with self._write() as db:
+            started = self._claim(db, now, "state = 'active', attempts = attempts + 1", start)
+            held = self._claim(db, now, "held = 1", hold)
+        return started, held
+
+    @staticmethod
+    def _claim(db: sqlite3.Connection, now: float, change: str, limit: int) -> list[Item]:
         if limit <= 0:
             return []
-        with self._write() as db:
-            rows = db.execute(
-                "UPDATE items SET state = 'active', attempts = attempts + 1, updated_at = ?"
-                " WHERE aweme_id IN (SELECT aweme_id FROM items WHERE state = 'pending'"
-                " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
-                " RETURNING aweme_id, url, topics, attempts, validator, durable_bytes,"
-                " total_bytes",
-                (now, now, limit),
-            ).fetchall()
+        rows = db.execute(
+            f"UPDATE items SET {change}, updated_at = ?"
+            " WHERE aweme_id IN (SELECT aweme_id FROM items WHERE state = 'pending'"
+            " AND held = 0 AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
+            " RETURNING aweme_id, url, topics, attempts, validator, durable_bytes, total_bytes",
+            (now, now, limit),
+        ).fetchall()
         return [Item(r[0], r[1], tuple(json.loads(r[2])), r[3], r[4], r[5], r[6]) for r in rows]
 
+    def start_held(self, ids: Sequence[str], now: float) -> list[int | None]:
+        """Make held items active, counting their attempt. Per id, in order: its attempt
+        number, or None when it is no longer held (handed back meanwhile)."""
+        with self._write() as db:
+            return [
+                None if row is None else int(row[0])
+                for row in (
+                    db.execute(
+                        "UPDATE items SET state = 'active', held = 0, attempts = attempts + 1,"
+                        " updated_at = ? WHERE aweme_id = ? AND held = 1 AND state = 'pending'"
+                        " RETURNING attempts",
+                        (now, aweme_id),
+                    ).fetchone()
+                    for aweme_id in ids
+                )
+            ]
+
     def next_due(self) -> float | None:
-        """The earliest retry time among pending items, or None when nothing is pending."""
+        """The earliest retry time among pending items not claimed, or None when none is."""
         row = self._conn.execute(
-            "SELECT min(next_attempt_at) FROM items WHERE state = 'pending'"
+            "SELECT min(next_attempt_at) FROM items WHERE state = 'pending' AND held = 0"
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
