@@ -203,8 +203,9 @@ class _Attempt:
         elif plan.start:
             await asyncio.to_thread(part.hash_existing)  # so the new bytes are hashed inline
         validator = strong_validator(response.header("etag"), response.header("last-modified"))
-        worth = plan.total is None or plan.total > RESUME_MIN_BYTES
-        await self._remember(validator if worth else None, plan.total)
+        if plan.total is not None and plan.total <= RESUME_MIN_BYTES:
+            validator = None  # not worth a manifest write: restarted from zero if need be
+        await self._remember(validator, plan.total if validator is not None else None)
         received = await self._receive(response, plan)
         if isinstance(received, Failure):
             return received
