@@ -273,22 +273,8 @@ class OriginServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Bounded shutdown: graceful first, then cancel whatever is still running."""
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            stop_event = self._stop_event
-            assert stop_event is not None
-            loop.call_soon_threadsafe(stop_event.set)
-            thread.join(timeout)
-            if thread.is_alive():
-
-                def _cancel_all() -> None:
-                    for task in asyncio.all_tasks(loop):
-                        task.cancel()
-
-                loop.call_soon_threadsafe(_cancel_all)
-                thread.join(timeout)
-            if thread.is_alive():
-                raise RuntimeError("origin server thread did not stop")
+        if self._loop is not None and self._thread is not None and self._stop_event is not None:
+            stop_loop_thread(self._loop, self._thread, self._stop_event, timeout, "origin server")
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -605,6 +591,31 @@ class OriginServer:
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         record.finished = True
+
+
+def stop_loop_thread(
+    loop: asyncio.AbstractEventLoop,
+    thread: threading.Thread,
+    stop: asyncio.Event,
+    timeout: float,
+    what: str,
+) -> None:
+    """Stop a server running on its own loop in `thread`: set `stop`, then cancel every task
+    if it has not ended within `timeout`; bounded either way."""
+    if not thread.is_alive():
+        return
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(timeout)
+    if thread.is_alive():
+
+        def cancel_all() -> None:
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+
+        loop.call_soon_threadsafe(cancel_all)
+        thread.join(timeout)
+    if thread.is_alive():
+        raise RuntimeError(f"{what} thread did not stop")
 
 
 async def _simple(send: Send, status: int, body: bytes, content_type: str) -> None:

@@ -67,7 +67,7 @@ import h2.exceptions
 import hpack
 import trustme
 
-from support.origin import DEFAULT_SIZE, LAST_MODIFIED, content, etag
+from support.origin import DEFAULT_SIZE, LAST_MODIFIED, content, etag, stop_loop_thread
 
 Field = tuple[str | bytes, str | bytes]
 Header = tuple[bytes, bytes]
@@ -517,20 +517,8 @@ class RawOrigin:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Bounded: close everything, then cancel whatever still runs."""
-        loop, thread, stopping = self._loop, self._thread, self._stopping
-        if loop is not None and thread is not None and stopping is not None and thread.is_alive():
-            loop.call_soon_threadsafe(stopping.set)
-            thread.join(timeout)
-            if thread.is_alive():
-
-                def cancel_all() -> None:
-                    for task in asyncio.all_tasks(loop):
-                        task.cancel()
-
-                loop.call_soon_threadsafe(cancel_all)
-                thread.join(timeout)
-            if thread.is_alive():
-                raise RuntimeError("raw origin thread did not stop")
+        if self._loop is not None and self._thread is not None and self._stopping is not None:
+            stop_loop_thread(self._loop, self._thread, self._stopping, timeout, "raw origin")
         if self._listener is not None:
             self._listener.close()
             self._listener = None
