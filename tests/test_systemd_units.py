@@ -61,6 +61,7 @@ def test_unit_contract() -> None:
         "Type=notify",
         "NotifyAccess=main",
         "Restart=on-failure",
+        "RestartPreventExitStatus=2 4",
         "KillMode=mixed",
         "StateDirectory=ingestd",
         "LogsDirectory=ingestd",
