@@ -26,6 +26,7 @@ DEFAULT_USER_AGENT = (
 DEFAULT_REFERER = "https://www.tiktok.com/"
 MANIFEST_NAME = "manifest.sqlite3"
 LIBRARIES = "libraries"  # <user state dir>/libraries/<one folder per data dir>
+LOG_NAME = "ingestd.jsonl"
 LogFormat = Literal["auto", "json", "console"]
 
 
@@ -251,16 +252,30 @@ def legacy_manifest_fits(data_dir: Path) -> Callable[[Path], bool]:
     return fits
 
 
+def default_log_file(env: Mapping[str, str], data_dir: Path, base: Path, shared: bool) -> Path:
+    """The event file when none is configured: `$LOGS_DIRECTORY/ingestd.jsonl` under systemd,
+    else one per library under `base` (the platformdirs user log dir), so that two libraries
+    never write and rotate one file; `shared`: the library keeps the old shared manifest, and
+    with it the old shared `<base>/ingestd.jsonl`."""
+    systemd = _systemd_dir(env, "LOGS_DIRECTORY")
+    if systemd is not None:
+        return systemd / LOG_NAME
+    if shared:
+        return base / LOG_NAME
+    return base / LIBRARIES / f"{library_dir_name(data_dir)}.jsonl"
+
+
 def _defaults(env: Mapping[str, str], values: Mapping[str, object]) -> dict[str, object]:
-    logs = _systemd_dir(env, "LOGS_DIRECTORY") or Path(platformdirs.user_log_dir(APP_NAME))
     data_dir = cast(Path, values.get("data_dir") or Path(platformdirs.user_data_dir(APP_NAME)))
-    defaults: dict[str, object] = {"data_dir": data_dir, "log_file": logs / "ingestd.jsonl"}
-    if "state_dir" not in values:
-        resolved = Path(library_path(data_dir))
-        base = Path(platformdirs.user_state_dir(APP_NAME))
-        defaults["state_dir"] = default_state_dir(
-            env, resolved, base, legacy_manifest_fits(resolved)
-        )
+    resolved = Path(library_path(data_dir))
+    base = Path(platformdirs.user_state_dir(APP_NAME))
+    defaults: dict[str, object] = {"data_dir": data_dir}
+    state_dir = values.get("state_dir")
+    if state_dir is None:
+        state_dir = default_state_dir(env, resolved, base, legacy_manifest_fits(resolved))
+        defaults["state_dir"] = state_dir
+    logs = Path(platformdirs.user_log_dir(APP_NAME))
+    defaults["log_file"] = default_log_file(env, resolved, logs, shared=state_dir == base)
     return defaults
 
 

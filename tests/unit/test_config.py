@@ -8,6 +8,7 @@ import pytest
 
 from ingestd.config import (
     ConfigError,
+    default_log_file,
     default_state_dir,
     library_dir_name,
     load_config,
@@ -126,6 +127,20 @@ def test_default_state_dir_systemd_then_legacy_then_per_library() -> None:
     assert default_state_dir({}, data, base, legacy(False)) == (
         base / "libraries" / library_dir_name(data)
     )
+
+
+def test_two_libraries_never_share_an_event_file(tmp_path: Path, user_dirs: Path) -> None:
+    one = load_config(env={}, overrides={"data_dir": "one"}, cwd=tmp_path)
+    two = load_config(env={}, overrides={"data_dir": "two", "state_dir": "s"}, cwd=tmp_path)
+    assert one.log_file is not None and two.log_file is not None
+    assert one.log_file.parent == two.log_file.parent and one.log_file != two.log_file
+    assert one.log_file.name == library_dir_name(tmp_path / "one") + ".jsonl"
+    assert default_log_file({"LOGS_DIRECTORY": "/var/log/ingestd"}, tmp_path, tmp_path, False) == (
+        Path("/var/log/ingestd/ingestd.jsonl")
+    )
+    assert default_log_file({}, tmp_path / "x", tmp_path, shared=True) == tmp_path / "ingestd.jsonl"
+    named = load_config(env={}, overrides={"data_dir": "one", "log_file": "e.jsonl"}, cwd=tmp_path)
+    assert named.log_file == tmp_path / "e.jsonl"
 
 
 def test_two_data_dirs_get_two_state_dirs(tmp_path: Path, user_dirs: Path) -> None:
