@@ -166,15 +166,17 @@ class RateFloor:
     def __init__(self, min_rate: int, window: float, now: float) -> None:
         self._min_rate = min_rate
         self._window = window
-        self._started = now
         self._rate = 0.0
         # (time, bytes so far), at most one a second: bounded by the window, not by the peer.
         self._marks: collections.deque[tuple[float, int]] = collections.deque([(now, 0)])
+        # Asking before this changes nothing: callers on a hot path skip the call until then.
+        self.next_check = now + 1.0 if min_rate > 0 else float("inf")
 
     def too_slow(self, received: int, now: float) -> bool:
         """Note that `received` bytes have arrived in all by `now`; True when too slow."""
         if self._min_rate <= 0:
             return False
+        self.next_check = now + 1.0
         marks = self._marks
         if now - marks[-1][0] >= 1.0:
             marks.append((now, received))

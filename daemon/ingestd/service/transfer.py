@@ -289,7 +289,7 @@ class _Attempt:
                         return Failure(Reason.NOT_VIDEO, detail="no ftyp box")
                     checked = True
                 now = time.monotonic()
-                if floor.too_slow(received, now):
+                if now >= floor.next_check and floor.too_slow(received, now):
                     await flush()
                     return Failure(Reason.TOO_SLOW, response.status, detail=floor.describe())
                 if checked and (pending_size >= WRITE_BATCH or now - last_flush >= FLUSH_SECONDS):
