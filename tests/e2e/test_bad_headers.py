@@ -164,6 +164,15 @@ CASES = [
         ["truncated", "range_mismatch"],
     ),
     Case(
+        "range_other_version",  # If-Range ignored: a 206 of another version is never spliced
+        LARGE,
+        lambda n: [
+            Reply(limit=HALF, end="reset"),
+            Reply(status=206, override=[("etag", '"another-version"')]),
+        ],
+        ["truncated", "range_mismatch"],
+    ),
+    Case(
         "range_416_complete",  # every byte arrived, then a reset: the resume gets 416
         LARGE,
         lambda n: [Reply(end="reset")],

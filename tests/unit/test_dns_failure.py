@@ -55,10 +55,14 @@ async def test_a_name_that_does_not_resolve_is_unreachable(
     hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=8)
     events = []
     for now in (0.0, 1.0):
-        assert hosts.admit("cdn.example.invalid:443", now) is None
+        assert hosts.admit("cdn.example.invalid:443", now, "item") is None
         events.append(
             hosts.finished(
-                "cdn.example.invalid:443", now, host_fault=True, reason=decision.reason.value
+                "cdn.example.invalid:443",
+                now,
+                "item",
+                host_fault=True,
+                reason=decision.reason.value,
             )
         )
     assert events[0] is None and events[1] is not None

@@ -7,16 +7,16 @@ import pytest
 from ingestd.policy.hosts import HOST_FAILURES_TO_COOL, PROBE_WAIT, HostHealth
 
 
-def fail(hosts: HostHealth, now: float, **kw: object) -> object:
-    assert hosts.admit("cdn", now) is None
-    return hosts.finished("cdn", now, host_fault=True, reason="unreachable", **kw)  # type: ignore[arg-type]
+def fail(hosts: HostHealth, now: float, ticket: str = "t", **kw: object) -> object:
+    assert hosts.admit("cdn", now, ticket) is None
+    return hosts.finished("cdn", now, ticket, host_fault=True, reason="unreachable", **kw)  # type: ignore[arg-type]
 
 
 def test_one_failure_is_not_an_outage_two_in_a_row_are() -> None:
     hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=8)
     assert fail(hosts, 0.0) is None
-    assert hosts.admit("cdn", 0.1) is None  # still admitted after one failure
-    assert hosts.finished("cdn", 0.1, host_fault=False) is None  # ... which it then forgets
+    assert hosts.admit("cdn", 0.1, "t") is None  # still admitted after one failure
+    assert hosts.finished("cdn", 0.1, "t", host_fault=False) is None  # ... which it then forgets
     assert fail(hosts, 1.0) is None
     event = fail(hosts, 2.0)
     assert event is not None and event.event == "host_unavailable"  # type: ignore[attr-defined]
@@ -30,32 +30,35 @@ def test_a_cooling_host_admits_nothing_then_one_probe_whose_failure_doubles_the_
         fail(hosts, float(i), jitter=0.0)
     until = hosts.cooling_until("cdn")
     assert until == pytest.approx(1.5)  # base/2 with no jitter
-    assert hosts.admit("cdn", 1.2) == until
-    assert hosts.admit("cdn", until) is None  # the probe
-    assert hosts.admit("cdn", until) == until + PROBE_WAIT  # only one probe at a time
+    assert hosts.admit("cdn", 1.2, "t") == until
+    assert hosts.admit("cdn", until, "t") is None  # the probe
+    assert hosts.admit("cdn", until, "t") == until + PROBE_WAIT  # only one probe at a time
     waits = []
     now = until
     for _ in range(12):
-        assert hosts.finished("cdn", now, host_fault=True, reason="unreachable", jitter=0.0) is None
+        assert (
+            hosts.finished("cdn", now, "t", host_fault=True, reason="unreachable", jitter=0.0)
+            is None
+        )
         wait = hosts.cooling_until("cdn") - now
         waits.append(wait)
         now = hosts.cooling_until("cdn")
-        assert hosts.admit("cdn", now) is None
+        assert hosts.admit("cdn", now, "t") is None
     assert waits[:4] == pytest.approx([1.0, 2.0, 4.0, 8.0])
     assert max(waits) == pytest.approx(450.0)  # host_backoff_max 900, halved without jitter
-    event = hosts.finished("cdn", now, host_fault=False)
+    event = hosts.finished("cdn", now, "t", host_fault=False)
     assert event is not None and event.event == "host_recovered"
     assert event.down_s == pytest.approx(now - 1.0)
-    assert hosts.down() == [] and hosts.admit("cdn", now) is None
+    assert hosts.down() == [] and hosts.admit("cdn", now, "t") is None
 
 
 def test_failures_of_requests_sent_before_the_cooldown_do_not_stretch_it() -> None:
     hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=8)
     for _ in range(8):  # eight transfers in flight when the network goes
-        assert hosts.admit("cdn", 0.0) is None
+        assert hosts.admit("cdn", 0.0, "t") is None
     events = [
-        hosts.finished("cdn", 0.1, host_fault=True, reason="unreachable", jitter=0.0)
-        for _ in range(8)
+        hosts.finished("cdn", 0.1, f"t{i}", host_fault=True, reason="unreachable", jitter=0.0)
+        for i in range(8)
     ]
     assert [e.event for e in events if e is not None] == ["host_unavailable"]
     assert hosts.cooling_until("cdn") == pytest.approx(0.6)
@@ -65,7 +68,7 @@ def test_retry_after_cools_the_whole_host_at_once_within_the_cap() -> None:
     hosts = HostHealth(backoff_base=1.0, backoff_max=100.0, slots=8)
     event = fail(hosts, 10.0, retry_after=30.0)
     assert event is not None and event.retry_in_s == 30.0  # type: ignore[attr-defined]
-    assert hosts.admit("cdn", 39.0) == 40.0
+    assert hosts.admit("cdn", 39.0, "t") == 40.0
     hosts2 = HostHealth(backoff_base=1.0, backoff_max=100.0, slots=8)
     fail(hosts2, 0.0, retry_after=10**9)
     assert hosts2.cooling_until("cdn") == 100.0
@@ -73,11 +76,11 @@ def test_retry_after_cools_the_whole_host_at_once_within_the_cap() -> None:
 
 def test_per_host_slots_and_other_hosts_are_independent() -> None:
     hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=2)
-    assert hosts.admit("a", 0.0) is None and hosts.admit("a", 0.0) is None
-    assert hosts.admit("a", 0.0) == PROBE_WAIT
-    assert hosts.admit("b", 0.0) is None
-    hosts.finished("a", 1.0, host_fault=False)
-    assert hosts.admit("a", 1.0) is None
+    assert hosts.admit("a", 0.0, "t") is None and hosts.admit("a", 0.0, "t") is None
+    assert hosts.admit("a", 0.0, "t") == PROBE_WAIT
+    assert hosts.admit("b", 0.0, "t") is None
+    hosts.finished("a", 1.0, "t", host_fault=False)
+    assert hosts.admit("a", 1.0, "t") is None
 
 
 def test_a_cancelled_probe_gives_no_verdict_and_frees_the_probe() -> None:
@@ -85,17 +88,56 @@ def test_a_cancelled_probe_gives_no_verdict_and_frees_the_probe() -> None:
     for i in range(HOST_FAILURES_TO_COOL):
         fail(hosts, float(i), jitter=0.0)
     now = hosts.cooling_until("cdn")
-    assert hosts.admit("cdn", now) is None
-    assert hosts.finished("cdn", now, host_fault=False, cancelled=True) is None
+    assert hosts.admit("cdn", now, "t") is None
+    assert hosts.finished("cdn", now, "t", host_fault=False, cancelled=True) is None
     assert hosts.down() == ["cdn"]
-    assert hosts.admit("cdn", now) is None  # a new probe may go
+    assert hosts.admit("cdn", now, "t") is None  # a new probe may go
 
 
 def test_a_host_that_answered_meanwhile_makes_a_dead_transfer_the_items_own() -> None:
     hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=8)
     assert not hosts.served_since("cdn", 0.0)
-    assert hosts.admit("cdn", 0.0) is None and hosts.admit("cdn", 0.0) is None
-    hosts.finished("cdn", 5.0, host_fault=False)  # another transfer got its answer at 5
+    assert hosts.admit("cdn", 0.0, "t") is None and hosts.admit("cdn", 0.0, "t") is None
+    hosts.finished("cdn", 5.0, "t", host_fault=False)  # another transfer got its answer at 5
     assert hosts.served_since("cdn", 1.0)  # so one that started at 1 and died is its own
     assert not hosts.served_since("cdn", 6.0)  # one that started after: the host's, maybe
     assert not hosts.served_since("other", 0.0)
+
+
+def test_only_the_probe_ends_a_probe_and_requests_never_sent_give_no_verdict() -> None:
+    hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=8)
+    assert hosts.admit("cdn", 0.0, "old") is None  # in flight when the host goes down
+    fail(hosts, 0.1, "a", jitter=0.0)
+    fail(hosts, 0.2, "b", jitter=0.0)
+    now = hosts.cooling_until("cdn")
+    assert hosts.admit("cdn", now, "probe") is None
+    # The old transfer is stopped: its end must not end the probe, nor judge the host.
+    assert hosts.finished("cdn", now, "old", host_fault=False, cancelled=True) is None
+    assert hosts.admit("cdn", now, "second") == now + PROBE_WAIT
+    # An item whose URL expired before any request says nothing about the host either.
+    assert hosts.finished("cdn", now, "probe", host_fault=False, cancelled=True) is None
+    assert hosts.down() == ["cdn"]
+
+
+def test_a_transfer_from_before_the_cooldown_that_ends_well_is_no_recovery() -> None:
+    hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=8)
+    assert hosts.admit("cdn", 0.0, "old") is None  # its bytes were all in when the host went
+    fail(hosts, 0.1, "a", jitter=0.0)
+    fail(hosts, 0.2, "b", jitter=0.0)
+    assert hosts.finished("cdn", 0.3, "old", host_fault=False) is None
+    assert hosts.down() == ["cdn"]
+    now = hosts.cooling_until("cdn")
+    assert hosts.admit("cdn", now, "probe") is None
+    event = hosts.finished("cdn", now, "probe", host_fault=False)
+    assert event is not None and event.event == "host_recovered"
+
+
+def test_connections_lost_together_went_down_with_their_host() -> None:
+    hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=8)
+    hosts.lost("cdn", 10.0)
+    assert not hosts.went_down("cdn", 10.0, 11.0)  # alone: the item's own
+    hosts.lost("cdn", 10.3)
+    assert hosts.went_down("cdn", 10.0, 11.0) and hosts.went_down("cdn", 10.3, 11.3)
+    hosts.lost("cdn", 60.0)
+    assert not hosts.went_down("cdn", 60.0, 61.0)
+    assert not hosts.went_down("other", 60.0, 61.0)

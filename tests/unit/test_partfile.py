@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,30 @@ def test_truncate_to_a_point_keeps_the_digest_honest(tmp_path: Path) -> None:
     digest = part.publish(tmp_path / "t" / "6.mp4")
     assert (tmp_path / "t" / "6.mp4").read_bytes() == b"good|fine"
     assert digest == hashlib.sha256(b"good|fine").hexdigest()
+
+
+def test_after_a_failed_fsync_nothing_is_durable_or_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Linux reports a writeback error to one fsync only; the next one returns 0 over lost pages.
+    part = PartFile.fresh_in(tmp_path, Path("t/7.mp4"))
+    part.write([b"kept"], sync=True)
+    assert part.durable == 4
+    real_fsync, calls = os.fsync, []
+
+    def fsync_fails_once(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_fails_once)
+    with pytest.raises(OSError):
+        part.write([b"lost?"], sync=True)
+    assert part.durable == 4
+    with pytest.raises(OSError, match="earlier fsync"):
+        part.sync()
+    assert part.durable == 4
+    with pytest.raises(OSError, match="earlier fsync"):
+        part.publish(tmp_path / "t" / "7.mp4")
+    assert not (tmp_path / "t" / "7.mp4").exists()

@@ -1,6 +1,7 @@
 """Retry policy: classification, Retry-After, backoff and the decision table (no clock, no I/O)."""
 
 import email.utils
+import errno
 
 import pytest
 
@@ -95,9 +96,14 @@ def test_expiring_and_permanent_failures() -> None:
         assert decide(Failure(reason), 1, POLICY, 0).action is Action.FAILED
 
 
-def test_local_io_errors_do_not_use_up_attempts() -> None:
-    d = decide(Failure(Reason.LOCAL_IO), 5, POLICY, 0.5)
-    assert d.action is Action.RETRY and not d.count_attempt
+def test_a_full_disk_spends_no_attempt_but_an_items_own_local_error_does() -> None:
+    for space in (errno.ENOSPC, errno.EDQUOT):
+        d = decide(Failure(Reason.LOCAL_IO, errno=space), 5, POLICY, 0.5)
+        assert d.action is Action.RETRY and not d.count_attempt
+    # e.g. a .part owned by another user, once the pool found its folder takes files
+    own = decide(Failure(Reason.LOCAL_IO, errno=errno.EACCES), 5, POLICY, 0.5)
+    assert own.action is Action.FAILED
+    assert decide(Failure(Reason.LOCAL_IO, errno=errno.EACCES), 1, POLICY, 0.5).count_attempt
 
 
 def test_host_faults_and_transport_failures_the_host_caused_spend_no_attempt() -> None:

@@ -149,3 +149,24 @@ def test_rate_floor_looks_at_the_last_window_only() -> None:
 def test_rate_floor_zero_is_off() -> None:
     floor = RateFloor(min_rate=0, window=1.0, now=0.0)
     assert not floor.too_slow(0, 1000.0)
+
+
+def test_plan_206_of_another_version_is_never_spliced() -> None:
+    same = plan_response(
+        206, 1000, 5000, "4000", "bytes 1000-4999/5000", sent_validator='"v1"', validator='"v1"'
+    )
+    assert same == Receive(1000, 4000, 5000)
+    other = plan_response(
+        206, 1000, 5000, "4000", "bytes 1000-4999/5000", sent_validator='"v1"', validator='"v2"'
+    )
+    assert isinstance(other, Reject) and other.discard
+    assert other.failure.reason is Reason.RANGE_MISMATCH
+    silent = plan_response(206, 1000, 5000, "4000", "bytes 1000-4999/5000", sent_validator='"v1"')
+    assert silent == Receive(1000, 4000, 5000)  # no validator in the answer: nothing to compare
+
+
+def test_plan_a_body_ended_only_by_the_connection_closing_is_refused() -> None:
+    assert plan_response(200, 0, None, None, None, framed=True) == Receive(0, None, None)
+    unframed = plan_response(200, 0, None, None, None, framed=False)
+    assert isinstance(unframed, Reject) and unframed.failure.reason is Reason.MALFORMED
+    assert plan_response(200, 0, None, "10", None, framed=False) == Receive(0, 10, 10)

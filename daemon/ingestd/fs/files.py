@@ -157,6 +157,7 @@ class PartFile:
         self._unopened = fresh  # opened (and emptied) by the first call that needs it
         self.size = 0
         self.durable = 0  # bytes known to be on stable storage (fsynced)
+        self._poisoned = False  # an fsync failed: see _fsync
         self._hash = hashlib.sha256()
         self._hashed = 0
         if not fresh:
@@ -238,9 +239,21 @@ class PartFile:
         """fsync what was written; returns the durable size."""
         with self._lock:
             if self._fd is not None:
-                os.fsync(self._fd)
+                self._fsync(self._fd)
                 self.durable = self.size
             return self.durable
+
+    def _fsync(self, fd: int) -> None:
+        # Linux reports a writeback error to one fsync only: a later one "succeeds" over the
+        # lost pages. So after one failure nothing here is trusted again: no durable offset
+        # moves, nothing is published; the next attempt cuts back to the last one recorded.
+        if self._poisoned:
+            raise OSError(errno.EIO, f"an earlier fsync of {self._path} failed")
+        try:
+            os.fsync(fd)
+        except OSError:
+            self._poisoned = True
+            raise
 
     def write(self, chunks: Sequence[bytes | memoryview], *, sync: bool = False) -> None:
         """Append `chunks` and hash them; with `sync`, fsync them too (a checkpoint)."""
@@ -260,7 +273,7 @@ class PartFile:
                 self._hashed = offset
             self.size = offset
             if sync:
-                os.fsync(fd)
+                self._fsync(fd)
                 self.durable = offset
 
     def publish(self, final: Path) -> str:
@@ -270,7 +283,7 @@ class PartFile:
             fd = self._require_fd()
             if self._hashed != self.size:
                 raise OSError(errno.EIO, "digest does not cover the whole file")
-            os.fsync(fd)
+            self._fsync(fd)
             os.close(fd)
             self._fd = None
             os.rename(self._path, final)

@@ -264,6 +264,15 @@ class Response:
         """A response header (name in lower case), or None."""
         return self._headers.get(name)
 
+    @property
+    def framed(self) -> bool:
+        """The protocol marks the body's end (HTTP/2 END_STREAM, HTTP/1.1 chunked), so a body
+        without Content-Length is known to be whole when it ends; a body ended by the
+        connection's close is not."""
+        if self.http_version == "HTTP/2":
+            return True
+        return "chunked" in (self.header("transfer-encoding") or "").lower()
+
     async def batches(self) -> AsyncIterator[Sequence[Chunk]]:
         """The body as it arrives, undecoded, in batches of chunks. Raises FetchFailed.
 

@@ -10,7 +10,8 @@ a cooling host spend none of their attempts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import collections
+from dataclasses import dataclass, field
 
 from ingestd.policy.retry import backoff_delay
 
@@ -19,6 +20,9 @@ HOST_FAILURES_TO_COOL = 2  # one lost SYN is not an outage; two in a row stop th
 PROBE_WAIT = 1.0
 # Hosts remembered; the healthy ones with nothing in flight are forgotten first.
 MAX_HOSTS = 4096
+# Connections lost this close together (seconds), this many times, went down with their host.
+LOSS_WINDOW = 2.0
+LOSS_BURST = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +43,13 @@ class _Host:
     failures: int = 0  # host faults in a row
     cooling_until: float = 0.0
     down_since: float | None = None  # set while the host is reported unavailable
-    probing: bool = False
+    probe: str | None = None  # the ticket of the request probing the host, while one is out
     reason: str = ""
     served_at: float = -1.0  # when a request last ended with an answer from the host
+    # When its last connections died under a single transfer (a burst is the host's fault).
+    losses: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=LOSS_BURST)
+    )
 
 
 class HostHealth:
@@ -67,15 +75,30 @@ class HostHealth:
         state = self._hosts.get(host)
         return state is not None and state.served_at >= since
 
+    def lost(self, host: str, now: float) -> None:
+        """A connection died under one transfer of `host` (judged later by `went_down`)."""
+        self._hosts.setdefault(host, _Host()).losses.append(now)
+
+    def went_down(self, host: str, at: float, now: float) -> bool:
+        """Whether a transfer lost at `at` went down with its host: the host is cooling down
+        now, or other connections of its died around the same time."""
+        state = self._hosts.get(host)
+        if state is None:
+            return False
+        if state.cooling_until > now:
+            return True
+        near = [t for t in state.losses if abs(t - at) <= LOSS_WINDOW]
+        return len(near) >= LOSS_BURST
+
     def cooling_until(self, host: str) -> float:
         """When `host` may be tried again (0 when it may be now)."""
         state = self._hosts.get(host)
         return 0.0 if state is None else state.cooling_until
 
-    def admit(self, host: str, now: float) -> float | None:
-        """Take a slot on `host` for one request: None when taken, else the earliest time to
-        ask again (the end of a cooldown; a little later while a probe is out or the host's
-        slots are all taken)."""
+    def admit(self, host: str, now: float, ticket: str) -> float | None:
+        """Take a slot on `host` for the request `ticket` names: None when taken, else the
+        earliest time to ask again (the end of a cooldown; a little later while a probe is
+        out or the host's slots are all taken). `finished` gives the slot back."""
         state = self._hosts.get(host)
         if state is None:
             if len(self._hosts) >= MAX_HOSTS:
@@ -83,10 +106,10 @@ class HostHealth:
             state = self._hosts[host] = _Host()
         if now < state.cooling_until:
             return state.cooling_until
-        if state.probing or state.in_flight >= self._slots:
+        if state.probe is not None or state.in_flight >= self._slots:
             return now + PROBE_WAIT
         if state.down_since is not None:
-            state.probing = True  # the single request that tests a host coming back
+            state.probe = ticket  # the single request that tests a host coming back
         state.in_flight += 1
         return None
 
@@ -94,6 +117,7 @@ class HostHealth:
         self,
         host: str,
         now: float,
+        ticket: str,
         *,
         host_fault: bool,
         reason: str = "",
@@ -102,13 +126,18 @@ class HostHealth:
         cancelled: bool = False,
     ) -> HostEvent | None:
         """Release the slot `admit` gave; `host_fault` says the host failed us (no connection,
-        429 or 503), `cancelled` that the request ended without a verdict. Returns the event
-        to log, if the host went down or came back."""
+        429 or 503), `cancelled` that the request ended without a verdict (it never reached
+        the host, or was stopped). Returns the event to log, if the host went down or came
+        back. Only the probe's own end ends a probe."""
         state = self._hosts.setdefault(host, _Host(in_flight=1))
         state.in_flight = max(state.in_flight - 1, 0)
-        probe, state.probing = state.probing, False
+        probe = state.probe == ticket
+        if probe:
+            state.probe = None
         if cancelled:
             return None
+        if state.down_since is not None and not probe:
+            return None  # sent before the cooldown began: says nothing new, either way
         if not host_fault:
             state.failures = 0
             state.cooling_until = 0.0
@@ -117,8 +146,6 @@ class HostHealth:
                 return None
             down_s, state.down_since = now - state.down_since, None
             return HostEvent("host_recovered", host, state.reason, down_s=round(down_s, 3))
-        if state.down_since is not None and not probe:
-            return None  # sent before the cooldown began: says nothing new
         state.failures += 1
         state.reason = reason
         if state.failures < HOST_FAILURES_TO_COOL and retry_after is None:

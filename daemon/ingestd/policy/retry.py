@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import errno
 import re
 from dataclasses import dataclass
 
@@ -55,8 +56,12 @@ RETRYABLE = frozenset(
 EXPIRING = frozenset({Reason.FORBIDDEN, Reason.URL_EXPIRED})
 # The host's fault, not the item's: they cool the host down (policy.hosts) and use no attempt.
 HOST_FAULTS = frozenset({Reason.UNREACHABLE, Reason.RATE_LIMITED, Reason.UNAVAILABLE})
-# Local faults (disk full, permissions) are not the item's fault either.
-NOT_COUNTED = HOST_FAULTS | {Reason.LOCAL_IO}
+NOT_COUNTED = HOST_FAULTS
+# A full filesystem or quota is never one file's fault; other local errors (a .part owned by
+# someone else, a file where a folder should be) are, once the pool has ruled out the folder.
+SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Decided before any request went out: they say nothing about the host.
+NO_CONTACT = frozenset({Reason.URL_EXPIRED, Reason.UNSAFE_URL, Reason.LOCAL_IO})
 # The connection died or went silent: the item's fault only if the host served other requests
 # meanwhile (the caller knows; it sets Failure.host_fault otherwise).
 TRANSPORT = frozenset({Reason.CONNECTION_ERROR, Reason.TIMEOUT})
@@ -155,7 +160,11 @@ def decide(failure: Failure, attempt: int, policy: RetryPolicy, jitter: float) -
         return Decision(Action.EXPIRED, reason)
     if reason not in RETRYABLE:
         return Decision(Action.FAILED, reason)
-    counted = reason not in NOT_COUNTED and not failure.host_fault
+    counted = not (
+        reason in NOT_COUNTED
+        or failure.host_fault
+        or (reason is Reason.LOCAL_IO and failure.errno in SPACE_ERRNOS)
+    )
     if counted and attempt >= policy.max_attempts:
         return Decision(Action.FAILED, reason)
     if failure.retry_after is not None and reason in (Reason.RATE_LIMITED, Reason.UNAVAILABLE):

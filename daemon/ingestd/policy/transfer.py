@@ -118,18 +118,32 @@ def plan_response(
     known_total: int | None,
     content_length: str | None,
     content_range: str | None,
+    *,
+    sent_validator: str | None = None,
+    validator: str | None = None,
+    framed: bool = True,
 ) -> Plan:
     """What to do with a 200, 206 or 416 answer to a GET asking for bytes from `offset` on
-    (0: the whole file), given the file size an earlier answer declared, if any."""
+    (0: the whole file), given the file size an earlier answer declared, if any.
+
+    `sent_validator` went out in If-Range; `validator` is the answer's (strong ETag, else
+    Last-Modified). `framed`: the protocol marks the body's end (HTTP/2, chunked), so a body
+    without a length is still known to be whole; an HTTP/1.1 body ended by the connection's
+    close is not, and is refused."""
     try:
         length = parse_content_length(content_length)
         if status == 200:
+            if length is None and not framed:
+                return Reject(Failure(Reason.MALFORMED, 200, detail="no length, no framing"))
             return Receive(0, length, length)
         if status == 206:
             if not offset:
                 return Reject(
                     Failure(Reason.MALFORMED, 206, detail="206 to a request without Range")
                 )
+            if sent_validator and validator and validator != sent_validator:
+                detail = "206 of another version: its validator is not the If-Range sent"
+                return Reject(Failure(Reason.RANGE_MISMATCH, 206, detail=detail), discard=True)
             found = parse_content_range(content_range)
             expected = found.end - found.start + 1
             if length is not None and length != expected:

@@ -25,10 +25,11 @@ from ingestd.fs.files import free_bytes
 from ingestd.log import Logger
 from ingestd.metrics import Metrics
 from ingestd.net.fetch import Fetcher
-from ingestd.policy.hosts import HostHealth
+from ingestd.policy.hosts import PROBE_WAIT, HostHealth
 from ingestd.policy.merge import State
 from ingestd.policy.retry import (
     HOST_FAULTS,
+    NO_CONTACT,
     TRANSPORT,
     Action,
     Failure,
@@ -45,9 +46,16 @@ from ingestd.store.manifest import Completion, Item, ManifestError
 IDLE_RECHECK = 5.0  # seconds between looks at the queue and the free space when idle
 SPACE_RECHECK = 0.5  # at most this often a statvfs, however many transfers finish
 PAUSE_RECHECK_MAX = 60.0  # cap on the backoff between checks of a paused media folder
+# A pause that starts this soon after the last one ended goes on with its backoff.
+PAUSE_MEMORY = 600.0
 RELINK_BATCH = 100
+RELINK_PARKED_MAX = 1000  # items whose links keep failing, remembered to skip them a while
 BOOKKEEPING_RETRY_MAX = 30.0  # cap on the backoff while the manifest refuses an outcome
-PROBE_BYTES = 64 * 1024  # written (and removed) to prove the media folder takes files again
+STOP_WAIT = 3.0  # seconds stopped transfers get to checkpoint and hand their item back
+# A connection lost under one transfer while its host served others is that item's fault,
+# unless the host turns out to be going down: judged after this long.
+TRANSPORT_GRACE = 1.0
+PROBE_BYTES = 1024 * 1024  # one write batch, written (and removed) to prove a folder takes files
 # Local faults that stop every download until they clear, by the name the log gives them.
 PAUSE_REASONS = {
     errno.EROFS: "read_only",
@@ -123,9 +131,12 @@ class DownloadPool:
         self._space_checked_at = -SPACE_RECHECK
         self._wake = asyncio.Event()
         self._pause: _Pause | None = None
+        self._last_pause: tuple[float, int] = (-PAUSE_MEMORY, 0)  # (ended at, checks)
+        # Tasks whose host slot is still theirs to give back (see _task_done).
+        self._slots: dict[asyncio.Task[None], str] = {}
         self._relink_due = False
-        self._relink_failures = 0
         self._relink_at = 0.0
+        self._relink_parked: dict[str, tuple[int, float]] = {}  # id: (failures, retry at)
         self.stats = PoolStats()
 
     @property
@@ -153,6 +164,7 @@ class DownloadPool:
     def merged(self) -> None:
         """An extract was merged: new items may be due, done items may need links."""
         self._relink_due = True
+        self._relink_at = 0.0  # now: items parked after failed links are skipped anyway
         self._wake.set()
 
     async def run(self) -> None:
@@ -190,51 +202,83 @@ class DownloadPool:
                 self._ready.extend([(item, False) for item in started])
                 self._ready.extend([(item, True) for item in held])
                 claimed = bool(started or held)
-            await self._start_ready()
-            if claimed and len(self._tasks) < concurrency:
+            launched, deferred = await self._start_ready()
+            if claimed and launched and len(self._tasks) < concurrency:
                 continue  # there may be more due right now
             timeout = IDLE_RECHECK
-            if len(self._tasks) < self._config.concurrency:
+            if deferred and not launched:
+                # All that was due waits for a busy or cooling host: look again when a
+                # transfer ends (a slot frees) or a little later, not at once.
+                timeout = PROBE_WAIT
+            elif len(self._tasks) < self._config.concurrency:
                 due = await self._db.run(self._db.manifest.next_due)
                 if due is not None:
                     timeout = min(max(due - self._clock(), 0.01), IDLE_RECHECK)
             await self._wait(timeout)
 
-    async def _start_ready(self) -> None:
-        """Start what the slots allow; items whose host is cooling down or full go back to the
-        queue, due when the host may take them, with no attempt counted."""
+    async def _start_ready(self) -> tuple[int, int]:
+        """Start what the slots allow; returns how many started and how many were deferred:
+        items whose host is cooling down or full go back to the queue, due when the host may
+        take them, with no attempt counted. On a manifest error nothing is lost: popped items
+        go back to `_ready`, slots back to their hosts."""
         deferred: dict[float, list[str]] = collections.defaultdict(list)
         admitted: list[tuple[Item, bool]] = []
+        popped: list[tuple[Item, bool]] = []
         now = self._clock()
-        while self._ready and len(self._tasks) + len(admitted) < self._config.concurrency:
-            item, held = self._ready.popleft()
-            later = self._hosts.admit(host_of(item.url), now)
-            if later is None:
-                admitted.append((item, held))
-            else:
-                deferred[later].append(item.aweme_id)
-        holding = [item.aweme_id for item, held in admitted if held]
-        started = await self._db.run(self._db.manifest.start_held, holding, now) if holding else []
-        attempts = iter(started)
+        try:
+            while self._ready and len(self._tasks) + len(admitted) < self._config.concurrency:
+                entry = self._ready.popleft()
+                popped.append(entry)
+                item, held = entry
+                later = self._hosts.admit(host_of(item.url), now, item.aweme_id)
+                if later is None:
+                    admitted.append(entry)
+                else:
+                    deferred[later].append(item.aweme_id)
+            holding = [item.aweme_id for item, held in admitted if held]
+            attempts = iter(
+                await self._db.run(self._db.manifest.start_held, holding, now) if holding else []
+            )
+        except BaseException:
+            for item, _ in admitted:
+                self._unslot(host_of(item.url), item.aweme_id, now)
+            self._ready.extendleft(reversed(popped))
+            raise
         for item, held in admitted:
+            host = host_of(item.url)
             if held:
                 attempt = next(attempts)
                 if attempt is None:  # handed back meanwhile
-                    self._hosts.finished(host_of(item.url), now, host_fault=False, cancelled=True)
+                    self._unslot(host, item.aweme_id, now)
                     continue
                 item = dataclasses.replace(item, attempts=attempt)
-            task = asyncio.create_task(self._download(item), name=f"dl-{item.aweme_id}")
+            task = asyncio.create_task(self._download(item, host), name=f"dl-{item.aweme_id}")
             self._tasks[item.aweme_id] = task
-            task.add_done_callback(functools.partial(self._forget, item.aweme_id))
+            self._slots[task] = host
+            task.add_done_callback(functools.partial(self._task_done, item.aweme_id))
+        waiting = {entry[0].aweme_id: entry for entry in popped}
         for due, ids in deferred.items():
-            await self._hand_back(ids, due)
+            try:
+                await self._hand_back(ids, due)
+            except BaseException:
+                self._ready.extendleft(reversed([waiting[i] for i in ids]))
+                raise
+        return len(admitted), len(popped) - len(admitted)
 
     async def _hand_back(self, ids: list[str], due: float) -> None:
         if ids:
             await self._db.run(self._db.manifest.release, ids, self._clock(), due)
 
-    def _forget(self, aweme_id: str, _: asyncio.Task[None]) -> None:
-        self._tasks.pop(aweme_id, None)
+    def _task_done(self, aweme_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(aweme_id) is task:
+            self._tasks.pop(aweme_id)
+        host = self._slots.pop(task, None)
+        if host is not None:  # ended before a verdict (cancelled, even before it ran)
+            self._unslot(host, aweme_id, self._clock())
+
+    def _unslot(self, host: str, aweme_id: str, now: float) -> None:
+        """Give a host slot back with no verdict on the host."""
+        self._hosts.finished(host, now, aweme_id, host_fault=False, cancelled=True)
 
     async def _wait(self, timeout: float) -> None:
         waiter = asyncio.create_task(self._wake.wait())
@@ -248,19 +292,22 @@ class DownloadPool:
             waiter.cancel()
 
     async def shutdown(self) -> None:
-        """Cancel transfers (their .part files stay) and hand their items back to the queue."""
-        ids = [*self._tasks, *(item.aweme_id for item, _ in self._ready)]
-        self._ready.clear()
+        """Cancel transfers (each checkpoints its .part and hands its item back) and hand back
+        the items claimed ahead. A transfer that does not end within STOP_WAIT keeps its item
+        `active`: the next start treats it as a crash."""
         await self._cancel_transfers()
+        ids = [item.aweme_id for item, _ in self._ready]
         if ids:
             await self._hand_back(ids, 0.0)
+        self._ready.clear()
 
     async def _cancel_transfers(self) -> None:
-        tasks = list(self._tasks.values())
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks.values() if t is not current]
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=5.0)
+            await asyncio.wait(tasks, timeout=STOP_WAIT)
 
     # --- local faults: pause and resume --------------------------------------------------
 
@@ -274,10 +321,10 @@ class DownloadPool:
             problem = await asyncio.to_thread(self._check_local, pause.probe_dir, probe=True)
             if problem is not None:
                 pause.checks += 1
-                delay = backoff_delay(pause.checks, 1.0, PAUSE_RECHECK_MAX, self._jitter())
-                pause.next_check = time.monotonic() + delay
+                pause.next_check = time.monotonic() + self._pause_delay(pause.checks)
                 return False
             self._pause = None
+            self._last_pause = (now, pause.checks)
             self._space_checked_at = now
             self._log.info(
                 "downloads_resumed",
@@ -295,11 +342,14 @@ class DownloadPool:
             return False
         return True
 
+    def _pause_delay(self, checks: int) -> float:
+        return backoff_delay(checks, 1.0, PAUSE_RECHECK_MAX, self._jitter())
+
     def _check_local(self, folder: Path, *, probe: bool) -> tuple[str, str, int | None] | None:
         """Blocking: (reason, detail, free bytes) when `folder` cannot take files now, else
-        None. With `probe`, a small file is written, fsynced and removed there to prove it."""
+        None. With `probe`, a write batch is written, fsynced and removed there to prove it."""
         try:
-            free: int | None = free_bytes(self._config.data_dir)
+            free: int | None = free_bytes(self._config.media_dir)
         except OSError as exc:
             self._log.warning("disk_check_failed", error=str(exc))
             free = None
@@ -333,11 +383,14 @@ class DownloadPool:
     ) -> None:
         """Stop downloads: nothing is requested until the fault clears, and every item claimed
         goes back to the queue with its attempt. With `cancel`, running transfers are stopped
-        too (their parts stay)."""
+        too (each checkpoints its part and hands its item back)."""
         if self._pause is not None:
             return
         now = time.monotonic()
-        self._pause = _Pause(reason, detail, probe_dir, now, next_check=now + 1.0)
+        ended_at, checks = self._last_pause
+        checks = checks + 1 if now - ended_at < PAUSE_MEMORY else 0  # a flapping fault backs off
+        delay = self._pause_delay(checks) if checks else 1.0
+        self._pause = _Pause(reason, detail, probe_dir, now, checks, next_check=now + delay)
         self._log.warning(
             "downloads_paused",
             reason=reason,
@@ -345,46 +398,53 @@ class DownloadPool:
             free_bytes=free,
             min_free_bytes=self._config.min_free_bytes,
             in_flight=len(self._tasks),
-            retry_in_s=1.0,
+            retry_in_s=round(delay, 3),
         )
-        current = asyncio.current_task()
-        running = {i: t for i, t in self._tasks.items() if t is not current and cancel}
-        for task in running.values():
-            task.cancel()
-        if running:
-            await asyncio.wait(running.values(), timeout=5.0)
-        ids = [*running, *(item.aweme_id for item, _ in self._ready)]
+        if cancel:
+            await self._cancel_transfers()
+        ids = [item.aweme_id for item, _ in self._ready]
+        await self._settle(self._log, self._hand_back, ids, 0.0)
         self._ready.clear()
-        await self._hand_back(ids, 0.0)
         self.wake()
 
     # --- one transfer ----------------------------------------------------------------------
 
-    async def _download(self, item: Item) -> None:
+    async def _download(self, item: Item, host: str) -> None:
         log = self._log.bind(aweme_id=item.aweme_id)
-        host = host_of(item.url)
-        started = time.monotonic()
         try:
-            outcome = await self._transfers.attempt(item, log)
+            await self._run_one(item, host, log)
         except asyncio.CancelledError:
-            self._hosts.finished(host, self._clock(), host_fault=False, cancelled=True)
+            # Stopped (shutdown, pause), wherever it was: the part is checkpointed, and the
+            # item goes back as it was. (An outcome already written is left alone: only an
+            # item still active or held is handed back.)
+            await asyncio.shield(self._settle(log, self._hand_back, [item.aweme_id], 0.0))
             raise
+
+    async def _run_one(self, item: Item, host: str, log: Logger) -> None:
+        started = time.monotonic()
+        outcome = await self._transfers.attempt(item, log)
         duration = round(time.monotonic() - started, 3)
         now = self._clock()
         failure = outcome if isinstance(outcome, Failure) else None
-        if failure is not None and (
-            failure.host_fault
-            or failure.reason in HOST_FAULTS
-            or (failure.reason in TRANSPORT and not self._hosts.served_since(host, now - duration))
-        ):
-            failure = outcome = dataclasses.replace(failure, host_fault=True)
+        if failure is not None and not failure.host_fault:
+            if await self._host_caused(failure, host, now - duration):
+                failure = outcome = dataclasses.replace(failure, host_fault=True)
+            now = self._clock()
+        self._slots.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
         event = self._hosts.finished(
             host,
             now,
+            item.aweme_id,
             host_fault=failure is not None and failure.host_fault,
             reason=failure.reason.value if failure is not None else "",
             retry_after=failure.retry_after if failure is not None else None,
             jitter=self._jitter(),
+            # No request went out, or the connection died on this item alone: no verdict.
+            cancelled=failure is not None
+            and (
+                failure.reason in NO_CONTACT
+                or (failure.reason in TRANSPORT and not failure.host_fault)
+            ),
         )
         if event is not None:
             fields = {"host": event.host, "reason": event.reason}
@@ -397,16 +457,44 @@ class DownloadPool:
         if isinstance(outcome, Published):
             await self._settle(log, self._completed, item, outcome, duration, log)
             return
-        local = PAUSE_REASONS.get(outcome.errno or 0) if outcome.reason is Reason.LOCAL_IO else None
-        if local is not None and self._pause is None:
-            media = self._config.media_dir
-            probe_dir = Path(outcome.path).parent if outcome.path else media
-            if not probe_dir.is_relative_to(media):
-                probe_dir = media
-            await self._settle(log, self._hand_back, [item.aweme_id], 0.0)
-            await self._pause_downloads(local, outcome.detail, None, probe_dir)
+        local = outcome.reason is Reason.LOCAL_IO and outcome.errno in PAUSE_REASONS
+        if local and await self._local_fault(item, outcome, log):
             return
         await self._settle(log, self._failed, item, outcome, duration, log, host)
+
+    async def _host_caused(self, failure: Failure, host: str, started_at: float) -> bool:
+        """Whether a failure is the host's, not the item's: 429/503 and no connection are;
+        so is a connection lost or silent while the host served nothing else, or one lost
+        under this item alone while the host goes down with it (seen within a grace)."""
+        if failure.reason in HOST_FAULTS:
+            return True
+        if failure.reason not in TRANSPORT:
+            return False
+        if not self._hosts.served_since(host, started_at):
+            return True
+        lost_at = self._clock()
+        self._hosts.lost(host, lost_at)
+        await asyncio.sleep(TRANSPORT_GRACE)
+        return self._hosts.went_down(host, lost_at, self._clock())
+
+    async def _local_fault(self, item: Item, failure: Failure, log: Logger) -> bool:
+        """A write refused by the filesystem: if the folder refuses a probe too, pause every
+        download (True: the item is handed back). If it takes files, the fault is this item's
+        own file (a .part owned by someone else, say): False, recorded as its failure."""
+        media = self._config.media_dir
+        folder = Path(failure.path).parent if failure.path else media
+        if not folder.is_relative_to(media):
+            folder = media
+        if self._pause is None:
+            problem = await asyncio.to_thread(self._check_local, folder, probe=True)
+            if problem is None:
+                return False
+            await self._settle(log, self._hand_back, [item.aweme_id], 0.0)
+            reason = PAUSE_REASONS[failure.errno or 0]
+            await self._pause_downloads(reason, failure.detail, problem[2], folder)
+        else:
+            await self._settle(log, self._hand_back, [item.aweme_id], 0.0)
+        return True
 
     async def _settle(
         self, log: Logger, write: Callable[..., Awaitable[None]], *args: object
@@ -507,38 +595,47 @@ class DownloadPool:
     # --- further topics -----------------------------------------------------------------------
 
     async def relink(self) -> None:
-        """Give done items that gained topics their extra links. A failure leaves the rest for
-        a later pass, after a backoff; the file is never downloaded again for it."""
+        """Give done items that gained topics their extra links. An item whose links fail is
+        parked with its own backoff and the others go on; its file is never downloaded again
+        for it."""
         while True:
-            batch = await self._db.run(self._db.manifest.pending_relinks, RELINK_BATCH)
-            cleared = 0
+            now = time.monotonic()
+            parked = self._relink_parked
+            for aweme_id in [i for i, (_, at) in parked.items() if at <= now]:
+                del parked[aweme_id]  # due again
+            batch = await self._db.run(
+                self._db.manifest.pending_relinks, RELINK_BATCH, tuple(parked)
+            )
             for relink in batch:
                 try:
                     made = await asyncio.to_thread(
                         self._publisher.link_topics, PurePosixPath(relink.path), relink.topics
                     )
                 except OSError as exc:
-                    self._relink_failures += 1
-                    delay = backoff_delay(
-                        self._relink_failures,
-                        self._config.backoff_base,
-                        self._config.backoff_max,
-                        self._jitter(),
-                    )
-                    self._relink_at = time.monotonic() + delay
-                    self._relink_due = True
-                    self._log.error(
-                        "link_failed",
-                        aweme_id=relink.aweme_id,
-                        error=f"{exc.strerror or exc}: {exc.filename or relink.path}",
-                        retry_in_s=round(delay, 3),
-                    )
-                    return
-                cleared += await self._db.run(
-                    self._db.manifest.clear_relink, relink.aweme_id, relink.topics
-                )
+                    self._park_relink(relink.aweme_id, exc, relink.path)
+                    continue
+                self._relink_parked.pop(relink.aweme_id, None)
+                await self._db.run(self._db.manifest.clear_relink, relink.aweme_id, relink.topics)
                 if made:
                     self._log.info("video_linked", aweme_id=relink.aweme_id, links=made)
-            self._relink_failures = 0
-            if len(batch) < RELINK_BATCH or not cleared:
-                return  # (topics that arrived meanwhile are linked by the next pass)
+            if len(batch) < RELINK_BATCH:
+                break
+        if self._relink_parked:  # come back when the first parked item is due
+            self._relink_due = True
+            self._relink_at = min(at for _, at in self._relink_parked.values())
+
+    def _park_relink(self, aweme_id: str, exc: OSError, path: str) -> None:
+        failures = self._relink_parked.get(aweme_id, (0, 0.0))[0] + 1
+        config = self._config
+        delay = backoff_delay(failures, config.backoff_base, config.backoff_max, self._jitter())
+        if len(self._relink_parked) >= RELINK_PARKED_MAX:  # forget the one due soonest
+            soonest = min(self._relink_parked, key=lambda i: self._relink_parked[i][1])
+            del self._relink_parked[soonest]
+        self._relink_parked[aweme_id] = (failures, time.monotonic() + delay)
+        self._log.error(
+            "link_failed",
+            aweme_id=aweme_id,
+            error=f"{exc.strerror or exc}: {exc.filename or path}",
+            failures=failures,
+            retry_in_s=round(delay, 3),
+        )

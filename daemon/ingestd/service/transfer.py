@@ -100,24 +100,26 @@ class Transfers:
             return _local_failure(exc, media / relative)
         attempt = _Attempt(self, item, part, relative, log)
         try:
-            outcome = await attempt.run()
-        except asyncio.CancelledError:
-            await attempt.checkpoint()  # stopping: what arrived is kept for the next run
-            raise
-        except FetchFailed as exc:
-            outcome = Failure(exc.reason, exc.status, detail=exc.detail, host_fault=exc.host_fault)
-        except OSError as exc:
-            outcome = _local_failure(exc, part.path)
-        except Exception as exc:  # a bug costs one attempt, never the daemon
-            log.exception("download_crashed", error=repr(exc))
-            outcome = Failure(Reason.INTERNAL, detail=repr(exc)[:200])
-        try:
+            try:
+                outcome: Published | Failure = await attempt.run()
+            except FetchFailed as exc:
+                outcome = Failure(
+                    exc.reason, exc.status, detail=exc.detail, host_fault=exc.host_fault
+                )
+            except OSError as exc:
+                outcome = _local_failure(exc, part.path)
+            except Exception as exc:  # a bug costs one attempt, never the daemon
+                log.exception("download_crashed", error=repr(exc))
+                outcome = Failure(Reason.INTERNAL, detail=repr(exc)[:200])
             if isinstance(outcome, Failure):
-                await attempt.checkpoint()  # what arrived is kept for the resume
+                await attempt.keep_for_resume()
+            return outcome
+        except asyncio.CancelledError:
+            await attempt.keep_for_resume()  # stopping: what arrived is kept for the next run
+            raise
         finally:
             if not part.closed:
-                await asyncio.to_thread(part.close)
-        return outcome
+                part.close()  # here, not in a thread: it must happen on cancellation too
 
 
 def _local_failure(exc: OSError, path: Path) -> Failure:
@@ -148,6 +150,7 @@ class _Attempt:
         self._total = item.total
         self._resumable = False  # the manifest knows how to resume this part
         self._recorded = (item.validator, item.total, item.durable)
+        self._misrecorded = False  # the manifest describes a part this one no longer is
         self._resumed_from = 0
 
     async def run(self) -> Published | Failure:
@@ -181,12 +184,16 @@ class _Attempt:
             reason = classify_status(status) or Reason.HTTP_ERROR
             retry_after = parse_retry_after(response.header("retry-after"), self._t._clock())
             return Failure(reason, status, retry_after)
+        validator = strong_validator(response.header("etag"), response.header("last-modified"))
         plan = plan_response(
             status,
             offset,
             self._total,
             response.header("content-length"),
             response.header("content-range"),
+            sent_validator=self._validator if offset else None,
+            validator=validator,
+            framed=response.framed,
         )
         if isinstance(plan, Reject):
             if plan.discard:
@@ -202,7 +209,6 @@ class _Attempt:
             await asyncio.to_thread(part.truncate, plan.start)
         elif plan.start:
             await asyncio.to_thread(part.hash_existing)  # so the new bytes are hashed inline
-        validator = strong_validator(response.header("etag"), response.header("last-modified"))
         if plan.total is not None and plan.total <= RESUME_MIN_BYTES:
             validator = None  # not worth a manifest write: restarted from zero if need be
         await self._remember(validator, plan.total if validator is not None else None)
@@ -218,11 +224,14 @@ class _Attempt:
         """Record the validator and size the part is written under: a resume asks by them."""
         self._resumable = validator is not None
         self._validator, self._total = validator, total
-        await self._record(validator, total, self._part.durable if validator is not None else 0)
+        durable = self._part.durable if validator is not None else 0
+        if not await self._record(validator, total, durable):
+            self._misrecorded = (validator, total) != self._recorded[:2]
 
-    async def _record(self, validator: str | None, total: int | None, durable: int) -> None:
+    async def _record(self, validator: str | None, total: int | None, durable: int) -> bool:
+        """Write the resume point; False (logged) when the manifest refused it."""
         if (validator, total, durable) == self._recorded:
-            return
+            return True
         try:
             await self._db.run(
                 self._db.manifest.set_part, self._item.aweme_id, validator, total, durable
@@ -230,8 +239,17 @@ class _Attempt:
         except ManifestError as exc:  # the transfer goes on; a resume starts from what is known
             self._resumable = False
             self._log.warning("checkpoint_failed", error=str(exc)[:200])
-            return
+            return False
         self._recorded = (validator, total, durable)
+        return True
+
+    async def keep_for_resume(self) -> None:
+        """After a failed or stopped attempt: checkpoint the part, or empty it when the
+        manifest still describes another version of it (a resume must not splice them)."""
+        if self._misrecorded and not self._part.closed:
+            await asyncio.to_thread(self._part.truncate)
+            return
+        await self.checkpoint()
 
     async def checkpoint(self) -> None:
         """Make what was written durable and record it, so a resume may use it. Never raises."""

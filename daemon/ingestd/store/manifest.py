@@ -599,11 +599,12 @@ class Manifest:
 
     # --- hard links for further topics ----------------------------------------------------
 
-    def pending_relinks(self, limit: int) -> list[Relink]:
-        """Done items that gained topics since their file was published."""
+    def pending_relinks(self, limit: int, skip: Sequence[str] = ()) -> list[Relink]:
+        """Done items that gained topics since their file was published, but those in `skip`."""
         rows = self._conn.execute(
-            "SELECT aweme_id, path, topics FROM items WHERE relink = 1 AND state = 'done' LIMIT ?",
-            (limit,),
+            "SELECT aweme_id, path, topics FROM items WHERE relink = 1 AND state = 'done'"
+            " AND aweme_id NOT IN (SELECT value FROM json_each(?)) LIMIT ?",
+            (json.dumps(list(skip)), limit),
         ).fetchall()
         return [Relink(r[0], r[1], tuple(json.loads(r[2]))) for r in rows]
 

@@ -1,0 +1,256 @@
+"""The download pool's scheduling on a real manifest, with scripted transfers.
+
+The pool's only contract with a transfer is `attempt(item, log) -> Published | Failure`; these
+tests script that outcome to reach the pool's own failure paths (pauses, manifest errors,
+stopped transfers, host probes, links) that a real server reaches only by chance. Downloads
+themselves are tested end to end against real servers (tests/e2e).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ingestd.config import Config
+from ingestd.metrics import Metrics
+from ingestd.policy.extract import Record
+from ingestd.policy.retry import Failure, Reason
+from ingestd.service.db import Db
+from ingestd.service.pool import DownloadPool
+from ingestd.store.manifest import Completion, Item, ManifestError
+
+Attempt = Callable[[Item], Awaitable[Any]]
+
+
+class FlakyDb(Db):
+    """The real manifest; `fail[name] = n` makes the next n calls of that method fail as a
+    locked or full SQLite file would. Counts every call."""
+
+    calls: collections.Counter[str]
+    fail: dict[str, int]
+
+    async def run(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        name = getattr(method, "__name__", str(method))
+        self.calls[name] += 1
+        if self.fail.get(name):
+            self.fail[name] -= 1
+            raise ManifestError(f"injected: {name}")
+        return await super().run(method, *args, **kwargs)
+
+
+class Scripted:
+    """Transfers whose outcome a test chooses; records what ran and what was cancelled."""
+
+    def __init__(self, attempt: Attempt) -> None:
+        self._attempt = attempt
+        self.started: list[str] = []
+        self.running: collections.Counter[str] = collections.Counter()
+        self.most_at_once: collections.Counter[str] = collections.Counter()
+        self.cancelled = 0
+
+    async def attempt(self, item: Item, log: Any) -> Any:
+        self.started.append(item.aweme_id)
+        self.running[item.aweme_id] += 1
+        self.most_at_once[item.aweme_id] = max(
+            self.most_at_once[item.aweme_id], self.running[item.aweme_id]
+        )
+        try:
+            return await self._attempt(item)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.running[item.aweme_id] -= 1
+
+    def reconfigure(self, config: Config) -> None:
+        pass
+
+
+class Events:
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.log = structlog.wrap_logger(
+            None, processors=[self._keep], context_class=dict, cache_logger_on_first_use=False
+        )
+
+    def _keep(self, _: Any, __: str, event: dict[str, Any]) -> Any:
+        self.names.append(str(event["event"]))
+        raise structlog.DropEvent
+
+    def count(self, name: str) -> int:
+        return self.names.count(name)
+
+
+def records(n: int, host: str = "cdn.example.com", prefix: int = 7) -> list[Record]:
+    return [
+        Record(str(prefix * 10**18 + i), f"https://{host}/v/{i}.mp4", "cats", "{}")
+        for i in range(n)
+    ]
+
+
+async def setup(
+    tmp: Path, recs: list[Record], attempt: Attempt, **config: Any
+) -> tuple[DownloadPool, FlakyDb, Scripted, Events]:
+    base = await Db.open(tmp / "manifest.sqlite3")
+    db = FlakyDb(base._executor, base.manifest)
+    db.calls, db.fail = collections.Counter(), {}
+    await db.run(db.manifest.merge, recs, "extract_1.json", time.time())
+    settings = {"concurrency": 8, "min_free_bytes": 0, "backoff_base": 0.1, "backoff_max": 0.5}
+    cfg = Config(data_dir=tmp, state_dir=tmp, **{**settings, **config})
+    cfg.media_dir.mkdir(parents=True, exist_ok=True)
+    events = Events()
+    pool = DownloadPool(cfg, db, None, events.log, Metrics())  # type: ignore[arg-type]
+    scripted = Scripted(attempt)
+    pool._transfers = scripted  # type: ignore[assignment]
+    return pool, db, scripted, events
+
+
+async def states(db: Db) -> dict[tuple[str, int], int]:
+    def query() -> dict[tuple[str, int], int]:
+        rows = db.manifest._conn.execute(
+            "SELECT state, held, count(*) FROM items GROUP BY state, held"
+        )
+        return {(state, held): n for state, held, n in rows}
+
+    return await asyncio.get_running_loop().run_in_executor(db._executor, query)
+
+
+async def run_for(pool: DownloadPool, seconds: float) -> None:
+    runner = asyncio.create_task(pool.run())
+    await asyncio.sleep(seconds)
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_an_error_on_one_file_fails_that_item_and_pauses_nothing(tmp_path: Path) -> None:
+    bad = str(7 * 10**18)
+    folder = tmp_path / "media_assets" / "cats"
+    folder.mkdir(parents=True)
+
+    async def attempt(item: Item) -> Any:
+        if item.aweme_id == bad:  # a .part left by a run as another user: EACCES on it alone
+            path = folder / f"{bad}.mp4.part"
+            detail = f"Permission denied: {path}"
+            return Failure(Reason.LOCAL_IO, detail=detail, errno=errno.EACCES, path=str(path))
+        await asyncio.sleep(3600)
+        return None
+
+    pool, db, scripted, events = await setup(tmp_path, records(8), attempt, max_attempts=3)
+    await run_for(pool, 3.0)
+    assert events.count("downloads_paused") == 0
+    assert scripted.cancelled == 0, "other transfers were stopped for one file's fault"
+    assert scripted.started.count(bad) == 3
+    assert (await states(db)).get(("failed", 0)) == 1  # local_io_error, after max_attempts
+    await pool.shutdown()
+
+
+async def test_a_manifest_error_while_starting_strands_nothing(tmp_path: Path) -> None:
+    async def attempt(item: Item) -> Any:
+        await asyncio.sleep(0.05)
+        return Failure(Reason.NOT_FOUND, 404)
+
+    pool, db, _, _ = await setup(tmp_path, records(40), attempt, concurrency=4)
+    db.fail["start_held"] = 1
+    db.fail["release"] = 0
+    runner = asyncio.create_task(pool.run())
+    deadline = time.monotonic() + 20
+    while (await states(db)).get(("failed", 0)) != 40 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    assert await states(db) == {("failed", 0): 40}
+    assert {h: s.in_flight for h, s in pool._hosts._hosts.items()} == {"cdn.example.com:443": 0}
+
+
+async def test_a_host_whose_slots_are_full_is_not_polled(tmp_path: Path) -> None:
+    async def attempt(item: Item) -> Any:
+        await asyncio.sleep(3600)
+
+    pool, db, scripted, _ = await setup(
+        tmp_path, records(2000), attempt, concurrency=8, per_host_concurrency=2
+    )
+    db.calls.clear()
+    await run_for(pool, 3.0)
+    assert len(scripted.started) == 2
+    writes = db.calls["claim"] + db.calls["release"]
+    assert writes <= 12, f"{dict(db.calls)}: the queue is polled, not waited on"
+    await pool.shutdown()
+
+
+async def test_a_stop_never_runs_an_item_twice_and_hands_each_back(tmp_path: Path) -> None:
+    async def attempt(item: Item) -> Any:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(1.0)  # the checkpoint: fsync, manifest write
+            raise
+
+    pool, db, scripted, _ = await setup(tmp_path, records(6), attempt, concurrency=4)
+    runner = asyncio.create_task(pool.run())
+    await asyncio.sleep(0.5)
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    await pool.shutdown()
+    assert max(scripted.most_at_once.values()) == 1
+    assert await states(db) == {("pending", 0): 6}
+    rows = await asyncio.get_running_loop().run_in_executor(
+        db._executor,
+        lambda: db.manifest._conn.execute("SELECT max(attempts) FROM items").fetchone(),
+    )
+    assert rows[0] == 0, "a clean stop cost an attempt"
+
+
+async def test_requests_never_sent_say_nothing_about_a_host_that_is_down(tmp_path: Path) -> None:
+    now = int(time.time())
+    expired = [
+        Record(
+            str(6 * 10**18 + i), f"https://cdn.example.com/e{i}.mp4?x-expires={now - 10}", "c", "{}"
+        )
+        for i in range(6)
+    ]
+
+    async def attempt(item: Item) -> Any:
+        if "x-expires" in item.url:
+            return Failure(Reason.URL_EXPIRED)
+        await asyncio.sleep(0.01)
+        return Failure(Reason.UNREACHABLE, detail="connection refused")
+
+    pool, _, scripted, events = await setup(
+        tmp_path, expired + records(40), attempt, host_backoff_max=2.0, backoff_base=0.5
+    )
+    await run_for(pool, 5.0)
+    assert events.count("host_unavailable") == 1
+    assert events.count("host_recovered") == 0
+    tries = [i for i in scripted.started if not i.startswith("6")]
+    assert len(tries) <= 8 + 6, f"{len(tries)} requests to a host that is down"
+    await pool.shutdown()
+
+
+async def test_a_link_that_keeps_failing_does_not_hold_up_the_others(tmp_path: Path) -> None:
+    async def attempt(item: Item) -> Any:
+        raise AssertionError("nothing is downloaded")
+
+    ids = [str(7 * 10**18 + i) for i in (1, 2)]
+    recs = [Record(i, f"https://cdn.example.com/{i}.mp4", "cats", "{}") for i in ids]
+    pool, db, _, events = await setup(tmp_path, recs, attempt)
+    now = time.time()
+    await db.run(db.manifest.claim, now, 2, 0)
+    done = [Completion(i, 7, "0" * 64, f"cats/{i}.mp4", ("cats",), now) for i in ids]
+    await db.run(db.manifest.complete_many, done)
+    dogs = [Record(i, f"https://cdn.example.com/{i}.mp4", "dogs", "{}") for i in ids]
+    await db.run(db.manifest.merge, dogs, "extract_2.json", now)
+    media = tmp_path / "media_assets"
+    (media / "cats").mkdir(parents=True)
+    (media / "cats" / f"{ids[1]}.mp4").write_bytes(b"video 2")  # video 1 was deleted by hand
+    await pool.relink()
+    assert (media / "dogs" / f"{ids[1]}.mp4").read_bytes() == b"video 2"
+    assert events.count("link_failed") == 1 and events.count("video_linked") == 1
+    await pool.relink()  # parked: not tried again before its backoff
+    assert events.count("link_failed") == 1
