@@ -35,6 +35,7 @@ class FlakyDb(Db):
 
     calls: collections.Counter[str]
     fail: dict[str, int]
+    slow: dict[str, float]  # seconds a method's call waits first (a busy manifest thread)
 
     async def run(self, method: Any, *args: Any, **kwargs: Any) -> Any:
         name = getattr(method, "__name__", str(method))
@@ -42,6 +43,8 @@ class FlakyDb(Db):
         if self.fail.get(name):
             self.fail[name] -= 1
             raise ManifestError(f"injected: {name}")
+        if self.slow.get(name):
+            await asyncio.sleep(self.slow[name])
         return await super().run(method, *args, **kwargs)
 
 
@@ -100,7 +103,7 @@ async def setup(
 ) -> tuple[DownloadPool, FlakyDb, Scripted, Events]:
     base = await Db.open(tmp / "manifest.sqlite3")
     db = FlakyDb(base._executor, base.manifest)
-    db.calls, db.fail = collections.Counter(), {}
+    db.calls, db.fail, db.slow = collections.Counter(), {}, {}
     await db.run(db.manifest.merge, recs, "extract_1.json", time.time())
     settings = {"concurrency": 8, "min_free_bytes": 0, "backoff_base": 0.1, "backoff_max": 0.5}
     cfg = Config(data_dir=tmp, state_dir=tmp, **{**settings, **config})
@@ -254,3 +257,99 @@ async def test_a_link_that_keeps_failing_does_not_hold_up_the_others(tmp_path: P
     assert events.count("link_failed") == 1 and events.count("video_linked") == 1
     await pool.relink()  # parked: not tried again before its backoff
     assert events.count("link_failed") == 1
+
+
+async def test_a_busy_host_does_not_starve_another(tmp_path: Path) -> None:
+    async def attempt(item: Item) -> Any:
+        if "://b.example" in item.url:
+            return Failure(Reason.NOT_FOUND, 404)
+        await asyncio.sleep(3600)
+        return None
+
+    recs = records(2000, "a.example") + records(10, "b.example", prefix=8)
+    pool, _, scripted, _ = await setup(tmp_path, recs, attempt, per_host_concurrency=2)
+    await run_for(pool, 2.0)
+    assert sum(i.startswith("8") for i in scripted.started) == 10
+    await pool.shutdown()
+
+
+async def test_a_cooling_host_does_not_starve_another(tmp_path: Path) -> None:
+    async def attempt(item: Item) -> Any:
+        if "://b.example" in item.url:
+            return Failure(Reason.NOT_FOUND, 404)
+        await asyncio.sleep(0.01)
+        return Failure(Reason.UNREACHABLE, detail="connection refused")
+
+    recs = records(2000, "a.example") + records(10, "b.example", prefix=8)
+    pool, db, scripted, events = await setup(tmp_path, recs, attempt, host_backoff_max=60.0)
+    await run_for(pool, 3.0)
+    assert sum(i.startswith("8") for i in scripted.started) == 10
+    assert events.count("host_unavailable") == 1
+    assert len([i for i in scripted.started if i.startswith("7")]) <= 8 + 2
+    assert (await states(db)).get(("failed", 0)) == 10
+    await pool.shutdown()
+
+
+async def test_failures_sharing_one_folder_share_one_probe_and_pause_nothing(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "media_assets" / "cats"
+    folder.mkdir(parents=True)
+
+    async def attempt(item: Item) -> Any:  # every .part is owned by another user
+        path = folder / f"{item.aweme_id}.mp4.part"
+        return Failure(
+            Reason.LOCAL_IO, detail=f"denied: {path}", errno=errno.EACCES, path=str(path)
+        )
+
+    pool, db, _, events = await setup(tmp_path, records(16), attempt, max_attempts=2)
+    await run_for(pool, 3.0)
+    assert events.count("downloads_paused") == 0
+    assert (await states(db)).get(("failed", 0)) == 16
+    assert list(folder.iterdir()) == []  # no probe file left behind
+
+
+async def test_a_stop_during_a_claim_hands_back_what_it_claimed(tmp_path: Path) -> None:
+    async def attempt(item: Item) -> Any:
+        await asyncio.sleep(3600)
+        return None
+
+    pool, db, _, _ = await setup(tmp_path, records(20), attempt, concurrency=4)
+    db.slow["claim"] = 0.5
+    runner = asyncio.create_task(pool.run())
+    await asyncio.sleep(0.2)  # the first claim is on its way
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    await pool.shutdown()
+    assert await states(db) == {("pending", 0): 20}
+
+
+async def test_relinking_ends_however_many_links_fail_and_survives_a_manifest_error(
+    tmp_path: Path,
+) -> None:
+    async def attempt(item: Item) -> Any:
+        raise AssertionError("nothing is downloaded")
+
+    n = 1200  # more than the parked items remembered
+    recs = records(n)
+    pool, db, _, events = await setup(tmp_path, recs, attempt)
+    now = time.time()
+    await db.run(db.manifest.claim, now, n, 0)
+    done = [
+        Completion(r.aweme_id, 7, "0" * 64, f"cats/{r.aweme_id}.mp4", ("cats",), now) for r in recs
+    ]
+    await db.run(db.manifest.complete_many, done)
+    dogs = [Record(r.aweme_id, r.url, "dogs", "{}") for r in recs]
+    await db.run(db.manifest.merge, dogs, "extract_2.json", now)
+    media = tmp_path / "media_assets"
+    (media / "cats").mkdir(parents=True)
+    (media / "dogs").write_text("a file where a folder should be")
+    await asyncio.wait_for(pool.relink(), 30)  # one finite pass
+    assert events.count("link_failed") == n
+    (media / "dogs").unlink()
+    (media / "cats" / f"{recs[0].aweme_id}.mp4").write_bytes(b"v")
+    pool._relink_parked.clear()
+    db.fail["pending_relinks"] = 1
+    pool.merged()
+    await run_for(pool, 7.0)  # the failed pass is tried again, not dropped
+    assert (media / "dogs" / f"{recs[0].aweme_id}.mp4").exists()

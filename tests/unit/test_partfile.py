@@ -103,3 +103,4 @@ def test_after_a_failed_fsync_nothing_is_durable_or_published(
     with pytest.raises(OSError, match="earlier fsync"):
         part.publish(tmp_path / "t" / "7.mp4")
     assert not (tmp_path / "t" / "7.mp4").exists()
+    part.close()

@@ -15,6 +15,7 @@ from ingestd.policy.transfer import (
     parse_content_range,
     plan_response,
     resume_headers,
+    same_version,
     strong_validator,
     unsatisfied_total,
 )
@@ -152,17 +153,25 @@ def test_rate_floor_zero_is_off() -> None:
 
 
 def test_plan_206_of_another_version_is_never_spliced() -> None:
-    same = plan_response(
-        206, 1000, 5000, "4000", "bytes 1000-4999/5000", sent_validator='"v1"', validator='"v1"'
-    )
+    cr = "bytes 1000-4999/5000"
+    same = plan_response(206, 1000, 5000, "4000", cr, sent_validator='"v1"', etag='"v1"')
     assert same == Receive(1000, 4000, 5000)
-    other = plan_response(
-        206, 1000, 5000, "4000", "bytes 1000-4999/5000", sent_validator='"v1"', validator='"v2"'
-    )
+    other = plan_response(206, 1000, 5000, "4000", cr, sent_validator='"v1"', etag='"v2"')
     assert isinstance(other, Reject) and other.discard
     assert other.failure.reason is Reason.RANGE_MISMATCH
-    silent = plan_response(206, 1000, 5000, "4000", "bytes 1000-4999/5000", sent_validator='"v1"')
+    silent = plan_response(206, 1000, 5000, "4000", cr, sent_validator='"v1"')
     assert silent == Receive(1000, 4000, 5000)  # no validator in the answer: nothing to compare
+    date = "Wed, 25 Nov 2026 08:00:00 GMT"
+    # If-Range sent a date: the answer's Last-Modified is what to compare, not its ETag.
+    by_date = plan_response(206, 1000, 5000, "4000", cr, sent_validator=date, etag='"abc"')
+    assert by_date == Receive(1000, 4000, 5000)
+    assert isinstance(
+        plan_response(
+            206, 1000, 5000, "4000", cr, sent_validator=date, last_modified="Thu, 26 Nov 2026"
+        ),
+        Reject,
+    )
+    assert same_version('"v1"', ' "v1" ', None) and same_version(date, None, date)
 
 
 def test_plan_a_body_ended_only_by_the_connection_closing_is_refused() -> None:

@@ -65,6 +65,14 @@ class HostHealth:
         """Apply reloaded settings to later decisions."""
         self._base, self._max, self._slots = max(backoff_base, 0.1), backoff_max, slots
 
+    def blocked(self, now: float) -> list[str]:
+        """Hosts that cannot take a request now: cooling down, probing, or out of slots."""
+        return [
+            name
+            for name, h in self._hosts.items()
+            if h.cooling_until > now or h.probe is not None or h.in_flight >= self._slots
+        ]
+
     def down(self) -> list[str]:
         """Hosts reported unavailable now."""
         return [name for name, h in self._hosts.items() if h.down_since is not None]

@@ -120,16 +120,17 @@ def plan_response(
     content_range: str | None,
     *,
     sent_validator: str | None = None,
-    validator: str | None = None,
+    etag: str | None = None,
+    last_modified: str | None = None,
     framed: bool = True,
 ) -> Plan:
     """What to do with a 200, 206 or 416 answer to a GET asking for bytes from `offset` on
     (0: the whole file), given the file size an earlier answer declared, if any.
 
-    `sent_validator` went out in If-Range; `validator` is the answer's (strong ETag, else
-    Last-Modified). `framed`: the protocol marks the body's end (HTTP/2, chunked), so a body
-    without a length is still known to be whole; an HTTP/1.1 body ended by the connection's
-    close is not, and is refused."""
+    `sent_validator` went out in If-Range; `etag` and `last_modified` are the answer's.
+    `framed`: the protocol marks the body's end (HTTP/2, chunked), so a body without a length
+    is still known to be whole; an HTTP/1.1 body ended by the connection's close is not, and
+    is refused."""
     try:
         length = parse_content_length(content_length)
         if status == 200:
@@ -141,7 +142,7 @@ def plan_response(
                 return Reject(
                     Failure(Reason.MALFORMED, 206, detail="206 to a request without Range")
                 )
-            if sent_validator and validator and validator != sent_validator:
+            if sent_validator and not same_version(sent_validator, etag, last_modified):
                 detail = "206 of another version: its validator is not the If-Range sent"
                 return Reject(Failure(Reason.RANGE_MISMATCH, 206, detail=detail), discard=True)
             found = parse_content_range(content_range)
@@ -164,6 +165,14 @@ def plan_response(
     except Malformed as exc:
         return Reject(Failure(Reason.MALFORMED, status, detail=str(exc)))
     return Reject(Failure(Reason.HTTP_ERROR, status))
+
+
+def same_version(sent: str, etag: str | None, last_modified: str | None) -> bool:
+    """Whether an answer is of the version `sent` in If-Range names, comparing like with like
+    (an ETag with the ETag, a date with Last-Modified); True when it says nothing to compare."""
+    if sent.startswith('"'):
+        return etag is None or etag.strip() == sent
+    return last_modified is None or last_modified.strip() == sent
 
 
 def resume_headers(offset: int, validator: str | None) -> dict[str, str]:

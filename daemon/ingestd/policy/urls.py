@@ -165,3 +165,14 @@ def parse_loopback_address(value: str) -> tuple[str, int]:
         if not loopback:
             raise ValueError(f"metrics are served on loopback only, got {host!r}")
     return host, int(port)
+
+
+def origin_of(url: str) -> str:
+    """The origin a URL's requests go to, `host:port`: the key of host health, in the pool and
+    in the manifest's SQL alike."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        return ""
+    return f"{(parts.hostname or '').lower()}:{port}"

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import errno
 import functools
 import os
 import random
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
 
 from ingestd.config import Config
 from ingestd.fs.files import free_bytes
@@ -38,6 +39,7 @@ from ingestd.policy.retry import (
     backoff_delay,
     decide,
 )
+from ingestd.policy.urls import origin_of
 from ingestd.service.db import Db, GroupCommit
 from ingestd.service.publish import Publisher
 from ingestd.service.transfer import Published, Transfers
@@ -49,6 +51,7 @@ PAUSE_RECHECK_MAX = 60.0  # cap on the backoff between checks of a paused media 
 # A pause that starts this soon after the last one ended goes on with its backoff.
 PAUSE_MEMORY = 600.0
 RELINK_BATCH = 100
+READY_ROUNDS = 4  # claimed items kept in memory, in rounds of `concurrency`
 RELINK_PARKED_MAX = 1000  # items whose links keep failing, remembered to skip them a while
 BOOKKEEPING_RETRY_MAX = 30.0  # cap on the backoff while the manifest refuses an outcome
 STOP_WAIT = 3.0  # seconds stopped transfers get to checkpoint and hand their item back
@@ -78,6 +81,10 @@ class PoolStats:
     started: float = field(default_factory=time.monotonic)
 
 
+class _Paused(Exception):
+    """Downloads paused while items were being started (internal to _start_ready)."""
+
+
 @dataclass
 class _Pause:
     """Why downloads stopped, and when the condition is looked at again."""
@@ -88,16 +95,6 @@ class _Pause:
     since: float
     checks: int = 0
     next_check: float = 0.0
-
-
-def host_of(url: str) -> str:
-    """The origin a URL's requests go to, `host:port` (the key of host health)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    except ValueError:
-        return ""
-    return f"{(parts.hostname or '').lower()}:{port}"
 
 
 class DownloadPool:
@@ -137,6 +134,8 @@ class DownloadPool:
         self._relink_due = False
         self._relink_at = 0.0
         self._relink_parked: dict[str, tuple[int, float]] = {}  # id: (failures, retry at)
+        self._probes: dict[Path, asyncio.Future[tuple[str, str, int | None] | None]] = {}
+        self._deferred: dict[str, float] = {}  # origin: the cooldown end its items were moved to
         self.stats = PoolStats()
 
     @property
@@ -180,8 +179,13 @@ class DownloadPool:
         while True:
             self._wake.clear()
             if self._relink_due and time.monotonic() >= self._relink_at:
-                self._relink_due = False
-                await self.relink()
+                self._relink_due = False  # a merge during the pass sets it again
+                try:
+                    await self.relink()
+                except BaseException:
+                    self._relink_due = True
+                    self._relink_at = time.monotonic() + IDLE_RECHECK
+                    raise
             if not await self._local_ok():
                 await self._hand_back([item.aweme_id for item, _ in self._ready], 0.0)
                 self._ready.clear()
@@ -192,13 +196,12 @@ class DownloadPool:
             concurrency = self._config.concurrency
             free = concurrency - len(self._tasks)
             claimed = False
-            if free > len(self._ready):
+            # Items waiting for a busy host stay claimed: at most READY_ROUNDS of them.
+            if free > self._startable() and len(self._ready) < READY_ROUNDS * concurrency:
                 # Enough for the free slots (started at once), and held for the next
                 # `concurrency` to finish: a finishing transfer is replaced without a claim.
-                start = free - len(self._ready)
-                started, held = await self._db.run(
-                    self._db.manifest.claim, self._clock(), start, concurrency
-                )
+                start = free - self._startable()
+                started, held = await self._claim(start, concurrency)
                 self._ready.extend([(item, False) for item in started])
                 self._ready.extend([(item, True) for item in held])
                 claimed = bool(started or held)
@@ -211,41 +214,68 @@ class DownloadPool:
                 # transfer ends (a slot frees) or a little later, not at once.
                 timeout = PROBE_WAIT
             elif len(self._tasks) < self._config.concurrency:
-                due = await self._db.run(self._db.manifest.next_due)
+                skip = self._hosts.blocked(self._clock())
+                due = await self._db.run(self._db.manifest.next_due, skip)
                 if due is not None:
                     timeout = min(max(due - self._clock(), 0.01), IDLE_RECHECK)
             await self._wait(timeout)
 
+    async def _claim(self, start: int, hold: int) -> tuple[list[Item], list[Item]]:
+        """One claim; a stop that comes while it runs hands back what it claimed."""
+        now = self._clock()
+        skip = self._hosts.blocked(now)
+        claiming = asyncio.ensure_future(
+            self._db.run(self._db.manifest.claim, now, start, hold, skip)
+        )
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                started, held = await claiming
+                await self._hand_back([i.aweme_id for i in [*started, *held]], 0.0)
+            raise
+
     async def _start_ready(self) -> tuple[int, int]:
-        """Start what the slots allow; returns how many started and how many were deferred:
-        items whose host is cooling down or full go back to the queue, due when the host may
-        take them, with no attempt counted. On a manifest error nothing is lost: popped items
-        go back to `_ready`, slots back to their hosts."""
-        deferred: dict[float, list[str]] = collections.defaultdict(list)
+        """Start what the slots allow. Returns how many started, and how many must wait for
+        their host: those whose host is only busy (its slots taken, or a probe out) stay
+        here, claimed, until a transfer ends; those whose host is cooling down go back to
+        the queue, due when it may be tried, with no attempt counted. On a manifest error
+        nothing is lost: the items go back to `_ready`, the slots back to their hosts."""
+        if self._pause is not None:
+            return 0, 0
+        cooling: dict[float, list[str]] = collections.defaultdict(list)
         admitted: list[tuple[Item, bool]] = []
+        busy: list[tuple[Item, bool]] = []
         popped: list[tuple[Item, bool]] = []
         now = self._clock()
         try:
             while self._ready and len(self._tasks) + len(admitted) < self._config.concurrency:
                 entry = self._ready.popleft()
                 popped.append(entry)
-                item, held = entry
-                later = self._hosts.admit(host_of(item.url), now, item.aweme_id)
+                item, _ = entry
+                later = self._hosts.admit(origin_of(item.url), now, item.aweme_id)
                 if later is None:
                     admitted.append(entry)
+                elif later <= now + PROBE_WAIT:
+                    busy.append(entry)
                 else:
-                    deferred[later].append(item.aweme_id)
+                    cooling[later].append(item.aweme_id)
             holding = [item.aweme_id for item, held in admitted if held]
             attempts = iter(
                 await self._db.run(self._db.manifest.start_held, holding, now) if holding else []
             )
-        except BaseException:
+            if self._pause is not None:  # paused meanwhile: start nothing
+                raise _Paused
+        except BaseException as exc:
             for item, _ in admitted:
-                self._unslot(host_of(item.url), item.aweme_id, now)
+                self._unslot(origin_of(item.url), item.aweme_id, now)
             self._ready.extendleft(reversed(popped))
+            if isinstance(exc, _Paused):
+                return 0, 0
             raise
+        self._ready.extendleft(reversed(busy))
         for item, held in admitted:
-            host = host_of(item.url)
+            host = origin_of(item.url)
             if held:
                 attempt = next(attempts)
                 if attempt is None:  # handed back meanwhile
@@ -257,13 +287,18 @@ class DownloadPool:
             self._slots[task] = host
             task.add_done_callback(functools.partial(self._task_done, item.aweme_id))
         waiting = {entry[0].aweme_id: entry for entry in popped}
-        for due, ids in deferred.items():
+        for due, ids in cooling.items():
             try:
                 await self._hand_back(ids, due)
             except BaseException:
-                self._ready.extendleft(reversed([waiting[i] for i in ids]))
+                self._ready.extend([waiting[i] for i in ids])
                 raise
-        return len(admitted), len(popped) - len(admitted)
+        return len(admitted), len(busy) + sum(map(len, cooling.values()))
+
+    def _startable(self) -> int:
+        """Items claimed ahead whose host could take them now."""
+        blocked = set(self._hosts.blocked(self._clock()))
+        return sum(origin_of(item.url) not in blocked for item, _ in self._ready)
 
     async def _hand_back(self, ids: list[str], due: float) -> None:
         if ids:
@@ -318,7 +353,7 @@ class DownloadPool:
         if pause is not None:
             if now < pause.next_check:
                 return False
-            problem = await asyncio.to_thread(self._check_local, pause.probe_dir, probe=True)
+            problem = await self._probe(pause.probe_dir)
             if problem is not None:
                 pause.checks += 1
                 pause.next_check = time.monotonic() + self._pause_delay(pause.checks)
@@ -347,7 +382,8 @@ class DownloadPool:
 
     def _check_local(self, folder: Path, *, probe: bool) -> tuple[str, str, int | None] | None:
         """Blocking: (reason, detail, free bytes) when `folder` cannot take files now, else
-        None. With `probe`, a write batch is written, fsynced and removed there to prove it."""
+        None. With `probe`, a write batch is written, fsynced and removed there to prove it
+        (under a name of its own: probes of one folder may run at once)."""
         try:
             free: int | None = free_bytes(self._config.media_dir)
         except OSError as exc:
@@ -358,19 +394,37 @@ class DownloadPool:
             return "low_disk_space", f"{free} bytes free, min_free_bytes {floor}", free
         if not probe:
             return None
-        path = folder / f".ingestd-probe-{os.getpid()}"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            fd, name = tempfile.mkstemp(prefix=".ingestd-probe-", dir=folder)
+        except OSError as exc:
+            return self._refused(exc, folder / ".ingestd-probe-*", free)
+        try:
             try:
                 os.write(fd, bytes(PROBE_BYTES))
                 os.fsync(fd)
             finally:
                 os.close(fd)
-                os.unlink(path)
+                os.unlink(name)
         except OSError as exc:
-            reason = PAUSE_REASONS.get(exc.errno or 0, "local_io_error")
-            return reason, f"{exc.strerror or exc}: {path}", free
+            return self._refused(exc, Path(name), free)
         return None
+
+    @staticmethod
+    def _refused(exc: OSError, path: Path, free: int | None) -> tuple[str, str, int | None]:
+        reason = PAUSE_REASONS.get(exc.errno or 0, "local_io_error")
+        return reason, f"{exc.strerror or exc}: {path}", free
+
+    async def _probe(self, folder: Path) -> tuple[str, str, int | None] | None:
+        """`_check_local(folder, probe=True)` in a worker thread, one at a time per folder:
+        transfers failing together share one probe's answer."""
+        running = self._probes.get(folder)
+        if running is None:
+            running = asyncio.ensure_future(
+                asyncio.to_thread(self._check_local, folder, probe=True)
+            )
+            self._probes[folder] = running
+            running.add_done_callback(lambda _: self._probes.pop(folder, None))
+        return await asyncio.shield(running)
 
     async def _pause_downloads(
         self,
@@ -400,12 +454,9 @@ class DownloadPool:
             in_flight=len(self._tasks),
             retry_in_s=round(delay, 3),
         )
+        self.wake()  # the feed hands back what it claimed ahead (it alone owns _ready)
         if cancel:
             await self._cancel_transfers()
-        ids = [item.aweme_id for item, _ in self._ready]
-        await self._settle(self._log, self._hand_back, ids, 0.0)
-        self._ready.clear()
-        self.wake()
 
     # --- one transfer ----------------------------------------------------------------------
 
@@ -454,6 +505,7 @@ class DownloadPool:
             else:
                 self._log.info(event.event, down_s=event.down_s, **fields)
                 self.wake()
+        await self._defer_cooling(host, now)
         if isinstance(outcome, Published):
             await self._settle(log, self._completed, item, outcome, duration, log)
             return
@@ -461,6 +513,19 @@ class DownloadPool:
         if local and await self._local_fault(item, outcome, log):
             return
         await self._settle(log, self._failed, item, outcome, duration, log, host)
+
+    async def _defer_cooling(self, host: str, now: float) -> None:
+        """When a host's cooldown starts or grows, move its pending items past it in one pass,
+        so that claims find other hosts' items instead of this one's, a batch at a time."""
+        until = self._hosts.cooling_until(host)
+        if until <= now or until <= self._deferred.get(host, 0.0):
+            return
+        self._deferred[host] = until
+        if len(self._deferred) > 4 * self._config.concurrency:  # bounded: drop the oldest
+            for stale in [h for h, t in self._deferred.items() if t <= now]:
+                del self._deferred[stale]
+        with contextlib.suppress(ManifestError):  # an optimization: claims defer them anyway
+            await self._db.run(self._db.manifest.defer_origin, host, until, now)
 
     async def _host_caused(self, failure: Failure, host: str, started_at: float) -> bool:
         """Whether a failure is the host's, not the item's: 429/503 and no connection are;
@@ -478,20 +543,22 @@ class DownloadPool:
         return self._hosts.went_down(host, lost_at, self._clock())
 
     async def _local_fault(self, item: Item, failure: Failure, log: Logger) -> bool:
-        """A write refused by the filesystem: if the folder refuses a probe too, pause every
-        download (True: the item is handed back). If it takes files, the fault is this item's
-        own file (a .part owned by someone else, say): False, recorded as its failure."""
+        """A write refused by the filesystem: if the media folder refuses a probe too, pause
+        every download (True: the item is handed back). If it takes files, the fault is this
+        item's own (its .part owned by someone else, its topic folder unwritable): False,
+        recorded as its failure, naming the path."""
         media = self._config.media_dir
         folder = Path(failure.path).parent if failure.path else media
         if not folder.is_relative_to(media):
             folder = media
         if self._pause is None:
-            problem = await asyncio.to_thread(self._check_local, folder, probe=True)
-            if problem is None:
+            problem = await self._probe(folder)
+            if problem is not None and folder != media:
+                problem = await self._probe(media)
+            if problem is None or problem[0] not in PAUSE_REASONS.values():
                 return False
             await self._settle(log, self._hand_back, [item.aweme_id], 0.0)
-            reason = PAUSE_REASONS[failure.errno or 0]
-            await self._pause_downloads(reason, failure.detail, problem[2], folder)
+            await self._pause_downloads(problem[0], problem[1], problem[2], media)
         else:
             await self._settle(log, self._hand_back, [item.aweme_id], 0.0)
         return True
@@ -595,16 +662,17 @@ class DownloadPool:
     # --- further topics -----------------------------------------------------------------------
 
     async def relink(self) -> None:
-        """Give done items that gained topics their extra links. An item whose links fail is
-        parked with its own backoff and the others go on; its file is never downloaded again
-        for it."""
+        """Give done items that gained topics their extra links, in one finite pass. An item
+        whose links fail is parked with its own backoff and the others go on; its file is
+        never downloaded again for it."""
+        now = time.monotonic()
+        parked = self._relink_parked
+        for aweme_id in [i for i, (_, at) in parked.items() if at <= now]:
+            del parked[aweme_id]  # due again
+        after = ""
         while True:
-            now = time.monotonic()
-            parked = self._relink_parked
-            for aweme_id in [i for i, (_, at) in parked.items() if at <= now]:
-                del parked[aweme_id]  # due again
             batch = await self._db.run(
-                self._db.manifest.pending_relinks, RELINK_BATCH, tuple(parked)
+                self._db.manifest.pending_relinks, RELINK_BATCH, tuple(parked), after
             )
             for relink in batch:
                 try:
@@ -614,15 +682,15 @@ class DownloadPool:
                 except OSError as exc:
                     self._park_relink(relink.aweme_id, exc, relink.path)
                     continue
-                self._relink_parked.pop(relink.aweme_id, None)
                 await self._db.run(self._db.manifest.clear_relink, relink.aweme_id, relink.topics)
                 if made:
                     self._log.info("video_linked", aweme_id=relink.aweme_id, links=made)
             if len(batch) < RELINK_BATCH:
                 break
-        if self._relink_parked:  # come back when the first parked item is due
+            after = batch[-1].aweme_id
+        if parked:  # come back when the first parked item is due
             self._relink_due = True
-            self._relink_at = min(at for _, at in self._relink_parked.values())
+            self._relink_at = min(at for _, at in parked.values())
 
     def _park_relink(self, aweme_id: str, exc: OSError, path: str) -> None:
         failures = self._relink_parked.get(aweme_id, (0, 0.0))[0] + 1

@@ -118,8 +118,8 @@ class Transfers:
             await attempt.keep_for_resume()  # stopping: what arrived is kept for the next run
             raise
         finally:
-            if not part.closed:
-                part.close()  # here, not in a thread: it must happen on cancellation too
+            if not part.closed:  # on cancellation too: shielded, it completes regardless
+                await asyncio.shield(asyncio.to_thread(part.close))
 
 
 def _local_failure(exc: OSError, path: Path) -> Failure:
@@ -184,7 +184,7 @@ class _Attempt:
             reason = classify_status(status) or Reason.HTTP_ERROR
             retry_after = parse_retry_after(response.header("retry-after"), self._t._clock())
             return Failure(reason, status, retry_after)
-        validator = strong_validator(response.header("etag"), response.header("last-modified"))
+        etag, last_modified = response.header("etag"), response.header("last-modified")
         plan = plan_response(
             status,
             offset,
@@ -192,7 +192,8 @@ class _Attempt:
             response.header("content-length"),
             response.header("content-range"),
             sent_validator=self._validator if offset else None,
-            validator=validator,
+            etag=etag,
+            last_modified=last_modified,
             framed=response.framed,
         )
         if isinstance(plan, Reject):
@@ -209,6 +210,9 @@ class _Attempt:
             await asyncio.to_thread(part.truncate, plan.start)
         elif plan.start:
             await asyncio.to_thread(part.hash_existing)  # so the new bytes are hashed inline
+        validator = strong_validator(etag, last_modified)
+        if plan.start and validator is None:
+            validator = self._validator  # a 206 that names no version continues the one asked
         if plan.total is not None and plan.total <= RESUME_MIN_BYTES:
             validator = None  # not worth a manifest write: restarted from zero if need be
         await self._remember(validator, plan.total if validator is not None else None)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ingestd.policy.merge import Known, State, merge
 from ingestd.policy.naming import topic_folder
+from ingestd.policy.urls import origin_of
 
 if TYPE_CHECKING:  # the CLI reads the manifest without loading the extract parser
     from ingestd.policy.extract import Record
@@ -29,6 +30,9 @@ if TYPE_CHECKING:  # the CLI reads the manifest without loading the extract pars
 SCHEMA_VERSION = 5
 READABLE_VERSIONS = (1, 2, 3, 4, 5)  # the columns readers use are the same in all
 _CHUNK = 500  # ids per SELECT ... IN (...) and records per write transaction
+# Passes over the items of origins that cannot take work (their URL's host:port, worked out
+# per row scanned: only while some origin is busy or cooling, and only over due rows).
+_SKIP = " AND url_origin(url) NOT IN (SELECT value FROM json_each(?))"
 
 # Every items column after the key, in order (both versions of the table share them).
 _ITEM_FIELDS = """
@@ -238,6 +242,7 @@ class Manifest:
         self._conn = conn
         self._version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         conn.create_function("topic_folder", 1, topic_folder, deterministic=True)
+        conn.create_function("url_origin", 1, origin_of, deterministic=True)
         # Set from another thread to end a long merge between two transactions (shutdown).
         self.interrupt = threading.Event()
 
@@ -478,29 +483,49 @@ class Manifest:
         """Atomically move up to `limit` due pending items to active and return them."""
         return self.claim(now, limit, 0)[0]
 
-    def claim(self, now: float, start: int, hold: int) -> tuple[list[Item], list[Item]]:
+    def claim(
+        self, now: float, start: int, hold: int, skip: Sequence[str] = ()
+    ) -> tuple[list[Item], list[Item]]:
         """In one transaction, the next due items: `start` of them made active (an attempt
         counted), then `hold` more claimed ahead. Held items stay `pending` (they are not in
-        flight) with no attempt counted, until `start_held`; no other claim takes them."""
+        flight) with no attempt counted, until `start_held`; no other claim takes them. Items
+        of the origins (host:port) in `skip` are passed over: they cannot take work now."""
         if start <= 0 and hold <= 0:
             return [], []
         with self._write() as db:
-            started = self._claim(db, now, "state = 'active', attempts = attempts + 1", start)
-            held = self._claim(db, now, "held = 1", hold)
+            change = "state = 'active', attempts = attempts + 1"
+            started = self._claim(db, now, change, start, skip)
+            held = self._claim(db, now, "held = 1", hold, skip)
         return started, held
 
     @staticmethod
-    def _claim(db: sqlite3.Connection, now: float, change: str, limit: int) -> list[Item]:
+    def _claim(
+        db: sqlite3.Connection, now: float, change: str, limit: int, skip: Sequence[str]
+    ) -> list[Item]:
         if limit <= 0:
             return []
         rows = db.execute(
             f"UPDATE items SET {change}, updated_at = ?"
             " WHERE aweme_id IN (SELECT aweme_id FROM items WHERE state = 'pending'"
-            " AND held = 0 AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
+            f" AND held = 0 AND next_attempt_at <= ?{_SKIP if skip else ''}"
+            " ORDER BY next_attempt_at LIMIT ?)"
             " RETURNING aweme_id, url, topics, attempts, validator, durable_bytes, total_bytes",
-            (now, now, limit),
+            (now, now, *((json.dumps(list(skip)),) if skip else ()), limit),
         ).fetchall()
         return [Item(r[0], r[1], tuple(json.loads(r[2])), r[3], r[4], r[5], r[6]) for r in rows]
+
+    def defer_origin(self, origin: str, until: float, now: float) -> int:
+        """Make every pending item of `origin` (host:port) due no sooner than `until`: its host
+        is cooling down, and claims should find other hosts' items. One pass over the pending
+        items (a cooldown starts or grows only every so often). Returns how many moved."""
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE items SET next_attempt_at = ?, updated_at = ?"
+                " WHERE state = 'pending' AND held = 0 AND next_attempt_at < ?"
+                " AND url_origin(url) = ?",
+                (until, now, until, origin),
+            )
+            return cur.rowcount
 
     def start_held(self, ids: Sequence[str], now: float) -> list[int | None]:
         """Make held items active, counting their attempt. Per id, in order: its attempt
@@ -519,12 +544,20 @@ class Manifest:
                 )
             ]
 
-    def next_due(self) -> float | None:
-        """The earliest retry time among pending items not claimed, or None when none is."""
-        row = self._conn.execute(
-            "SELECT min(next_attempt_at) FROM items WHERE state = 'pending' AND held = 0"
-        ).fetchone()
-        return None if row[0] is None else float(row[0])
+    def next_due(self, skip: Sequence[str] = ()) -> float | None:
+        """The earliest retry time among pending items not claimed (and not of the origins
+        in `skip`), or None when there is none."""
+        if not skip:
+            row = self._conn.execute(
+                "SELECT min(next_attempt_at) FROM items WHERE state = 'pending' AND held = 0"
+            ).fetchone()
+        else:  # in index order, stopping at the first: no min() over the whole range
+            row = self._conn.execute(
+                "SELECT next_attempt_at FROM items WHERE state = 'pending' AND held = 0"
+                f"{_SKIP} ORDER BY next_attempt_at LIMIT 1",
+                (json.dumps(list(skip)),),
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def set_part(
         self, aweme_id: str, validator: str | None, total: int | None, durable: int
@@ -599,12 +632,16 @@ class Manifest:
 
     # --- hard links for further topics ----------------------------------------------------
 
-    def pending_relinks(self, limit: int, skip: Sequence[str] = ()) -> list[Relink]:
-        """Done items that gained topics since their file was published, but those in `skip`."""
+    def pending_relinks(
+        self, limit: int, skip: Sequence[str] = (), after: str = ""
+    ) -> list[Relink]:
+        """Done items that gained topics since their file was published, in id order after
+        `after` (a pass sees each once), but those in `skip`."""
         rows = self._conn.execute(
             "SELECT aweme_id, path, topics FROM items WHERE relink = 1 AND state = 'done'"
-            " AND aweme_id NOT IN (SELECT value FROM json_each(?)) LIMIT ?",
-            (json.dumps(list(skip)), limit),
+            " AND aweme_id > ? AND aweme_id NOT IN (SELECT value FROM json_each(?))"
+            " ORDER BY aweme_id LIMIT ?",
+            (after, json.dumps(list(skip)), limit),
         ).fetchall()
         return [Relink(r[0], r[1], tuple(json.loads(r[2]))) for r in rows]
 
