@@ -386,3 +386,18 @@ def test_items_claimed_ahead_are_held_not_active_and_cost_no_attempt(manifest: M
     assert manifest.reset_active(now=7.0) == 4
     assert manifest.item(last.aweme_id)["attempts"] == 0
     assert manifest.claim_due(now=8.0, limit=10) != []
+
+
+def test_an_outcome_may_arrive_before_its_start_is_written(manifest: Manifest) -> None:
+    # The pool writes starts of held items in batches, without waiting: an outcome can win.
+    manifest.merge([r("1"), r("2")], "e.json", now=1.0)
+    manifest.claim(now=2.0, start=0, hold=2)
+    assert manifest.finish_failed("1", OLD, State.PENDING, "timeout", None, 9.0, False, 3.0) is (
+        State.PENDING
+    )
+    done(manifest, "2", 10, "ab" * 32, "a/2.mp4", ["a"], 3.0)
+    assert manifest.start_held(["1", "2"], now=4.0) == [None, None]  # late: changes nothing
+    one, two = manifest.item("1"), manifest.item("2")
+    assert (one["state"], one["attempts"], one["held"]) == ("pending", 1, 0)
+    assert (two["state"], two["attempts"], two["held"]) == ("done", 1, 0)
+    assert manifest.counts().items["active"] == 0

@@ -132,3 +132,31 @@ def test_expiry_fast_path_reads_queries_as_parse_qsl_does() -> None:
         query = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
         url = f"https://cdn.example/v.mp4?{query}"
         assert url_expiry(url) == reference(url), url
+
+
+def test_origin_of_agrees_with_urlsplit() -> None:
+    from urllib.parse import urlsplit
+
+    from ingestd.policy.urls import origin_of
+
+    def reference(url: str) -> str:
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        except ValueError:
+            return ""
+        return f"{(parts.hostname or '').lower()}:{port}"
+
+    for url in [
+        "https://V16.TikTok.com/v/1.mp4?x=1",
+        "http://a.b:8080/x",
+        "https://[::1]:8443/x",
+        "https://[::1]/x",
+        "https://u:p@h.com:99/x",
+        "https://h.com?x=1",
+        "https://h.com#f",
+        "https://localhost:44997/v/a.mp4?expire=1&signature=x",
+        "https://h:99999/x",
+        "https://h:abc/x",
+    ]:
+        assert origin_of(url) == reference(url), url

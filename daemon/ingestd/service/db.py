@@ -35,12 +35,12 @@ class Db:
             raise
         return cls(executor, manifest)
 
-    async def run(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Call `method(*args)` on the manifest thread. `method` is a bound Manifest method."""
+    def run(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+        """Call `method(*args)` on the manifest thread; await the result. `method` is a bound
+        Manifest method. A future, not a coroutine: one hop less per call, and a caller that
+        is cancelled may still shield it and take its result."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, functools.partial(method, *args, **kwargs)
-        )
+        return loop.run_in_executor(self._executor, functools.partial(method, *args, **kwargs))
 
     async def close(self) -> None:
         """Close the manifest and stop the thread."""
@@ -61,11 +61,15 @@ class GroupCommit(Generic[T, R]):
 
     async def submit(self, item: T) -> R:
         """Write `item` with whatever else is waiting; returns its own result."""
+        return await asyncio.shield(self.post(item))  # a cancelled caller's item is written
+
+    def post(self, item: T) -> asyncio.Future[R]:
+        """Queue `item` for the next batch without waiting; the future has its result."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain(), name="group-commit")
-        return await asyncio.shield(future)  # a cancelled caller's item is still written
+        return future
 
     async def _drain(self) -> None:
         while self._queue:

@@ -52,6 +52,7 @@ PAUSE_RECHECK_MAX = 60.0  # cap on the backoff between checks of a paused media 
 PAUSE_MEMORY = 600.0
 RELINK_BATCH = 100
 READY_ROUNDS = 4  # claimed items kept in memory, in rounds of `concurrency`
+MARK_LAG = 1.0  # seconds a started held item may still read `pending` in status
 RELINK_PARKED_MAX = 1000  # items whose links keep failing, remembered to skip them a while
 BOOKKEEPING_RETRY_MAX = 30.0  # cap on the backoff while the manifest refuses an outcome
 STOP_WAIT = 3.0  # seconds stopped transfers get to checkpoint and hand their item back
@@ -79,10 +80,6 @@ class PoolStats:
     retried: int = 0
     bytes: int = 0
     started: float = field(default_factory=time.monotonic)
-
-
-class _Paused(Exception):
-    """Downloads paused while items were being started (internal to _start_ready)."""
 
 
 @dataclass
@@ -125,6 +122,10 @@ class DownloadPool:
         # without a manifest round trip. Released, like running ones, on shutdown.
         self._ready: collections.deque[tuple[Item, bool]] = collections.deque()  # (item, held)
         self._completions = GroupCommit(db, db.manifest.complete_many)
+        # Held items whose transfer began, written active with the next claim (or within
+        # MARK_LAG): not one manifest write per file.
+        self._unmarked: list[str] = []
+        self._unmarked_since = 0.0
         self._space_checked_at = -SPACE_RECHECK
         self._wake = asyncio.Event()
         self._pause: _Pause | None = None
@@ -197,7 +198,11 @@ class DownloadPool:
             free = concurrency - len(self._tasks)
             claimed = False
             # Items waiting for a busy host stay claimed: at most READY_ROUNDS of them.
-            if free > self._startable() and len(self._ready) < READY_ROUNDS * concurrency:
+            if (
+                free > 0
+                and free > self._startable()
+                and len(self._ready) < READY_ROUNDS * concurrency
+            ):
                 # Enough for the free slots (started at once), and held for the next
                 # `concurrency` to finish: a finishing transfer is replaced without a claim.
                 start = free - self._startable()
@@ -206,6 +211,9 @@ class DownloadPool:
                 self._ready.extend([(item, True) for item in held])
                 claimed = bool(started or held)
             launched, deferred = await self._start_ready()
+            if self._unmarked and time.monotonic() - self._unmarked_since > MARK_LAG:
+                mark, self._unmarked = self._unmarked, []
+                await self._db.run(self._db.manifest.start_held, mark, self._clock())
             if claimed and launched and len(self._tasks) < concurrency:
                 continue  # there may be more due right now
             timeout = IDLE_RECHECK
@@ -218,14 +226,17 @@ class DownloadPool:
                 due = await self._db.run(self._db.manifest.next_due, skip)
                 if due is not None:
                     timeout = min(max(due - self._clock(), 0.01), IDLE_RECHECK)
+            if self._unmarked:
+                timeout = min(timeout, MARK_LAG)
             await self._wait(timeout)
 
     async def _claim(self, start: int, hold: int) -> tuple[list[Item], list[Item]]:
         """One claim; a stop that comes while it runs hands back what it claimed."""
         now = self._clock()
         skip = self._hosts.blocked(now)
+        mark, self._unmarked = self._unmarked, []
         claiming = asyncio.ensure_future(
-            self._db.run(self._db.manifest.claim, now, start, hold, skip)
+            self._db.run(self._db.manifest.claim, now, start, hold, skip, mark)
         )
         try:
             return await asyncio.shield(claiming)
@@ -239,8 +250,8 @@ class DownloadPool:
         """Start what the slots allow. Returns how many started, and how many must wait for
         their host: those whose host is only busy (its slots taken, or a probe out) stay
         here, claimed, until a transfer ends; those whose host is cooling down go back to
-        the queue, due when it may be tried, with no attempt counted. On a manifest error
-        nothing is lost: the items go back to `_ready`, the slots back to their hosts."""
+        the queue, due when it may be tried, with no attempt counted (kept here if the
+        manifest refuses that)."""
         if self._pause is not None:
             return 0, 0
         cooling: dict[float, list[str]] = collections.defaultdict(list)
@@ -248,40 +259,33 @@ class DownloadPool:
         busy: list[tuple[Item, bool]] = []
         popped: list[tuple[Item, bool]] = []
         now = self._clock()
-        try:
-            while self._ready and len(self._tasks) + len(admitted) < self._config.concurrency:
-                entry = self._ready.popleft()
-                popped.append(entry)
-                item, _ = entry
-                later = self._hosts.admit(origin_of(item.url), now, item.aweme_id)
-                if later is None:
-                    admitted.append(entry)
-                elif later <= now + PROBE_WAIT:
-                    busy.append(entry)
-                else:
-                    cooling[later].append(item.aweme_id)
-            holding = [item.aweme_id for item, held in admitted if held]
-            attempts = iter(
-                await self._db.run(self._db.manifest.start_held, holding, now) if holding else []
-            )
-            if self._pause is not None:  # paused meanwhile: start nothing
-                raise _Paused
-        except BaseException as exc:
-            for item, _ in admitted:
-                self._unslot(origin_of(item.url), item.aweme_id, now)
-            self._ready.extendleft(reversed(popped))
-            if isinstance(exc, _Paused):
-                return 0, 0
-            raise
+        while self._ready and len(self._tasks) + len(admitted) < self._config.concurrency:
+            entry = self._ready.popleft()
+            popped.append(entry)
+            item, _ = entry
+            later = self._hosts.admit(origin_of(item.url), now, item.aweme_id)
+            if later is None:
+                admitted.append(entry)
+            elif later <= now + PROBE_WAIT:
+                busy.append(entry)
+            else:
+                cooling[later].append(item.aweme_id)
         self._ready.extendleft(reversed(busy))
         for item, held in admitted:
+            if held:  # marked active with the next claim; the manifest copes if that lags
+                if not self._unmarked:
+                    self._unmarked_since = time.monotonic()
+                self._unmarked.append(item.aweme_id)
+                item = Item(
+                    item.aweme_id,
+                    item.url,
+                    item.topics,
+                    item.attempts + 1,
+                    item.validator,
+                    item.durable,
+                    item.total,
+                )
             host = origin_of(item.url)
-            if held:
-                attempt = next(attempts)
-                if attempt is None:  # handed back meanwhile
-                    self._unslot(host, item.aweme_id, now)
-                    continue
-                item = dataclasses.replace(item, attempts=attempt)
             task = asyncio.create_task(self._download(item, host), name=f"dl-{item.aweme_id}")
             self._tasks[item.aweme_id] = task
             self._slots[task] = host
@@ -298,6 +302,8 @@ class DownloadPool:
     def _startable(self) -> int:
         """Items claimed ahead whose host could take them now."""
         blocked = set(self._hosts.blocked(self._clock()))
+        if not blocked or not self._ready:
+            return len(self._ready)
         return sum(origin_of(item.url) not in blocked for item, _ in self._ready)
 
     async def _hand_back(self, ids: list[str], due: float) -> None:

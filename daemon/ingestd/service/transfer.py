@@ -60,6 +60,13 @@ class Published:
     links: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Whole:
+    """Every byte of the file arrived; `tail` holds the last chunks, not yet written."""
+
+    tail: Sequence[Chunk]
+
+
 class Transfers:
     """Runs single attempts; shared by every transfer of the pool."""
 
@@ -172,13 +179,16 @@ class _Attempt:
                 )
             async with self._t._fetcher.get(item.url, headers) as response:
                 outcome = await self._answer(response, offset)
+            if isinstance(outcome, _Whole):  # published with the stream already given back
+                return await self._publish(outcome.tail, offset)
             if outcome is not None:
                 return outcome
             # A capped range reply: its bytes are good, the rest is asked for at once.
         return Failure(Reason.TRUNCATED, detail=f"still short after {MAX_RANGE_REQUESTS} ranges")
 
-    async def _answer(self, response: Response, offset: int) -> Published | Failure | None:
-        """Handle one response: an outcome, or None when the file needs another range."""
+    async def _answer(self, response: Response, offset: int) -> _Whole | Failure | None:
+        """Handle one response: the file is whole (its last chunks to write), a failure, or
+        None when it needs another range."""
         part, status = self._part, response.status
         if status not in (200, 206, 416):
             reason = classify_status(status) or Reason.HTTP_ERROR
@@ -202,7 +212,7 @@ class _Attempt:
                 await self._remember(None, None)
             return plan.failure
         if isinstance(plan, PublishPart):
-            return await self._publish([], offset)
+            return _Whole([])
         if plan.total is not None and plan.total > self._config.max_file_bytes:
             await asyncio.to_thread(part.discard)
             return Failure(Reason.TOO_LARGE, status, detail=f"declared {plan.total}")
@@ -222,7 +232,7 @@ class _Attempt:
         if plan.total is not None and part.size + sum(len(c) for c in received) < plan.total:
             await asyncio.to_thread(part.write, received)
             return None
-        return await self._publish(received, offset)
+        return _Whole(received)
 
     async def _remember(self, validator: str | None, total: int | None) -> None:
         """Record the validator and size the part is written under: a resume asks by them."""

@@ -484,15 +484,28 @@ class Manifest:
         return self.claim(now, limit, 0)[0]
 
     def claim(
-        self, now: float, start: int, hold: int, skip: Sequence[str] = ()
+        self,
+        now: float,
+        start: int,
+        hold: int,
+        skip: Sequence[str] = (),
+        mark: Sequence[str] = (),
     ) -> tuple[list[Item], list[Item]]:
         """In one transaction, the next due items: `start` of them made active (an attempt
         counted), then `hold` more claimed ahead. Held items stay `pending` (they are not in
         flight) with no attempt counted, until `start_held`; no other claim takes them. Items
-        of the origins (host:port) in `skip` are passed over: they cannot take work now."""
-        if start <= 0 and hold <= 0:
+        of the origins (host:port) in `skip` are passed over: they cannot take work now. The
+        held items in `mark` have started: they are made active first (see start_held)."""
+        if start <= 0 and hold <= 0 and not mark:
             return [], []
         with self._write() as db:
+            if mark:
+                db.execute(
+                    "UPDATE items SET state = 'active', held = 0, attempts = attempts + 1,"
+                    " updated_at = ? WHERE aweme_id IN (SELECT value FROM json_each(?))"
+                    " AND held = 1 AND state = 'pending'",
+                    (now, json.dumps(list(mark))),
+                )
             change = "state = 'active', attempts = attempts + 1"
             started = self._claim(db, now, change, start, skip)
             held = self._claim(db, now, "held = 1", hold, skip)
@@ -529,20 +542,24 @@ class Manifest:
 
     def start_held(self, ids: Sequence[str], now: float) -> list[int | None]:
         """Make held items active, counting their attempt. Per id, in order: its attempt
-        number, or None when it is no longer held (handed back meanwhile)."""
+        number, or None when it is no longer held (handed back, or its outcome written)."""
         with self._write() as db:
-            return [
-                None if row is None else int(row[0])
-                for row in (
-                    db.execute(
-                        "UPDATE items SET state = 'active', held = 0, attempts = attempts + 1,"
-                        " updated_at = ? WHERE aweme_id = ? AND held = 1 AND state = 'pending'"
-                        " RETURNING attempts",
-                        (now, aweme_id),
-                    ).fetchone()
-                    for aweme_id in ids
-                )
-            ]
+            return self._start_held(db, ids, now)
+
+    @staticmethod
+    def _start_held(db: sqlite3.Connection, ids: Sequence[str], now: float) -> list[int | None]:
+        return [
+            None if row is None else int(row[0])
+            for row in (
+                db.execute(
+                    "UPDATE items SET state = 'active', held = 0, attempts = attempts + 1,"
+                    " updated_at = ? WHERE aweme_id = ? AND held = 1 AND state = 'pending'"
+                    " RETURNING attempts",
+                    (now, aweme_id),
+                ).fetchone()
+                for aweme_id in ids
+            )
+        ]
 
     def next_due(self, skip: Sequence[str] = ()) -> float | None:
         """The earliest retry time among pending items not claimed (and not of the origins
@@ -579,8 +596,9 @@ class Manifest:
         with self._write() as db:
             for c in done:
                 row = db.execute(
-                    "UPDATE items SET state = 'done', bytes = ?, sha256 = ?, path = ?,"
-                    " validator = NULL, durable_bytes = 0, total_bytes = NULL,"
+                    "UPDATE items SET state = 'done', bytes = ?, sha256 = ?, path = ?, held = 0,"
+                    " attempts = attempts + held, validator = NULL, durable_bytes = 0,"
+                    " total_bytes = NULL,"
                     " last_error = NULL, last_status = NULL, completed_at = ?,"
                     " updated_at = ?, relink = (topics != ?) WHERE aweme_id = ? RETURNING relink",
                     (
@@ -611,21 +629,27 @@ class Manifest:
         again with fresh attempts. Returns the state the item ended in."""
         with self._write() as db:
             row = db.execute(
-                "SELECT url, state FROM items WHERE aweme_id = ?", (aweme_id,)
+                "SELECT url, state, held FROM items WHERE aweme_id = ?", (aweme_id,)
             ).fetchone()
-            if row is None or row[1] != State.ACTIVE.value:
+            # In flight: active, or still held if its start is not written yet (then its
+            # attempt is counted here).
+            started = row is not None and (
+                row[1] == State.ACTIVE.value or (row[1] == State.PENDING.value and row[2])
+            )
+            if not started:
                 return State(row[1]) if row else state
             if row[0] != attempted_url:
                 state, next_attempt_at, refund_attempt = State.PENDING, 0.0, False
                 db.execute(
                     "UPDATE items SET state = 'pending', attempts = 0, next_attempt_at = 0,"
-                    " last_error = ?, last_status = ?, updated_at = ? WHERE aweme_id = ?",
+                    " held = 0, last_error = ?, last_status = ?, updated_at = ? WHERE aweme_id = ?",
                     (reason, status, now, aweme_id),
                 )
                 return state
             db.execute(
                 "UPDATE items SET state = ?, next_attempt_at = ?, last_error = ?, last_status = ?,"
-                " attempts = attempts - ?, updated_at = ? WHERE aweme_id = ?",
+                " attempts = max(attempts + held - ?, 0), held = 0, updated_at = ?"
+                " WHERE aweme_id = ?",
                 (state.value, next_attempt_at, reason, status, int(refund_attempt), now, aweme_id),
             )
         return state
