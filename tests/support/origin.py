@@ -109,6 +109,7 @@ class RequestRecord:
     status: int | None = None
     bytes_sent: int = 0
     finished: bool = False
+    finished_at: float = 0.0  # time.monotonic() when the last byte was sent
     disconnected: bool = False
     response_headers: dict[str, str] = field(default_factory=dict)
 
@@ -500,6 +501,7 @@ class OriginServer:
         else:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         record.finished = True
+        record.finished_at = time.monotonic()
 
     async def _serve_content(
         self,
@@ -558,6 +560,7 @@ class OriginServer:
         if record.method == "HEAD":
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             record.finished = True
+            record.finished_at = time.monotonic()
             return
 
         limit = len(data)
@@ -591,6 +594,7 @@ class OriginServer:
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         record.finished = True
+        record.finished_at = time.monotonic()
 
 
 def stop_loop_thread(
