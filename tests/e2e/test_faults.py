@@ -235,11 +235,13 @@ def test_gone_fails_not_found_after_one_request(run: FaultRun, key: str) -> None
 def test_stalled_transfer_times_out_and_is_retried(run: FaultRun) -> None:
     end = run.terminal("stall")
     assert end["event"] == "download_completed", end
+    # The item's own timeout when the host served others meanwhile (one retry line, an
+    # attempt); the host's when it served nothing else (no line, no attempt): timing decides.
     retries = run.retries("stall")
-    assert [r["reason"] for r in retries] == ["timeout"], retries
-    first = _requests(run, "stall")[0]
-    waited = event_time(retries[0]) - first.time
-    assert waited >= TIMEOUT * 0.8, f"timeout declared {waited:.2f}s into a stall (< {TIMEOUT})"
+    assert [r["reason"] for r in retries] in ([], ["timeout"]), retries
+    first, second = _requests(run, "stall")
+    waited = second.monotonic - first.monotonic
+    assert waited >= TIMEOUT * 0.8, f"tried again {waited:.2f}s into a stall (< {TIMEOUT})"
     assert waited < TIMEOUT + 5, f"stall noticed only after {waited:.2f}s (timeout {TIMEOUT})"
     run.assert_intact("stall")
 
