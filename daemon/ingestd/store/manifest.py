@@ -499,13 +499,7 @@ class Manifest:
         if start <= 0 and hold <= 0 and not mark:
             return [], []
         with self._write() as db:
-            if mark:
-                db.execute(
-                    "UPDATE items SET state = 'active', held = 0, attempts = attempts + 1,"
-                    " updated_at = ? WHERE aweme_id IN (SELECT value FROM json_each(?))"
-                    " AND held = 1 AND state = 'pending'",
-                    (now, json.dumps(list(mark))),
-                )
+            self._start_held(db, mark, now)
             change = "state = 'active', attempts = attempts + 1"
             started = self._claim(db, now, change, start, skip)
             held = self._claim(db, now, "held = 1", hold, skip)
@@ -548,18 +542,18 @@ class Manifest:
 
     @staticmethod
     def _start_held(db: sqlite3.Connection, ids: Sequence[str], now: float) -> list[int | None]:
-        return [
-            None if row is None else int(row[0])
-            for row in (
-                db.execute(
-                    "UPDATE items SET state = 'active', held = 0, attempts = attempts + 1,"
-                    " updated_at = ? WHERE aweme_id = ? AND held = 1 AND state = 'pending'"
-                    " RETURNING attempts",
-                    (now, aweme_id),
-                ).fetchone()
-                for aweme_id in ids
-            )
-        ]
+        """One statement for all of `ids`: held -> active, attempt counted."""
+        if not ids:
+            return []
+        started = dict(
+            db.execute(
+                "UPDATE items SET state = 'active', held = 0, attempts = attempts + 1,"
+                " updated_at = ? WHERE aweme_id IN (SELECT value FROM json_each(?))"
+                " AND held = 1 AND state = 'pending' RETURNING aweme_id, attempts",
+                (now, json.dumps(list(ids))),
+            ).fetchall()
+        )
+        return [started.get(aweme_id) for aweme_id in ids]
 
     def next_due(self, skip: Sequence[str] = ()) -> float | None:
         """The earliest retry time among pending items not claimed (and not of the origins
