@@ -21,6 +21,7 @@ class FakeTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.written = bytearray()
+        self.writes = 0  # write() calls: sends, on a real socket
         self.read_upto = 0
         self.closed = False
 
@@ -32,6 +33,7 @@ class FakeTransport(asyncio.Transport):
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         self.written += data
+        self.writes += 1
 
     def close(self) -> None:
         self.closed = True
@@ -64,8 +66,8 @@ def data_frame(stream_id: int, payload: bytes, end: bool = False, pad: int = 0) 
 class Peer:
     """The client under test, its transport, and the h2 server it talks to."""
 
-    def __init__(self) -> None:
-        self.client = h2lean._Connection("origin.test")
+    def __init__(self, *, coalesce: bool = False) -> None:
+        self.client = h2lean._Connection("origin.test", coalesce=coalesce)
         self.transport = FakeTransport()
         self.client.connection_made(self.transport)
         self.server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))

@@ -7,6 +7,7 @@ all be shown.
 
 import asyncio
 
+import h2.events
 import hpack
 import pytest
 
@@ -121,3 +122,32 @@ async def test_header_blocks_up_to_the_advertised_frame_size_are_accepted() -> N
     client.data_received(block)
     _, headers = await asyncio.wait_for(stream.headers, 1)
     assert (b"x-long", b"v" * 40_000) in headers
+
+
+async def test_frames_queued_in_one_loop_iteration_leave_in_one_write() -> None:
+    peer = Peer(coalesce=True)
+    await asyncio.sleep(0)  # the connection preface goes out
+    client, transport = peer.client, peer.transport
+    peer.to_server()
+    writes = transport.writes
+    streams = [client.open(b"GET", f"/v{i}.mp4".encode(), []) for i in range(3)]
+    assert transport.writes == writes  # queued until the callbacks ready now have run
+    await asyncio.sleep(0)
+    assert transport.writes == writes + 1
+    events = peer.to_server()
+    opened = [e.stream_id for e in events if isinstance(e, h2.events.RequestReceived)]
+    assert opened == [s.stream_id for s in streams]
+
+
+async def test_a_close_sends_what_was_queued_first() -> None:
+    peer = Peer(coalesce=True)
+    await asyncio.sleep(0)
+    client, transport = peer.client, peer.transport
+    peer.to_server()
+    stream = client.open(b"GET", b"/v.mp4", [])
+    client.close()  # before the loop came round to the queued request
+    assert transport.closed
+    events = peer.to_server()
+    assert [e.stream_id for e in events if isinstance(e, h2.events.RequestReceived)] == [
+        stream.stream_id
+    ]
