@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import Any, TextIO
 
 import msgspec
 import structlog
@@ -32,11 +32,23 @@ _ENCODER = msgspec.json.Encoder(enc_hook=str)  # ~10x faster than json.dumps per
 
 def render_json(event: EventDict) -> str:
     """The one JSON rendering used everywhere (stdout, file, `ingestd logs --json`)."""
+    return _encode(event).decode("utf-8")
+
+
+def _encode(event: EventDict) -> bytes:
     try:
-        return _ENCODER.encode(event).decode("utf-8")
+        return _ENCODER.encode(event)
     except (TypeError, ValueError, msgspec.EncodeError):
         # A lone surrogate (from a file name, say) is not UTF-8: escape it instead.
-        return json.dumps(event, default=str, ensure_ascii=True, separators=(",", ":"))
+        text = json.dumps(event, default=str, ensure_ascii=True, separators=(",", ":"))
+        return text.encode("ascii")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """One write(2) a line, as a rule: no Python buffer to flush, no position to ask for."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class _RotatingFile:
@@ -47,20 +59,24 @@ class _RotatingFile:
         self._max_bytes = max_bytes
         self._backups = backups
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle: IO[str] = self._open()
+        self._fd = self._open()
+        self._size = os.fstat(self._fd).st_size
 
-    def _open(self) -> IO[str]:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        return os.fdopen(fd, "a", encoding="utf-8")
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
-    def write(self, line: str) -> None:
-        self._handle.write(line + "\n")
-        self._handle.flush()
-        if self._max_bytes and self._handle.tell() >= self._max_bytes:
-            self._rotate()
+    def write(self, line: bytes) -> None:
+        _write_all(self._fd, line)
+        self._size += len(line)
+        if self._max_bytes and self._size >= self._max_bytes:
+            # Counted, not asked per line; the file's own size decides (logrotate's
+            # copytruncate may have emptied it under us).
+            self._size = os.fstat(self._fd).st_size
+            if self._size >= self._max_bytes:
+                self._rotate()
 
     def _rotate(self) -> None:
-        self._handle.close()
+        os.close(self._fd)
         for n in range(self._backups - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{n}")
             if older.exists():
@@ -69,10 +85,25 @@ class _RotatingFile:
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink(missing_ok=True)
-        self._handle = self._open()
+        self._fd = self._open()
+        self._size = 0
 
     def close(self) -> None:
-        self._handle.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _raw_fd(stream: TextIO) -> int | None:
+    """The descriptor to write JSON lines to directly, or None to go through `stream` (one
+    replaced by a test harness, say)."""
+    if stream is not sys.__stdout__:
+        return None
+    try:
+        stream.flush()
+        return stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 class _Sink:
@@ -81,16 +112,22 @@ class _Sink:
     def __init__(self, stream: TextIO, console: bool, file: _RotatingFile | None) -> None:
         self._stream = stream
         self._console = structlog.dev.ConsoleRenderer(colors=stream.isatty()) if console else None
+        self._out = None if console else _raw_fd(stream)
         self._file = file
         self._lock = threading.Lock()
 
     def emit(self, event: EventDict) -> None:
-        line = render_json(event)
-        text = self._console(None, "", dict(event)) if self._console else line
+        line = _encode(event) + b"\n"
         with self._lock:
             try:
-                self._stream.write(str(text) + "\n")
-                self._stream.flush()
+                if self._out is not None:
+                    _write_all(self._out, line)
+                else:
+                    text = self._console(None, "", dict(event)) if self._console else line.decode()
+                    self._stream.write(str(text) if self._console else text)
+                    if self._console:
+                        self._stream.write("\n")
+                    self._stream.flush()
             except (OSError, ValueError):
                 pass  # stdout gone (closed pipe): keep running, the file may still work
             if self._file is not None:

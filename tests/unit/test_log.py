@@ -59,3 +59,41 @@ def test_every_event_has_level_and_timestamp(tmp_path: Path) -> None:
     event = json.loads(line)
     assert event["level"] == "warning" and event["event"] == "probe" and event["aweme_id"] == "1"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", event["timestamp"])
+
+
+def test_the_file_rotates_by_its_size_and_an_outside_truncation_is_noticed(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"x" * 900 + b"\n")  # an existing file counts from its size
+    file = log._RotatingFile(path, max_bytes=1000, backups=2)
+    try:
+        file.write(b"a" * 50 + b"\n")
+        assert not path.with_name("events.jsonl.1").exists()
+        file.write(b"b" * 60 + b"\n")  # past 1000 bytes: rotated
+        assert path.with_name("events.jsonl.1").stat().st_size == 1013
+        assert path.stat().st_size == 0
+        file.write(b"c" * 500 + b"\n")
+        path.write_bytes(b"")  # logrotate's copytruncate, behind our back
+        file.write(b"d" * 499 + b"\n")  # counted 1001 bytes, but the file holds 500
+        assert not path.with_name("events.jsonl.2").exists()
+        assert path.read_bytes().endswith(b"d" * 499 + b"\n")
+        file.write(b"e" * 600 + b"\n")  # now truly past the limit
+        assert path.with_name("events.jsonl.2").exists() and path.stat().st_size == 0
+    finally:
+        file.close()
+
+
+def test_events_reach_a_real_stdout_descriptor_whole(tmp_path: Path) -> None:
+    # The daemon writes JSON lines straight to fd 1 (one write each); a child process shows it.
+    import subprocess
+    import sys
+
+    code = (
+        "from ingestd import log\n"
+        "log.configure('json', None)\n"
+        "for i in range(200): log.get_logger().info('probe', n=i, text='é' * 50)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, check=True, timeout=60
+    ).stdout
+    lines = out.decode().splitlines()
+    assert [json.loads(line)["n"] for line in lines] == list(range(200))
