@@ -85,7 +85,10 @@ class HostHealth:
 
     def lost(self, host: str, now: float) -> None:
         """A connection died under one transfer of `host` (judged later by `went_down`)."""
-        self._hosts.setdefault(host, _Host()).losses.append(now)
+        state = self._hosts.get(host)
+        if state is None:
+            state = self._hosts[host] = _Host()
+        state.losses.append(now)
 
     def went_down(self, host: str, at: float, now: float) -> bool:
         """Whether a transfer lost at `at` went down with its host: the host is cooling down
@@ -137,7 +140,9 @@ class HostHealth:
         429 or 503), `cancelled` that the request ended without a verdict (it never reached
         the host, or was stopped). Returns the event to log, if the host went down or came
         back. Only the probe's own end ends a probe."""
-        state = self._hosts.setdefault(host, _Host(in_flight=1))
+        state = self._hosts.get(host)
+        if state is None:
+            state = self._hosts[host] = _Host(in_flight=1)
         state.in_flight = max(state.in_flight - 1, 0)
         probe = state.probe == ticket
         if probe:

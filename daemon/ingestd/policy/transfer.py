@@ -82,6 +82,8 @@ def parse_content_length(value: str | None) -> int | None:
     must repeat the same value (RFC 9110 8.6); only ASCII digits, at most MAX_DIGITS."""
     if value is None:
         return None
+    if value.isascii() and value.isdigit() and len(value) <= MAX_DIGITS:
+        return int(value)  # the usual field, without the general path's sets
     values = {part.strip(" \t") for part in value.split(",")}
     for part in values:
         if not _LENGTH.fullmatch(part):

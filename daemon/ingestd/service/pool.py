@@ -82,6 +82,20 @@ class PoolStats:
     started: float = field(default_factory=time.monotonic)
 
 
+# Claimed ahead: the item, whether it is held (not yet marked started), its origin.
+_Entry = tuple[Item, bool, str]
+
+
+class _Slot:
+    """A transfer's slot on its host, `taken` until given back (with a verdict or without)."""
+
+    __slots__ = ("host", "taken")
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.taken = True
+
+
 @dataclass
 class _Pause:
     """Why downloads stopped, and when the condition is looked at again."""
@@ -120,7 +134,7 @@ class DownloadPool:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Claimed ahead, in one transaction per batch, so a finishing transfer is replaced
         # without a manifest round trip. Released, like running ones, on shutdown.
-        self._ready: collections.deque[tuple[Item, bool]] = collections.deque()  # (item, held)
+        self._ready: collections.deque[_Entry] = collections.deque()
         self._completions = GroupCommit(db, db.manifest.complete_many)
         # Held items whose transfer began, written active with the next claim (or within
         # MARK_LAG): not one manifest write per file.
@@ -130,8 +144,6 @@ class DownloadPool:
         self._wake = asyncio.Event()
         self._pause: _Pause | None = None
         self._last_pause: tuple[float, int] = (-PAUSE_MEMORY, 0)  # (ended at, checks)
-        # Tasks whose host slot is still theirs to give back (see _task_done).
-        self._slots: dict[asyncio.Task[None], str] = {}
         self._relink_due = False
         self._relink_at = 0.0
         self._relink_parked: dict[str, tuple[int, float]] = {}  # id: (failures, retry at)
@@ -188,7 +200,7 @@ class DownloadPool:
                     self._relink_at = time.monotonic() + IDLE_RECHECK
                     raise
             if not await self._local_ok():
-                await self._hand_back([item.aweme_id for item, _ in self._ready], 0.0)
+                await self._hand_back([entry[0].aweme_id for entry in self._ready], 0.0)
                 self._ready.clear()
                 pause = self._pause
                 recheck = IDLE_RECHECK if pause is None else pause.next_check - time.monotonic()
@@ -207,8 +219,8 @@ class DownloadPool:
                 # `concurrency` to finish: a finishing transfer is replaced without a claim.
                 start = free - self._startable()
                 started, held = await self._claim(start, concurrency)
-                self._ready.extend([(item, False) for item in started])
-                self._ready.extend([(item, True) for item in held])
+                self._ready.extend([(item, False, origin_of(item.url)) for item in started])
+                self._ready.extend([(item, True, origin_of(item.url)) for item in held])
                 claimed = bool(started or held)
             launched, deferred = await self._start_ready()
             if self._unmarked and time.monotonic() - self._unmarked_since > MARK_LAG:
@@ -252,18 +264,18 @@ class DownloadPool:
         here, claimed, until a transfer ends; those whose host is cooling down go back to
         the queue, due when it may be tried, with no attempt counted (kept here if the
         manifest refuses that)."""
-        if self._pause is not None:
+        if self._pause is not None or not self._ready:
             return 0, 0
         cooling: dict[float, list[str]] = collections.defaultdict(list)
-        admitted: list[tuple[Item, bool]] = []
-        busy: list[tuple[Item, bool]] = []
-        popped: list[tuple[Item, bool]] = []
+        admitted: list[_Entry] = []
+        busy: list[_Entry] = []
+        popped: list[_Entry] = []
         now = self._clock()
         while self._ready and len(self._tasks) + len(admitted) < self._config.concurrency:
             entry = self._ready.popleft()
             popped.append(entry)
-            item, _ = entry
-            later = self._hosts.admit(origin_of(item.url), now, item.aweme_id)
+            item, _, host = entry
+            later = self._hosts.admit(host, now, item.aweme_id)
             if later is None:
                 admitted.append(entry)
             elif later <= now + PROBE_WAIT:
@@ -271,7 +283,7 @@ class DownloadPool:
             else:
                 cooling[later].append(item.aweme_id)
         self._ready.extendleft(reversed(busy))
-        for item, held in admitted:
+        for item, held, host in admitted:
             if held:  # marked active with the next claim; the manifest copes if that lags
                 if not self._unmarked:
                     self._unmarked_since = time.monotonic()
@@ -285,12 +297,11 @@ class DownloadPool:
                     item.durable,
                     item.total,
                 )
-            host = origin_of(item.url)
-            task = asyncio.create_task(self._download(item, host), name=f"dl-{item.aweme_id}")
+            slot = _Slot(host)
+            task = asyncio.create_task(self._download(item, slot), name=f"dl-{item.aweme_id}")
             self._tasks[item.aweme_id] = task
-            self._slots[task] = host
-            task.add_done_callback(functools.partial(self._task_done, item.aweme_id))
-        waiting = {entry[0].aweme_id: entry for entry in popped}
+            task.add_done_callback(functools.partial(self._task_done, item.aweme_id, slot))
+        waiting = {entry[0].aweme_id: entry for entry in popped} if cooling else {}
         for due, ids in cooling.items():
             try:
                 await self._hand_back(ids, due)
@@ -304,40 +315,35 @@ class DownloadPool:
         blocked = set(self._hosts.blocked(self._clock()))
         if not blocked or not self._ready:
             return len(self._ready)
-        return sum(origin_of(item.url) not in blocked for item, _ in self._ready)
+        return sum(entry[2] not in blocked for entry in self._ready)
 
     async def _hand_back(self, ids: list[str], due: float) -> None:
         if ids:
             await self._db.run(self._db.manifest.release, ids, self._clock(), due)
 
-    def _task_done(self, aweme_id: str, task: asyncio.Task[None]) -> None:
+    def _task_done(self, aweme_id: str, slot: _Slot, task: asyncio.Task[None]) -> None:
         if self._tasks.get(aweme_id) is task:
             self._tasks.pop(aweme_id)
-        host = self._slots.pop(task, None)
-        if host is not None:  # ended before a verdict (cancelled, even before it ran)
-            self._unslot(host, aweme_id, self._clock())
+        self._wake.set()  # a slot is free
+        if slot.taken:  # ended before a verdict (cancelled, even before it ran)
+            self._unslot(slot.host, aweme_id, self._clock())
 
     def _unslot(self, host: str, aweme_id: str, now: float) -> None:
         """Give a host slot back with no verdict on the host."""
         self._hosts.finished(host, now, aweme_id, host_fault=False, cancelled=True)
 
     async def _wait(self, timeout: float) -> None:
-        waiter = asyncio.create_task(self._wake.wait())
-        try:
-            await asyncio.wait(
-                [waiter, *self._tasks.values()],
-                timeout=timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            waiter.cancel()
+        """Until woken (a transfer ended, a merge, a pause) or `timeout` seconds passed."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
 
     async def shutdown(self) -> None:
         """Cancel transfers (each checkpoints its .part and hands its item back) and hand back
         the items claimed ahead. A transfer that does not end within STOP_WAIT keeps its item
         `active`: the next start treats it as a crash."""
         await self._cancel_transfers()
-        ids = [item.aweme_id for item, _ in self._ready]
+        ids = [entry[0].aweme_id for entry in self._ready]
         if ids:
             await self._hand_back(ids, 0.0)
         self._ready.clear()
@@ -466,10 +472,10 @@ class DownloadPool:
 
     # --- one transfer ----------------------------------------------------------------------
 
-    async def _download(self, item: Item, host: str) -> None:
+    async def _download(self, item: Item, slot: _Slot) -> None:
         log = self._log.bind(aweme_id=item.aweme_id)
         try:
-            await self._run_one(item, host, log)
+            await self._run_one(item, slot, log)
         except asyncio.CancelledError:
             # Stopped (shutdown, pause), wherever it was: the part is checkpointed, and the
             # item goes back as it was. (An outcome already written is left alone: only an
@@ -477,7 +483,8 @@ class DownloadPool:
             await asyncio.shield(self._settle(log, self._hand_back, [item.aweme_id], 0.0))
             raise
 
-    async def _run_one(self, item: Item, host: str, log: Logger) -> None:
+    async def _run_one(self, item: Item, slot: _Slot, log: Logger) -> None:
+        host = slot.host
         started = time.monotonic()
         outcome = await self._transfers.attempt(item, log)
         duration = round(time.monotonic() - started, 3)
@@ -487,7 +494,7 @@ class DownloadPool:
             if await self._host_caused(failure, host, now - duration):
                 failure = outcome = dataclasses.replace(failure, host_fault=True)
             now = self._clock()
-        self._slots.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+        slot.taken = False  # given back here, with the verdict
         event = self._hosts.finished(
             host,
             now,
@@ -511,7 +518,8 @@ class DownloadPool:
             else:
                 self._log.info(event.event, down_s=event.down_s, **fields)
                 self.wake()
-        await self._defer_cooling(host, now)
+        if self._hosts.cooling_until(host) > now:
+            await self._defer_cooling(host, now)
         if isinstance(outcome, Published):
             await self._settle(log, self._completed, item, outcome, duration, log)
             return

@@ -229,10 +229,11 @@ class _Attempt:
         received = await self._receive(response, plan)
         if isinstance(received, Failure):
             return received
-        if plan.total is not None and part.size + sum(len(c) for c in received) < plan.total:
-            await asyncio.to_thread(part.write, received)
+        tail, tail_size = received
+        if plan.total is not None and part.size + tail_size < plan.total:
+            await asyncio.to_thread(part.write, tail)
             return None
-        return _Whole(received)
+        return _Whole(tail)
 
     async def _remember(self, validator: str | None, total: int | None) -> None:
         """Record the validator and size the part is written under: a resume asks by them."""
@@ -276,9 +277,12 @@ class _Attempt:
         except Exception as exc:  # the resume then starts from the last checkpoint
             self._log.warning("checkpoint_failed", error=str(exc)[:200])
 
-    async def _receive(self, response: Response, plan: Receive) -> list[Chunk] | Failure:
+    async def _receive(
+        self, response: Response, plan: Receive
+    ) -> tuple[list[Chunk], int] | Failure:
         """Stream the body into the part. Returns the last chunks, not yet written (written
-        with the publish, in one hop), or a Failure. Writes nothing past the declared length."""
+        with the publish, in one hop), and their size; or a Failure. Writes nothing past the
+        declared length."""
         config, part = self._config, self._part
         limit = config.max_file_bytes
         pending: list[Chunk] = []
@@ -304,7 +308,7 @@ class _Attempt:
 
         try:
             async for batch in response.batches():
-                size = sum(len(chunk) for chunk in batch)
+                size = sum(map(len, batch))
                 received += size
                 if plan.length is not None and received > plan.length:
                     await asyncio.to_thread(part.truncate, plan.start)
@@ -337,7 +341,7 @@ class _Attempt:
             await flush()
             end = plan.start + plan.length
             return Failure(Reason.TRUNCATED, response.status, detail=f"{part.size}/{end}")
-        return pending
+        return pending, pending_size
 
     async def _publish(self, tail: Sequence[Chunk], offset: int) -> Published | Failure:
         part, item = self._part, self._item
