@@ -86,3 +86,34 @@ async def test_a_cancelled_caller_still_has_its_item_written(tmp_path: Path) -> 
         assert (await db.run(db.manifest.counts)).items["done"] == 1
     finally:
         await db.close()
+
+
+async def test_with_retry_a_refused_batch_goes_in_later_and_no_call_fails(tmp_path: Path) -> None:
+    db = await _db_with_items(tmp_path, 6)
+    calls = 0
+    retries: list[tuple[int, int]] = []
+
+    def write_many(done: list[Completion]) -> list[bool]:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise ManifestError("database is locked")
+        return db.manifest.complete_many(done)
+
+    def retry(failures: int, error: Exception, waiting: list[Completion]) -> float:
+        retries.append((failures, len(waiting)))
+        return 0.05
+
+    group = GroupCommit(db, write_many, retry=retry)
+    try:
+        first = [group.post(Completion(str(i), 1, "", f"t/{i}", ("t",), 4.0)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        later = [group.post(Completion(str(i), 1, "", f"t/{i}", ("t",), 4.0)) for i in range(3, 6)]
+        assert group.backlog == 6
+        assert await asyncio.wait_for(asyncio.gather(*first, *later), 10) == [False] * 6
+        assert [f for f, _ in retries] == [1, 2] and retries[-1][1] == 6, retries
+        assert group.backlog == 0
+        counts = await db.run(db.manifest.counts)
+        assert counts.items["done"] == 6
+    finally:
+        await db.close()

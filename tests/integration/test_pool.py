@@ -11,19 +11,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import inspect
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import pytest
 import structlog
 
 from ingestd.config import Config
 from ingestd.metrics import Metrics
 from ingestd.policy.extract import Record
 from ingestd.policy.retry import Failure, Reason
+from ingestd.service import pool as pool_module
 from ingestd.service.db import Db
 from ingestd.service.pool import DownloadPool
+from ingestd.service.transfer import Published
 from ingestd.store.manifest import Completion, Item, ManifestError
 
 Attempt = Callable[[Item], Awaitable[Any]]
@@ -353,3 +357,82 @@ async def test_relinking_ends_however_many_links_fail_and_survives_a_manifest_er
     pool.merged()
     await run_for(pool, 7.0)  # the failed pass is tried again, not dropped
     assert (media / "dogs" / f"{recs[0].aweme_id}.mp4").exists()
+
+
+def _published(item: Item) -> Published:
+    return Published(PurePosixPath(f"cats/{item.aweme_id}.mp4"), 10, "ab" * 32, False, ("cats",))
+
+
+async def _until(predicate: Callable[[], bool | Awaitable[bool]], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if await result if inspect.isawaitable(result) else result:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_a_published_file_frees_its_slot_before_its_done_is_written(tmp_path: Path) -> None:
+    async def attempt(item: Item) -> Any:
+        return _published(item)
+
+    pool, db, scripted, events = await setup(tmp_path, records(3), attempt, concurrency=1)
+    db.slow["complete_many"] = 0.5  # a busy manifest thread
+    runner = asyncio.create_task(pool.run())
+    try:
+        # With one slot, a second transfer starts while the first one's done is unwritten.
+        assert await _until(lambda: len(scripted.started) >= 2, 0.4)
+        assert (await states(db)).get(("done", 0), 0) == 0
+        assert events.count("download_completed") == 0  # said once written, not before
+        assert await _until(lambda: _done(db, 3), 10), await states(db)
+        assert events.count("download_completed") == 3
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await pool.shutdown()
+
+
+async def _done(db: Db, n: int) -> bool:
+    return (await states(db)).get(("done", 0), 0) == n
+
+
+async def test_outcomes_the_manifest_refuses_wait_bounded_and_are_logged_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool_module, "UNRECORDED_MAX", 2)
+
+    async def attempt(item: Item) -> Any:
+        return _published(item)
+
+    pool, db, scripted, events = await setup(tmp_path, records(20), attempt, concurrency=1)
+    db.fail["complete_many"] = 10**6  # locked, as by another writer
+    runner = asyncio.create_task(pool.run())
+    try:
+        await asyncio.sleep(2.0)
+        # One in its slot, waiting; past the bound nothing more is downloaded.
+        assert len(scripted.started) <= 1 + 2 + 1, scripted.started
+        assert events.count("download_bookkeeping_failed") == 1
+        assert events.count("download_completed") == 0
+        db.fail["complete_many"] = 0  # the manifest takes writes again
+        assert await _until(lambda: _done(db, 20), 30), await states(db)
+        assert events.count("download_completed") == 20
+        assert len(scripted.started) == 20  # nothing downloaded twice
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await pool.shutdown()
+
+
+async def test_a_stop_writes_the_done_of_every_published_file(tmp_path: Path) -> None:
+    async def attempt(item: Item) -> Any:
+        return _published(item)
+
+    pool, db, scripted, _ = await setup(tmp_path, records(5), attempt, concurrency=5)
+    db.slow["complete_many"] = 0.3
+    runner = asyncio.create_task(pool.run())
+    assert await _until(lambda: len(scripted.started) == 5, 5)
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    await pool.shutdown()  # within STOP_WAIT the outstanding writes go in
+    assert await states(db) == {("done", 0): 5}

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Generic, ParamSpec, TypeVar
 
-from ingestd.store.manifest import Manifest
+from ingestd.store.manifest import Manifest, ManifestError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -51,13 +51,31 @@ class Db:
 class GroupCommit(Generic[T, R]):
     """Group commit: calls that arrive while a batch is being written go together into the next
     one, in one transaction. No timer: a lone call is written at once, and the busier the
-    manifest thread, the bigger the batches."""
+    manifest thread, the bigger the batches.
 
-    def __init__(self, db: Db, write_many: Callable[[list[T]], list[R]]) -> None:
+    With `retry`, a batch the manifest refuses (ManifestError: locked, full, read-only) is
+    written again after `retry(failures, error, items)` seconds, with whatever arrived
+    meanwhile, until it goes in: its calls never fail. Without, each call of the batch fails
+    with the error."""
+
+    def __init__(
+        self,
+        db: Db,
+        write_many: Callable[[list[T]], list[R]],
+        *,
+        retry: Callable[[int, Exception, list[T]], float] | None = None,
+    ) -> None:
         self._db = db
         self._write_many = write_many
+        self._retry = retry
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
+        self._writing = 0  # calls in the batch being written
         self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Calls posted whose result is not in yet."""
+        return len(self._queue) + self._writing
 
     async def submit(self, item: T) -> R:
         """Write `item` with whatever else is waiting; returns its own result."""
@@ -71,16 +89,47 @@ class GroupCommit(Generic[T, R]):
             self._writer = asyncio.create_task(self._drain(), name="group-commit")
         return future
 
+    async def flush(self) -> None:
+        """Wait until everything posted so far is written (or has failed)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+
+    def close(self) -> None:
+        """Stop writing (what is still queued stays unwritten)."""
+        if self._writer is not None:
+            self._writer.cancel()
+
     async def _drain(self) -> None:
+        failures = 0
         while self._queue:
             batch, self._queue = self._queue, []
+            self._writing = len(batch)
             try:
                 results = await self._db.run(self._write_many, [item for item, _ in batch])
-            except Exception as exc:  # the whole transaction failed: so did every call in it
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+            except ManifestError as exc:
+                self._writing = 0
+                if self._retry is None:
+                    self._fail(batch, exc)
+                    continue
+                failures += 1
+                self._queue = batch + self._queue
+                items = [item for item, _ in self._queue]
+                await asyncio.sleep(self._retry(failures, exc, items))
                 continue
+            except BaseException as exc:
+                self._writing = 0
+                if not isinstance(exc, Exception):
+                    raise  # cancelled (close): what is queued stays unwritten
+                self._fail(batch, exc)  # the whole transaction failed: so did each call in it
+                continue
+            self._writing = 0
+            failures = 0
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+
+    @staticmethod
+    def _fail(batch: list[tuple[T, asyncio.Future[R]]], exc: Exception) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(exc)

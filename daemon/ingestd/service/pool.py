@@ -55,6 +55,9 @@ READY_ROUNDS = 4  # claimed items kept in memory, in rounds of `concurrency`
 MARK_LAG = 1.0  # seconds a started held item may still read `pending` in status
 RELINK_PARKED_MAX = 1000  # items whose links keep failing, remembered to skip them a while
 BOOKKEEPING_RETRY_MAX = 30.0  # cap on the backoff while the manifest refuses an outcome
+# Published files whose `done` may wait for the manifest before finished transfers wait too.
+UNRECORDED_MAX = 64
+BOOKKEEPING_IDS_LOGGED = 10  # ids named by one download_bookkeeping_failed
 STOP_WAIT = 3.0  # seconds stopped transfers get to checkpoint and hand their item back
 # A connection lost under one transfer while its host served others is that item's fault,
 # unless the host turns out to be going down: judged after this long.
@@ -135,7 +138,11 @@ class DownloadPool:
         # Claimed ahead, in one transaction per batch, so a finishing transfer is replaced
         # without a manifest round trip. Released, like running ones, on shutdown.
         self._ready: collections.deque[_Entry] = collections.deque()
-        self._completions = GroupCommit(db, db.manifest.complete_many)
+        # A published file frees its slot at once; its `done` is written in the next group
+        # commit, retried while the manifest refuses it (see _bookkeeping_retry).
+        self._completions = GroupCommit(
+            db, db.manifest.complete_many, retry=self._bookkeeping_retry
+        )
         # Held items whose transfer began, written active with the next claim (or within
         # MARK_LAG): not one manifest write per file.
         self._unmarked: list[str] = []
@@ -347,6 +354,11 @@ class DownloadPool:
         if ids:
             await self._hand_back(ids, 0.0)
         self._ready.clear()
+        # Published files whose `done` is not written yet: a crash-like restart would fetch
+        # them again.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._completions.flush(), STOP_WAIT)
+        self._completions.close()
 
     async def _cancel_transfers(self) -> None:
         current = asyncio.current_task()
@@ -521,7 +533,7 @@ class DownloadPool:
         if self._hosts.cooling_until(host) > now:
             await self._defer_cooling(host, now)
         if isinstance(outcome, Published):
-            await self._settle(log, self._completed, item, outcome, duration, log)
+            await self._completed(item, outcome, duration, log)
             return
         local = outcome.reason is Reason.LOCAL_IO and outcome.errno in PAUSE_REASONS
         if local and await self._local_fault(item, outcome, log):
@@ -593,7 +605,9 @@ class DownloadPool:
                 await asyncio.sleep(delay)
 
     async def _completed(self, item: Item, done: Published, duration: float, log: Logger) -> None:
-        stale = await self._completions.submit(
+        """Record a published file. The slot does not wait for the manifest write unless
+        UNRECORDED_MAX outcomes already wait for theirs."""
+        recorded = self._completions.post(
             Completion(
                 item.aweme_id,
                 done.size,
@@ -603,7 +617,26 @@ class DownloadPool:
                 self._clock(),
             )
         )
-        if stale:  # topics merged in while it downloaded, or links left to make
+        recorded.add_done_callback(functools.partial(self._recorded, item, done, duration, log))
+        if self._completions.backlog > UNRECORDED_MAX:
+            await asyncio.shield(recorded)  # the manifest lags or refuses: slow down with it
+
+    def _recorded(
+        self,
+        item: Item,
+        done: Published,
+        duration: float,
+        log: Logger,
+        recorded: asyncio.Future[bool],
+    ) -> None:
+        """The file's `done` is written: count it and say so."""
+        if recorded.cancelled():
+            return
+        error = recorded.exception()
+        if error is not None:  # not a refusal (those are retried): a bug; the item stays active
+            log.error("download_bookkeeping_failed", error=repr(error)[:200])
+            return
+        if recorded.result():  # topics merged in while it downloaded, or links left to make
             self.merged()
         self.stats.completed += 1
         self.stats.bytes += done.size
@@ -619,6 +652,22 @@ class DownloadPool:
             links=done.links,
             mbps=round(done.size / max(duration, 1e-6) / 1e6, 2),
         )
+
+    def _bookkeeping_retry(
+        self, failures: int, error: Exception, waiting: list[Completion]
+    ) -> float:
+        """How long the completions the manifest refused wait before the next try; logged
+        once per refusal, not once per item."""
+        delay = backoff_delay(failures, 0.5, BOOKKEEPING_RETRY_MAX, self._jitter())
+        if failures == 1:
+            self._log.error(
+                "download_bookkeeping_failed",
+                error=str(error),
+                items=len(waiting),
+                aweme_ids=[c.aweme_id for c in waiting[:BOOKKEEPING_IDS_LOGGED]],
+                retry_in_s=round(delay, 3),
+            )
+        return delay
 
     async def _failed(
         self, item: Item, failure: Failure, duration: float, log: Logger, host: str
