@@ -28,6 +28,7 @@ MANIFEST_NAME = "manifest.sqlite3"
 LIBRARIES = "libraries"  # <user state dir>/libraries/<one folder per data dir>
 LOG_NAME = "ingestd.jsonl"
 LogFormat = Literal["auto", "json", "console"]
+Http2Client = Literal["builtin", "h2"]
 
 
 class ConfigError(Exception):
@@ -50,7 +51,11 @@ class Config:
     ca_bundle: Path | None = None
     allowed_hosts: tuple[str, ...] = ()
     http2: bool = True
+    # builtin: ingestd's own HTTP/2 client (net/http2); h2: httpx's own HTTP/2 stack (httpcore
+    # and h2), slower, a fallback for a CDN that misbehaves with ours.
+    http2_client: Http2Client = "builtin"
     connections_per_host: int = 2  # measured over a lossy WAN: see README, Performance
+    idle_timeout: float = 60.0  # seconds an HTTP connection without requests is kept
     per_host_concurrency: int = 0  # downloads one host may hold; 0: as many as `concurrency`
     host_backoff_max: float = 900.0  # cap on a failing host's cooldown, seconds
     min_rate: int = 1024  # bytes a second, averaged over min_rate_window; 0: no floor
@@ -114,7 +119,7 @@ _INT_KEYS = frozenset(
 ) | {"log_max_bytes", "log_backups", "connections_per_host", "per_host_concurrency", "min_rate"}
 _FLOAT_KEYS = frozenset(
     {"timeout", "backoff_base", "backoff_max", "settle_seconds", "rescan_seconds"}
-) | {"progress_seconds", "host_backoff_max", "min_rate_window"}
+) | {"progress_seconds", "host_backoff_max", "min_rate_window", "idle_timeout"}
 _ENV_PARSERS: dict[str, Callable[[str], object]] = {
     **dict.fromkeys(_PATH_KEYS, str),
     **dict.fromkeys(_INT_KEYS, int),
@@ -124,6 +129,7 @@ _ENV_PARSERS: dict[str, Callable[[str], object]] = {
     "user_agent": str,
     "referer": str,
     "log_format": str,
+    "http2_client": str,
     "metrics_address": str,
 }
 KEYS = frozenset(f.name for f in fields(Config))
@@ -132,6 +138,7 @@ assert frozenset(_ENV_PARSERS) == KEYS
 _RANGES: dict[str, tuple[float, float]] = {
     "concurrency": (1, 1024),
     "connections_per_host": (1, 64),
+    "idle_timeout": (1, 86400),
     "per_host_concurrency": (0, 1024),
     "host_backoff_max": (1, 7 * 86400),
     "min_rate": (0, 2**40),
@@ -177,6 +184,9 @@ def _coerce(key: str, value: object, base: Path) -> object:
     elif key == "log_format":
         if value not in ("auto", "json", "console"):
             raise ConfigError(f"{key}: expected auto, json or console, got {value!r}")
+    elif key == "http2_client":
+        if value not in ("builtin", "h2"):
+            raise ConfigError(f"{key}: expected builtin or h2, got {value!r}")
     elif not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     elif key == "metrics_address" and value:

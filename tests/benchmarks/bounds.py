@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What bounds ingestd on big files: the lean HTTP/2 client alone, then with each piece of the
+"""What bounds ingestd on big files: our HTTP/2 client alone, then with each piece of the
 daemon's per-byte work added, on the same nginx and files as bench.py's workload (b), against
 curl in the same run.
 
@@ -29,14 +29,14 @@ from pathlib import Path
 
 import bench
 
-from ingestd.net import h2lean
+from ingestd.net import http2
 
 SINKS = ("discard", "join", "hash", "write", "both")
 BATCH = 1 << 20  # the daemon's WRITE_BATCH
 
 
 def _work(
-    sink: str, fd: int, chunks: Sequence[memoryview], offset: int, sha: hashlib._Hash
+    sink: str, fd: int, chunks: Sequence[memoryview | bytes], offset: int, sha: hashlib._Hash
 ) -> None:
     data = b"".join(chunks)
     if sink in ("write", "both"):
@@ -52,7 +52,7 @@ async def _fetch_all(origin: bench.Nginx, names: list[str], sink: str, out: Path
     async def resolve(host: str, port: int, timeout: float | None) -> list[str]:
         return ["127.0.0.1"]
 
-    pool = h2lean.H2Pool(context, resolve)
+    pool = http2.H2Pool(context, resolve)
     gate = asyncio.Semaphore(8)
 
     async def one(name: str) -> None:
@@ -63,15 +63,17 @@ async def _fetch_all(origin: bench.Nginx, names: list[str], sink: str, out: Path
             fd = os.open(out / name.replace("/", "_"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             sha = hashlib.sha256()
             offset = size = 0
-            pending: list[memoryview] = []
+            pending: list[memoryview | bytes] = []
             try:
                 async for batch in response.body:
                     if sink == "discard":
+                        response.acknowledge(sum(map(len, batch)))
                         continue
                     pending += batch
                     size += sum(len(c) for c in batch)
                     if size >= BATCH:
                         await asyncio.to_thread(_work, sink, fd, pending, offset, sha)
+                        response.acknowledge(size)  # written: the server may send as much again
                         offset, size, pending = offset + size, 0, []
                 if pending:
                     await asyncio.to_thread(_work, sink, fd, pending, offset, sha)

@@ -49,15 +49,30 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OriginServer]:
         server.stop()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Modules that set BOTH_HTTP2_CLIENTS run each test on ours and on httpx's HTTP/2 stack.
+    if "http2_client" in metafunc.fixturenames and getattr(
+        metafunc.module, "BOTH_HTTP2_CLIENTS", False
+    ):
+        metafunc.parametrize("http2_client", ["builtin", "h2"], indirect=True)
+
+
+@pytest.fixture
+def http2_client(request: pytest.FixtureRequest) -> str:
+    """The `http2_client` the daemons of a test use (see pytest_generate_tests)."""
+    return str(getattr(request, "param", "builtin"))
+
+
 @pytest.fixture
 def daemon_factory(
-    tmp_path: Path, origin: OriginServer, ingestd_available: None
+    tmp_path: Path, origin: OriginServer, ingestd_available: None, http2_client: str
 ) -> Iterator[DaemonFactory]:
     """``daemon_factory(**config_overrides)`` -> a configured, not yet started ``Daemon``."""
     made: list[Daemon] = []
 
     def factory(**config: Any) -> Daemon:
         config.setdefault("ca_bundle", origin.ca_pem_path)
+        config.setdefault("http2_client", http2_client)
         daemon = Daemon(tmp_path / f"ingestd{len(made)}", **config)
         made.append(daemon)
         return daemon

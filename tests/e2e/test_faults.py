@@ -24,6 +24,8 @@ from support.daemon import TERMINAL, Daemon, DaemonError, Event, by_id, event_ti
 from support.extracts import make_record, new_id
 from support.origin import OriginServer
 
+BOTH_HTTP2_CLIENTS = True  # every test here runs on ours and on httpx's HTTP/2 (h2)
+
 TOPIC = "fault injection"
 MAX_ATTEMPTS = 3
 TIMEOUT = 1.5

@@ -23,6 +23,8 @@ from support.extracts import (
 )
 from support.origin import OriginServer
 
+BOTH_HTTP2_CLIENTS = True  # every test here runs on ours and on httpx's HTTP/2 (h2)
+
 pytestmark = pytest.mark.skipif(samples_dir() is None, reason="shared sample extracts not found")
 
 SAMPLE_MIDDLE = "extract_20261126T120000.json"

@@ -13,6 +13,8 @@ from support.daemon import Daemon, by_id
 from support.extracts import Item, make_record, new_id
 from support.origin import OriginServer
 
+BOTH_HTTP2_CLIENTS = True  # every test here runs on ours and on httpx's HTTP/2 (h2)
+
 TOPIC = "slow motion"
 # Large enough that a daemon which batches writes still has bytes on disk part way through.
 SIZE = 3 * 1024 * 1024

@@ -18,6 +18,8 @@ from support.daemon import TERMINAL, Daemon, by_id
 from support.extracts import make_record, new_id
 from support.origin import OriginServer
 
+BOTH_HTTP2_CLIENTS = True  # every test here runs on ours and on httpx's HTTP/2 (h2)
+
 TOPIC = "cut short"
 SIZE = 96 * 1024
 MAX_ATTEMPTS = 3

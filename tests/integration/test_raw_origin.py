@@ -1,7 +1,7 @@
 """The scriptable raw origin (support.raw_origin) does what hostile-server tests rely on.
 
 Ordinary responses are checked with httpx (h2 as the client); what h2 would refuse to parse is
-read frame by frame with raw_get, and one test fetches through ingestd's own h2lean pool.
+read frame by frame with raw_get, and one test fetches through ingestd's own HTTP/2 pool.
 """
 
 import math
@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ingestd.net import h2lean
+from ingestd.net import http2
 from support.raw_origin import CANCEL, INTERNAL_ERROR, RawOrigin, RawResponse, Reply, raw_get
 
 _DATA, _HEADERS, _END_STREAM = 0x0, 0x1, 0x1
@@ -257,21 +257,21 @@ def test_blackhole_accepts_but_never_completes_tls(origin: RawOrigin) -> None:
     assert get(origin, "after-blackhole", 100).ended == "end"
 
 
-async def test_ingestd_h2lean_pool_fetches_byte_exact(origin: RawOrigin) -> None:
+async def test_ingestd_http2_pool_fetches_byte_exact(origin: RawOrigin) -> None:
     async def resolve(host: str, port: int, timeout: float | None) -> list[str]:
         return ["127.0.0.1"]
 
     context = ssl.create_default_context(cafile=origin.ca_pem_path)
     context.set_alpn_protocols(["h2"])
-    pool = h2lean.H2Pool(context, resolve)
+    pool = http2.H2Pool(context, resolve)
     try:
-        path = origin.path("lean", 200_000).encode()
+        path = origin.path("ours", 200_000).encode()
         response = await pool.request("localhost", origin.port, b"GET", path, [], 2, 2)
         assert response.status == 200
         parts = [bytes(c) async for chunks in response.body for c in chunks]
     finally:
         await pool.aclose()
-    assert b"".join(parts) == origin.content("lean", 200_000)
+    assert b"".join(parts) == origin.content("ours", 200_000)
 
 
 def test_stop_is_bounded_with_a_stream_hanging(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""A lean HTTP/2 client connection wired to a server-side h2 connection, with no socket.
+"""Our HTTP/2 client (net.http2's H2Protocol) wired to a server-side h2 connection, no socket.
 
 The server is a real HTTP/2 implementation (h2), so what it sends is what a conforming peer
 sends; frames it will not produce (misbehaviour, exotic orderings) are built by hand with
@@ -12,7 +12,8 @@ import asyncio
 import h2.config
 import h2.connection
 
-from ingestd.net import h2lean
+from ingestd.net.http2.connection import PinBudget
+from ingestd.net.http2.protocol import H2Protocol, Stream
 
 
 class FakeTransport(asyncio.Transport):
@@ -64,10 +65,11 @@ def data_frame(stream_id: int, payload: bytes, end: bool = False, pad: int = 0) 
 
 
 class Peer:
-    """The client under test, its transport, and the h2 server it talks to."""
+    """The client under test, its transport, and the h2 server it talks to. The handshake is
+    done: the server's SETTINGS have arrived (so more than one stream may be opened)."""
 
-    def __init__(self, *, coalesce: bool = False) -> None:
-        self.client = h2lean._Connection("origin.test", coalesce=coalesce)
+    def __init__(self, *, coalesce: bool = False, pins: PinBudget | None = None) -> None:
+        self.client = H2Protocol("origin.test", pins=pins, coalesce=coalesce)
         self.transport = FakeTransport()
         self.client.connection_made(self.transport)
         self.server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
@@ -83,7 +85,7 @@ class Peer:
         """Deliver what the server has to send, then `extra` raw bytes."""
         self.client.data_received(self.server.data_to_send() + extra)
 
-    def request(self, path: bytes = b"/v.mp4") -> h2lean._Stream:
+    def request(self, path: bytes = b"/v.mp4") -> Stream:
         """Open a stream and let the server see it."""
         stream = self.client.open(b"GET", path, [])
         self.to_server()
@@ -92,15 +94,19 @@ class Peer:
     def respond(
         self, stream_id: int, headers: list[tuple[str, str]] | None = None, end: bool = False
     ) -> None:
-        """Response headers from the server, delivered."""
-        fields = headers or [(":status", "200"), ("content-length", "999")]
+        """Response headers from the server, delivered. By default a 200 without
+        content-length, so that any body length is well-formed."""
+        fields = headers or [(":status", "200")]
         self.server.send_headers(stream_id, fields, end_stream=end)
         self.to_client()
 
 
-async def body(client: h2lean._Connection, stream: h2lean._Stream) -> bytes:
-    """Everything the stream delivers until its end."""
+async def body(client: H2Protocol, stream: Stream) -> bytes:
+    """Everything the stream delivers until its end, each batch acknowledged once read (as a
+    consumer does once it has written them)."""
     parts = []
     while (chunks := await client.next_chunks(stream, timeout=1)) is not None:
-        parts += [bytes(c) for c in chunks]
+        batch = b"".join(bytes(c) for c in chunks)
+        parts.append(batch)
+        client.acknowledge(stream, len(batch))
     return b"".join(parts)

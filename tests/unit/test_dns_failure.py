@@ -26,7 +26,7 @@ def settings(http2: bool) -> HttpSettings:
     )
 
 
-@pytest.mark.parametrize("http2", [True, False], ids=["h2lean", "httpx"])
+@pytest.mark.parametrize("http2", [True, False], ids=["http2", "httpx"])
 async def test_a_name_that_does_not_resolve_is_unreachable(
     monkeypatch: pytest.MonkeyPatch, http2: bool
 ) -> None:

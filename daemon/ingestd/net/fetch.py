@@ -1,6 +1,6 @@
 """HTTP fetching: the only code that imports httpx/httpcore. Foreign exceptions stop here.
 
-HTTPS goes over the lean HTTP/2 pool (net.h2lean); plain http, origins without h2 and http2 = false
+HTTPS goes over our HTTP/2 pool (net.http2); plain http, origins without h2 and http2 = false
 go through one `httpx.AsyncClient`. Both live as long as the daemon. Redirects are followed
 by hand so that every hop passes the URL policy, and a network backend checks the resolved
 addresses at connect time, so a host cannot pass the check and then resolve somewhere else.
@@ -25,7 +25,7 @@ import h2.exceptions
 import httpcore
 import httpx
 
-from ingestd.net import h2lean
+from ingestd.net import http2
 from ingestd.policy.retry import Reason
 from ingestd.policy.urls import address_is_public, check_url, host_matches
 
@@ -67,6 +67,8 @@ class HttpSettings:
     max_connections: int
     allowed_hosts: tuple[str, ...]
     connections_per_host: int = 2
+    idle_timeout: float = 60.0  # seconds an unused connection is kept
+    http2_client: str = "builtin"  # or "h2": HTTPS through httpx's own HTTP/2 stack
 
 
 class _HostPolicy:
@@ -133,40 +135,61 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-class _Transport(httpx.AsyncHTTPTransport):
-    """httpx's transport with the guarded network backend under its connection pool."""
+class _GuardedTransport(httpx.AsyncBaseTransport):
+    """httpx's transport interface over an httpcore pool whose network backend is guarded.
+    httpcore's exceptions come through as they are; _translate maps them."""
 
     def __init__(self, ssl_context: ssl.SSLContext, settings: HttpSettings, policy: _HostPolicy):
-        limits = httpx.Limits(
-            max_connections=settings.max_connections,
-            max_keepalive_connections=settings.max_connections,
-        )
-        super().__init__(verify=ssl_context, http2=settings.http2, limits=limits)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
+            max_connections=settings.max_connections,
+            max_keepalive_connections=settings.max_connections,
+            keepalive_expiry=settings.idle_timeout,
             http1=True,
             http2=settings.http2,
             network_backend=_GuardedBackend(policy),
         )
 
-
-def _translate_lean(exc: h2lean.H2Error, *, in_body: bool) -> FetchFailed:
-    if isinstance(exc, h2lean.ConnectFailed):  # DNS, TCP or TLS: the host's fault
-        return FetchFailed(Reason.UNREACHABLE, _describe(exc))
-    if isinstance(exc, h2lean.StreamTimedOut):
-        return FetchFailed(Reason.TIMEOUT, type(exc).__name__)
-    if isinstance(exc, h2lean.MalformedResponse):
-        return FetchFailed(Reason.MALFORMED, _describe(exc))
-    if isinstance(exc, h2lean.ConnectionLost):  # the host's, unless it died mid-body, alone
-        return FetchFailed(
-            Reason.CONNECTION_ERROR, _describe(exc), host_fault=exc.shared or not in_body
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        response = await self._pool.handle_async_request(
+            httpcore.Request(
+                method=request.method,
+                url=httpcore.URL(
+                    scheme=request.url.raw_scheme,
+                    host=request.url.raw_host,
+                    port=request.url.port,
+                    target=request.url.raw_path,
+                ),
+                headers=request.headers.raw,
+                content=request.stream,
+                extensions=request.extensions,
+            )
         )
-    if not in_body:
-        return FetchFailed(Reason.CONNECTION_ERROR, _describe(exc))
-    return FetchFailed(Reason.TRUNCATED, _describe(exc))
+        assert isinstance(response.stream, typing.AsyncIterable)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_CoreBody(response.stream),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+class _CoreBody(httpx.AsyncByteStream):
+    def __init__(self, stream: typing.AsyncIterable[bytes]) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for part in self._stream:
+            yield part
+
+    async def aclose(self) -> None:
+        close = getattr(self._stream, "aclose", None)
+        if close is not None:
+            await close()
 
 
 # A request target that can go on the wire as it is; anything else is normalized by httpx.
@@ -199,22 +222,54 @@ def _describe(exc: BaseException) -> str:
 
 
 def _translate(exc: BaseException, *, in_body: bool) -> FetchFailed:
+    """The one translation of the HTTP stacks' errors (ours, httpx's, httpcore's, h2's)."""
     if isinstance(exc, _UnsafeDestination):
         return FetchFailed(Reason.UNSAFE_URL, str(exc))
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):  # DNS, TCP or TLS
+    if isinstance(exc, _UNREACHABLE):  # DNS, TCP or TLS: the host's fault
         return FetchFailed(Reason.UNREACHABLE, _describe(exc))
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, _TIMEOUTS):
         return FetchFailed(Reason.TIMEOUT, type(exc).__name__)
-    if isinstance(exc, (httpx.RemoteProtocolError, h2.exceptions.ProtocolError)) and in_body:
-        return FetchFailed(Reason.TRUNCATED, _describe(exc))
-    if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol)):
+    if isinstance(exc, http2.MalformedResponse):
+        return FetchFailed(Reason.MALFORMED, _describe(exc))
+    if isinstance(exc, http2.ConnectionLost):  # the host's, unless it died mid-body, alone
+        return FetchFailed(
+            Reason.CONNECTION_ERROR, _describe(exc), host_fault=exc.shared or not in_body
+        )
+    if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol, httpcore.UnsupportedProtocol)):
         return FetchFailed(Reason.UNSAFE_URL, _describe(exc))
+    if in_body and isinstance(exc, _CUT_SHORT):
+        return FetchFailed(Reason.TRUNCATED, _describe(exc))
     return FetchFailed(Reason.CONNECTION_ERROR, _describe(exc))
 
 
-# What may escape httpx: its own errors, and h2 protocol errors that httpcore does not wrap
+_UNREACHABLE = (
+    http2.ConnectFailed,
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpcore.ConnectError,
+    httpcore.ConnectTimeout,
+)
+_TIMEOUTS = (http2.StreamTimedOut, httpx.TimeoutException, httpcore.TimeoutException)
+# A body that ended before its end: an HTTP/2 stream reset or lost, an HTTP/1.1 framing error
 # (an HTTP/2 body shorter than its content-length raises h2's InvalidBodyLengthError).
-_FOREIGN = (httpx.HTTPError, httpx.StreamError, h2.exceptions.ProtocolError, _UnsafeDestination)
+_CUT_SHORT = (
+    http2.StreamFailed,
+    httpx.RemoteProtocolError,
+    httpcore.RemoteProtocolError,
+    h2.exceptions.ProtocolError,
+)
+# What may escape the HTTP stacks; everything else is a bug of ours.
+_FOREIGN = (
+    http2.H2Error,
+    httpx.HTTPError,
+    httpx.StreamError,
+    httpcore.TimeoutException,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+    h2.exceptions.ProtocolError,
+    _UnsafeDestination,
+)
 
 
 class Response:
@@ -227,12 +282,14 @@ class Response:
         headers: Mapping[str, str],
         body: AsyncIterator[Sequence[Chunk]],
         close: Callable[[], Awaitable[None]],
+        acknowledge: Callable[[int], None] | None = None,
     ) -> None:
         self.status = status
         self.http_version = http_version
         self._headers = headers
         self._body = body
         self._close = close
+        self._acknowledge = acknowledge
 
     @classmethod
     def from_httpx(cls, response: httpx.Response) -> Response:
@@ -247,8 +304,8 @@ class Response:
         )
 
     @classmethod
-    def from_lean(cls, response: h2lean.Response) -> Response:
-        """Wrap a response of the lean HTTP/2 pool."""
+    def from_http2(cls, response: http2.Response) -> Response:
+        """Wrap a response of our HTTP/2 pool."""
 
         async def close() -> None:
             response.close()
@@ -258,7 +315,7 @@ class Response:
             name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
             # A repeated field reads as its values joined, as through httpx.
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        return cls(response.status, "HTTP/2", headers, response.body, close)
+        return cls(response.status, "HTTP/2", headers, response.body, close, response.acknowledge)
 
     def header(self, name: str) -> str | None:
         """A response header (name in lower case), or None."""
@@ -277,21 +334,26 @@ class Response:
         """The body as it arrives, undecoded, in batches of chunks. Raises FetchFailed.
 
         Chunks may be views of the connection's buffers: valid as long as they are referenced,
-        never rewritten; keeping many of them pins their buffers (bounded by the windows).
+        never rewritten. Call `consumed(n)` once `n` of these bytes are written: only then may
+        the server send as many again, so what waits in memory is bounded by the windows.
         """
         try:
             async for batch in self._body:
                 yield batch
-        except h2lean.H2Error as exc:
-            raise _translate_lean(exc, in_body=True) from exc
         except _FOREIGN as exc:
             raise _translate(exc, in_body=True) from exc
 
     async def chunks(self) -> AsyncIterator[Chunk]:
-        """The body chunk by chunk (see `batches`)."""
+        """The body chunk by chunk, each consumed once the caller takes the next."""
         async for batch in self.batches():
             for chunk in batch:
                 yield chunk
+                self.consumed(len(chunk))
+
+    def consumed(self, size: int) -> None:
+        """`size` body bytes are written (or otherwise done with)."""
+        if self._acknowledge is not None:
+            self._acknowledge(size)
 
     async def aclose(self) -> None:
         """Release the stream or connection."""
@@ -301,19 +363,23 @@ class Response:
 class Fetcher:
     """GETs URLs, enforcing the URL policy on every hop.
 
-    HTTPS goes over the lean HTTP/2 pool (net.h2lean) when http2 is on; plain http, origins that
-    do not negotiate h2, and http2 = false go through one httpx client.
+    HTTPS goes over our HTTP/2 pool (net.http2) when http2 is on; plain http, origins that
+    do not negotiate h2, http2 = false and http2_client = "h2" go through one httpx client
+    (with h2, over httpcore's own HTTP/2).
     """
 
     def __init__(self, settings: HttpSettings) -> None:
         self._policy = _HostPolicy(settings.allowed_hosts)
-        context = build_ssl_context(settings.ca_bundle)
-        self._lean: h2lean.H2Pool | None = None
-        if settings.http2:
+        self._http2: http2.H2Pool | None = None
+        if settings.http2 and settings.http2_client == "builtin":
+            # A context of its own: httpcore sets the ALPN list of the one it is given.
+            context = build_ssl_context(settings.ca_bundle)
             context.set_alpn_protocols(["h2", "http/1.1"])
-            self._lean = _lean_pool(context, self._policy, settings.connections_per_host)
+            self._http2 = _http2_pool(context, self._policy, settings)
         self._client = httpx.AsyncClient(
-            transport=_Transport(context, settings, self._policy),
+            transport=_GuardedTransport(
+                build_ssl_context(settings.ca_bundle), settings, self._policy
+            ),
             follow_redirects=False,
             trust_env=False,
         )
@@ -335,7 +401,7 @@ class Fetcher:
                 "Accept-Encoding": "identity",
             }
         )
-        self._lean_headers = [(k.lower(), v) for k, v in self._client.headers.raw]
+        self._request_fields = [(k.lower(), v) for k, v in self._client.headers.raw]
 
     @asynccontextmanager
     async def get(self, url: str, headers: Mapping[str, str]) -> AsyncIterator[Response]:
@@ -361,14 +427,14 @@ class Fetcher:
         raise FetchFailed(Reason.TOO_MANY_REDIRECTS, f"more than {MAX_REDIRECTS}")
 
     async def _open(self, url: str, headers: Mapping[str, str]) -> Response:
-        lean = self._lean
+        pool = self._http2
         parts = urlsplit(url)
         host = parts.hostname or ""
         port = parts.port or 443
         if (
-            lean is not None
+            pool is not None
             and parts.scheme.lower() == "https"
-            and (host, port) not in lean.not_h2
+            and (host, port) not in pool.not_h2
             and host.isascii()
         ):
             target = parts.path or "/"
@@ -376,11 +442,11 @@ class Fetcher:
                 target = f"{target}?{parts.query}"
             if not _PLAIN_TARGET.fullmatch(target):
                 target = httpx.URL(url).raw_path.decode("ascii")
-            fields = self._lean_headers + [
+            fields = self._request_fields + [
                 (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
             ]
             try:
-                response = await lean.request(
+                response = await pool.request(
                     host,
                     port,
                     b"GET",
@@ -389,14 +455,12 @@ class Fetcher:
                     self._timeout,
                     self._timeout,
                 )
-            except h2lean.NotHTTP2:
-                pass  # remembered in lean.not_h2: httpx from now on
-            except h2lean.H2Error as exc:
-                raise _translate_lean(exc, in_body=False) from exc
-            except _UnsafeDestination as exc:
+            except http2.NotHTTP2:
+                pass  # remembered in not_h2: httpx from now on
+            except _FOREIGN as exc:
                 raise _translate(exc, in_body=False) from exc
             else:
-                return Response.from_lean(response)
+                return Response.from_http2(response)
         try:
             request = self._client.build_request("GET", url, headers=dict(headers))
             return Response.from_httpx(await self._client.send(request, stream=True))
@@ -405,21 +469,26 @@ class Fetcher:
 
     async def aclose(self) -> None:
         """Close every connection."""
-        if self._lean is not None:
-            await self._lean.aclose()
+        if self._http2 is not None:
+            await self._http2.aclose()
         await self._client.aclose()
 
 
-def _lean_pool(
-    context: ssl.SSLContext, policy: _HostPolicy, connections_per_host: int
-) -> h2lean.H2Pool:
+def _http2_pool(
+    context: ssl.SSLContext, policy: _HostPolicy, settings: HttpSettings
+) -> http2.H2Pool:
     async def resolve(host: str, port: int, timeout: float | None) -> list[str]:
         try:
             return await _permitted_addresses(policy, host, port, timeout)
         except OSError as exc:
-            raise h2lean.ConnectFailed(f"cannot resolve {host}: {exc}") from exc
+            raise http2.ConnectFailed(f"cannot resolve {host}: {exc}") from exc
 
-    return h2lean.H2Pool(context, resolve, connections_per_host)
+    return http2.H2Pool(
+        context,
+        resolve,
+        settings.connections_per_host,
+        idle_timeout=settings.idle_timeout,
+    )
 
 
 __all__: typing.Final = [

@@ -29,6 +29,7 @@ STATUS_PERIOD = 5.0  # seconds between STATUS= updates for `systemctl status`
 # Keys that name places or the TLS/HTTP setup of the shared client: changing them needs a restart.
 RESTART_ONLY = frozenset(
     {"data_dir", "state_dir", "http2", "ca_bundle", "metrics_address", "connections_per_host"}
+    | {"idle_timeout", "http2_client"}
 )
 
 
@@ -36,6 +37,7 @@ def http_settings(config: Config) -> HttpSettings:
     """The slice of the config the HTTP client needs."""
     return HttpSettings(
         http2=config.http2,
+        http2_client=config.http2_client,
         timeout=config.timeout,
         user_agent=config.user_agent,
         referer=config.referer,
@@ -43,6 +45,7 @@ def http_settings(config: Config) -> HttpSettings:
         max_connections=max(config.concurrency, 64),
         allowed_hosts=config.allowed_hosts,
         connections_per_host=config.connections_per_host,
+        idle_timeout=config.idle_timeout,
     )
 
 
@@ -106,6 +109,7 @@ class Daemon:
             state_dir=str(config.state_dir),
             concurrency=config.concurrency,
             http2=config.http2,
+            http2_client=config.http2_client,
             allowed_hosts=list(config.allowed_hosts),
             notify=self._notifier.enabled,
             watchdog_s=self._notifier.watchdog_interval,

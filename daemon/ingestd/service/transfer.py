@@ -300,8 +300,9 @@ class _Attempt:
                     part.size + pending_size - part.durable >= CHECKPOINT_BYTES
                     or last_flush - last_sync >= CHECKPOINT_SECONDS
                 )
-                data, pending, pending_size = pending, [], 0
+                data, size, pending, pending_size = pending, pending_size, [], 0
                 await asyncio.to_thread(part.write, data, sync=sync)
+                response.consumed(size)
                 if sync:
                     last_sync = last_flush
                     await self._record(self._validator, self._total, part.durable)
@@ -330,8 +331,10 @@ class _Attempt:
                     return Failure(Reason.TOO_SLOW, response.status, detail=floor.describe())
                 if checked and (pending_size >= WRITE_BATCH or now - last_flush >= FLUSH_SECONDS):
                     await flush()
-        except FetchFailed:
-            if checked:
+        except FetchFailed as exc:
+            if exc.reason is Reason.MALFORMED:  # nothing of a lying response is kept
+                await asyncio.to_thread(part.truncate, plan.start)
+            elif checked:
                 await flush()  # keep what arrived, for the resume
             raise
         if not checked:

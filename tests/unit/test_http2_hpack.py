@@ -1,4 +1,5 @@
-"""net.headers (HPACK decoding) against hpack's decoder as the reference.
+"""net.http2.hpack against hpack as the reference: our response decoder against its decoder,
+and our request encoder's blocks through its decoder.
 
 hpack's encoder makes the blocks: Huffman or not, fields added to the dynamic table or not,
 never-indexed fields, table size changes, evictions. Both decoders must agree on every block,
@@ -10,7 +11,7 @@ import random
 import hpack
 import pytest
 
-from ingestd.net.headers import Decoder, HeaderBlockError
+from ingestd.net.http2.hpack import Decoder, HeaderBlockError, RequestEncoder
 
 NAMES = [b"server", b"date", b"content-type", b"content-length", b"etag", b"x-cache", b"via"]
 VALUES = [b"nginx", b"video/mp4", b"65536", b'"5f2b-10000"', b"HIT", b"", b"\xff\xfe binary"]
@@ -113,3 +114,31 @@ def test_an_entry_larger_than_the_table_empties_it() -> None:
     assert ours.decode(block) == [(b"server", b"nginx")]
     block = encoder.encode([(b"server", b"nginx")], huffman=True)
     assert ours.decode(block) == [(b"server", b"nginx")]
+
+
+def test_request_encoder_round_trips_through_a_real_hpack_decoder() -> None:
+    encoder = RequestEncoder()
+    decoder = hpack.Decoder()
+    fields = [
+        (b":method", b"GET"),  # whole field in the static table: one byte
+        (b":scheme", b"https"),
+        (b":authority", b"cdn.example:8443"),  # name in the static table
+        (b":path", b"/v/1.mp4?expire=4102444800&sig=" + b"a" * 300),  # long: multi-byte length
+        (b"user-agent", b"ingestd/1"),
+        (b"x-custom", b"\xe2\x82\xac"),  # neither: literal name
+        (b"x-long-name-" + b"n" * 200, b""),  # a name length over one byte too
+    ]
+    for _ in range(3):  # the second and third blocks come from the cache
+        block = encoder.encode(fields)
+        assert [(bytes(k), bytes(v)) for k, v in decoder.decode(block, raw=True)] == fields
+    assert decoder.header_table_size == 4096 and len(decoder.header_table.dynamic_entries) == 0
+    assert encoder.encode([(b":method", b"GET")]) == b"\x82"
+    encoder.resize(8192)  # larger: nothing to signal, we never use the table anyway
+    assert encoder.encode([(b":method", b"GET")]) == b"\x82"
+    # The server lowered its table size: the next block starts with the size update, once.
+    encoder.resize(0)
+    block = encoder.encode([(b":method", b"GET")])
+    assert block == b"\x20\x82"
+    assert list(decoder.decode(block, raw=True)) == [(b":method", b"GET")]
+    assert decoder.header_table_size == 0
+    assert encoder.encode([(b":method", b"GET")]) == b"\x82"

@@ -1,4 +1,4 @@
-"""The lean HTTP/2 path (net.h2lean, through net.fetch) against a real HTTPS HTTP/2 server.
+"""Our HTTP/2 client (net.http2, through net.fetch) against a real HTTPS HTTP/2 server.
 
 Flow control is ours on this path, so bodies larger than the stream and connection windows,
 many streams at once, and streams abandoned half-way are what must be shown to work.
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.net import h2lean
 from ingestd.net.fetch import Fetcher, FetchFailed, HttpSettings
+from ingestd.net.http2 import connection
 from ingestd.policy.retry import Reason
 from support.goaway_origin import GoawayOrigin
 from support.origin import OriginServer, content
@@ -19,7 +19,7 @@ from support.origin import OriginServer, content
 
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OriginServer]:
-    server = OriginServer(tmp_path_factory.mktemp("h2lean-origin"))
+    server = OriginServer(tmp_path_factory.mktemp("http2-origin"))
     server.start()
     yield server
     server.stop()
@@ -47,8 +47,8 @@ async def body(f: Fetcher, url: str, stop_after: int | None = None) -> tuple[int
 
 
 async def test_bodies_larger_than_every_window(origin: OriginServer) -> None:
-    size = h2lean.STREAM_WINDOW * 2 + 12_345  # needs stream-level WINDOW_UPDATEs
-    count = (h2lean.CONNECTION_WINDOW // size) + 2  # and connection-level ones
+    size = connection.STREAM_WINDOW * 2 + 12_345  # needs stream-level WINDOW_UPDATEs
+    count = (connection.CONNECTION_WINDOW // size) + 2  # and connection-level ones
     f = fetcher(origin)
     try:
         names = [f"big-{i}" for i in range(count)]
@@ -61,7 +61,7 @@ async def test_bodies_larger_than_every_window(origin: OriginServer) -> None:
 
 
 async def test_abandoned_streams_leave_the_connection_usable(origin: OriginServer) -> None:
-    size = h2lean.STREAM_WINDOW * 2
+    size = connection.STREAM_WINDOW * 2
     f = fetcher(origin)
     try:
         for i in range(6):  # each one leaves unread bytes in flight, counted on the connection
@@ -73,7 +73,7 @@ async def test_abandoned_streams_leave_the_connection_usable(origin: OriginServe
         await f.aclose()
 
 
-async def test_range_resume_and_statuses_over_the_lean_path(origin: OriginServer) -> None:
+async def test_range_resume_and_statuses_over_our_http2_path(origin: OriginServer) -> None:
     f = fetcher(origin)
     try:
         url = origin.url("ranged", size=50_000)
