@@ -588,6 +588,8 @@ class Connection:
         elif kind == frames.WINDOW_UPDATE:
             if length != 4:
                 raise ProtocolError(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE is not 4 bytes")
+            if sid:
+                self._check_opened(sid)  # RFC 9113 5.1: not on an idle stream
             increment = int.from_bytes(payload, "big") & frames.MAX_WINDOW
             if not increment:
                 if sid == 0:
@@ -654,7 +656,7 @@ class Connection:
             self._useful += len(block)
             stream.head_done = True
             # 204 and 304 have no content, whatever their content-length says (RFC 9113 8.1.1).
-            stream.expected_length = None if status in (204, 304) else expected
+            stream.expected_length = 0 if status in (204, 304) else expected
             events.append(ResponseReceived(sid, status, regular))
         if end_stream:
             expected = stream.expected_length
@@ -801,8 +803,8 @@ def _response_head(
             else:
                 length = int(value)
         regular.append((name, value))
-    if status is None or len(status) != 3 or not status.isdigit():
-        return "no valid :status"
+    if status is None or len(status) != 3 or not status.isdigit() or status[:1] == b"0":
+        return "no valid :status"  # three digits, 100 to 999 (RFC 9110 15)
     return int(status), regular, length
 
 
