@@ -252,6 +252,7 @@ class _Connection(asyncio.Protocol):
         self._streams: dict[int, _Stream] = {}
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.silent = False  # reads and answers nothing (a flow a NAT dropped)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -269,6 +270,8 @@ class _Connection(asyncio.Protocol):
             stream.wake.set()
 
     def data_received(self, data: bytes) -> None:
+        if self.silent:
+            return
         try:
             events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError:
@@ -621,6 +624,16 @@ class RawOrigin:
     def blackhole(self, drop: bool = True) -> None:
         """Accept TCP on the same port but never answer TLS. `drop`: abort served ones too."""
         self._run(self._switch("blackhole", drop))
+
+    def silence(self) -> None:
+        """The connections served so far go silent, still open: nothing is read or answered
+        on them (a NAT that dropped the flow). New connections are served as before."""
+
+        async def silence() -> None:
+            for connection in self._live:
+                connection.silent = True
+
+        self._run(silence())
 
     def restore(self) -> None:
         """Serve normally again, on the same port."""

@@ -86,7 +86,6 @@ class H2Pool:
         self._pins = pins if pins is not None else PinBudget()
         self._origins: dict[tuple[str, int], _Origin] = {}
         self._all: set[H2Protocol] = set()
-        self._idle_since: dict[H2Protocol, float] = {}
         self._swept_at = time.monotonic()
         self.not_h2: set[tuple[str, int]] = set()
 
@@ -208,11 +207,8 @@ class H2Pool:
             return
         self._swept_at = now
         for connection in list(self._all):
-            if connection.open_streams:
-                self._idle_since.pop(connection, None)
-                continue
-            since = self._idle_since.setdefault(connection, now)
-            if now - since >= self._idle_timeout:
+            since = connection.idle_since
+            if since is not None and now - since >= self._idle_timeout:
                 connection.abort("idle")
 
     async def request(
@@ -267,7 +263,6 @@ class H2Pool:
     def _forget(self, key: tuple[str, int], connection: H2Protocol) -> None:
         """A connection ended: drop it, and the origin's entry once nothing else is there."""
         self._all.discard(connection)
-        self._idle_since.pop(connection, None)
         origin = self._origins.get(key)
         if origin is None:
             return

@@ -86,6 +86,7 @@ class H2Protocol(asyncio.BufferedProtocol):
         self.closed = False
         self.capacity = asyncio.Event()  # set when a stream may have become free
         self.last_received = time.monotonic()  # when the server last sent anything
+        self.idle_since: float | None = time.monotonic()  # last stream released; None: busy
         self._pings: dict[bytes, asyncio.Future[None]] = {}  # PINGs sent, by payload
 
     # --- asyncio.BufferedProtocol ---------------------------------------------------------
@@ -256,6 +257,7 @@ class H2Protocol(asyncio.BufferedProtocol):
             raise StreamFailed(str(exc), retry_safe=True) from None
         stream = Stream(sid, asyncio.get_running_loop().create_future())
         self._streams[sid] = stream
+        self.idle_since = None
         self._flush_soon()
         return stream
 
@@ -304,8 +306,10 @@ class H2Protocol(asyncio.BufferedProtocol):
             self.h2.release(stream.stream_id)
             self._flush_soon()
         self.capacity.set()
-        if not self.h2.accepting and not self._streams:
-            self._shut()  # drained
+        if not self._streams:
+            self.idle_since = time.monotonic()
+            if not self.h2.accepting:
+                self._shut()  # drained
 
     def ping(self) -> asyncio.Future[None]:
         """Send a PING; the future is done when the server answers it (cancelled if the
