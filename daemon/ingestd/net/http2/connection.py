@@ -73,7 +73,11 @@ _HOP_BY_HOP = frozenset(
 _REQUEST_DROPPED = _HOP_BY_HOP | {b"host"}
 # RFC 9110 5.6.2 token characters, lower case only (RFC 9113 8.2.1).
 _FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
-_BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
+_SPACE = (0x20, 0x09)  # no value starts or ends with SP or HTAB (RFC 9113 8.2.1)
+# Field names found valid, so that each is checked once per process (bounded: names are chosen
+# by servers).
+_GOOD_NAMES: set[bytes] = set()
+_GOOD_NAMES_MAX = 1024
 
 
 # --- events --------------------------------------------------------------------------------
@@ -809,11 +813,16 @@ def _response_head(
 
 
 def _field_problem(name: bytes, value: bytes) -> str:
-    if not _FIELD_NAME.fullmatch(name):
-        return f"invalid field name {name[:40]!r}"
-    if name in _HOP_BY_HOP:
-        return f"connection-specific field {name.decode()}"
-    if _BAD_VALUE.search(value):
+    if name not in _GOOD_NAMES:
+        if not _FIELD_NAME.fullmatch(name):
+            return f"invalid field name {name[:40]!r}"
+        if name in _HOP_BY_HOP:
+            return f"connection-specific field {name.decode()}"
+        if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+            _GOOD_NAMES.add(name)  # a server sends the same few names again and again
+    if b"\r" in value or b"\n" in value or b"\0" in value:
+        return f"invalid value for {name.decode()}"
+    if value and (value[0] in _SPACE or value[-1] in _SPACE):
         return f"invalid value for {name.decode()}"
     return ""
 
