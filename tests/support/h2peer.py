@@ -110,3 +110,20 @@ async def body(client: H2Protocol, stream: Stream) -> bytes:
         parts.append(batch)
         client.acknowledge(stream, len(batch))
     return b"".join(parts)
+
+
+def parse(wire: bytes) -> list[tuple[int, int, int, bytes]]:
+    """The frames in `wire`: (type, flags, stream id, payload)."""
+    out = []
+    while wire:
+        length = int.from_bytes(wire[:3], "big")
+        sid = int.from_bytes(wire[5:9], "big") & 0x7FFF_FFFF
+        out.append((wire[3], wire[4], sid, wire[9 : 9 + length]))
+        wire = wire[9 + length :]
+    return out
+
+
+def window_updates(wire: bytes) -> list[tuple[int, int]]:
+    """(stream id, increment) of every WINDOW_UPDATE in `wire`."""
+    frames = parse(wire)
+    return [(sid, int.from_bytes(body, "big")) for kind, _, sid, body in frames if kind == 0x8]

@@ -36,28 +36,10 @@ from ingestd.net.http2.connection import (
     StreamUnavailable,
 )
 from ingestd.net.http2.frames import ErrorCode, Setting
+from support.h2peer import parse, window_updates
 
 CALM = ErrorCode.ENHANCE_YOUR_CALM
 FRAME = 16_384  # the largest DATA frame a server may send us
-
-
-def parse(wire: bytes) -> list[tuple[int, int, int, bytes]]:
-    """The frames in `wire`: (type, flags, stream id, payload)."""
-    out = []
-    while wire:
-        length = int.from_bytes(wire[:3], "big")
-        sid = int.from_bytes(wire[5:9], "big") & frames.LAST_STREAM_ID
-        out.append((wire[3], wire[4], sid, wire[9 : 9 + length]))
-        wire = wire[9 + length :]
-    return out
-
-
-def window_updates(wire: bytes) -> list[tuple[int, int]]:
-    return [
-        (sid, int.from_bytes(payload, "big"))
-        for kind, _, sid, payload in parse(wire)
-        if kind == frames.WINDOW_UPDATE
-    ]
 
 
 def resets(wire: bytes) -> list[tuple[int, int]]:

@@ -15,29 +15,9 @@ import pytest
 from ingestd.net.http2.connection import CONNECTION_WINDOW, MAX_FRAME_SIZE, STREAM_WINDOW
 from ingestd.net.http2.errors import ConnectionLost, StreamFailed
 from ingestd.net.http2.pool import authority
-from support.h2peer import Peer, data_frame, frame
+from support.h2peer import Peer, data_frame, frame, parse, window_updates
 
 HEADERS, CONTINUATION, WINDOW_UPDATE, RST_STREAM = 0x1, 0x9, 0x8, 0x3
-
-
-def parse(wire: bytes) -> list[tuple[int, int, int, bytes]]:
-    """The frames in `wire`: (type, flags, stream id, payload)."""
-    out = []
-    while wire:
-        length = int.from_bytes(wire[:3], "big")
-        sid = int.from_bytes(wire[5:9], "big") & 0x7FFF_FFFF
-        out.append((wire[3], wire[4], sid, wire[9 : 9 + length]))
-        wire = wire[9 + length :]
-    return out
-
-
-def window_updates(wire: bytes) -> list[tuple[int, int]]:
-    """(stream id, increment) of every WINDOW_UPDATE in `wire`."""
-    return [
-        (sid, int.from_bytes(payload, "big"))
-        for kind, _, sid, payload in parse(wire)
-        if kind == WINDOW_UPDATE
-    ]
 
 
 async def test_data_fast_path_padding_split_reads_and_end() -> None:
