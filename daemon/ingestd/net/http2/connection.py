@@ -61,11 +61,19 @@ MAX_INFORMATIONAL = 8  # 1xx responses before the final one
 FREE_JUNK_FRAMES = 1000
 JUNK_ALLOWANCE_BYTES = 4096
 FREE_JUNK_BYTES = 1024 * 1024
-READ_CHUNK = 256 * 1024  # receive buffers are this big (TLS decrypts straight into them)
-MIN_FREE = MAX_FRAME_SIZE + frames.HEADER_SIZE  # a buffer with less room is replaced
+READ_CHUNK = 512 * 1024  # receive buffers are this big (TLS decrypts straight into them)
+# A buffer with less room than this is replaced: room for a whole frame, and for TLS reads
+# big enough that each costs little (smaller reads cost more Python per byte).
+MIN_FREE = max(64 * 1024, MAX_FRAME_SIZE + frames.HEADER_SIZE)
 COPY_BELOW = 1024  # DATA payloads smaller than this are copied, never pinning a buffer
 PIN_BUDGET = 64 * 1024 * 1024  # default for all connections sharing one PinBudget
 MAX_UNSENT = 1024 * 1024  # our own output a server leaves unread (PING/SETTINGS floods)
+
+# The parser's hot path reads these per frame.
+_UNPACK_HEADER = frames.HEADER.unpack_from
+_LAST_STREAM_ID = frames.LAST_STREAM_ID
+_DATA, _CONTINUATION = frames.DATA, frames.CONTINUATION
+_END_STREAM, _PADDED = frames.END_STREAM, frames.PADDED
 
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
@@ -424,9 +432,10 @@ class Connection:
         buffer = self._buffer
         view = memoryview(buffer)
         offset, filled = self._start, self._end
+        unpack, data = _UNPACK_HEADER, self._data  # looked up once: this runs per frame
         try:
             while filled - offset >= 9:
-                high, low, kind, flags, sid = frames.HEADER.unpack_from(buffer, offset)
+                high, low, kind, flags, sid = unpack(buffer, offset)
                 length = high << 8 | low
                 if length > MAX_FRAME_SIZE:
                     raise ProtocolError(
@@ -435,11 +444,11 @@ class Connection:
                 end = offset + 9 + length
                 if end > filled:
                     break
-                sid &= frames.LAST_STREAM_ID
-                if self._block is not None and kind != frames.CONTINUATION:
+                sid &= _LAST_STREAM_ID
+                if self._block is not None and kind != _CONTINUATION:
                     raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "a frame inside a header block")
-                if kind == frames.DATA:
-                    self._data(events, sid, flags, view[offset + 9 : end], length)
+                if kind == _DATA:
+                    data(events, sid, flags, view[offset + 9 : end], length)
                 else:
                     self._control(events, kind, flags, sid, view[offset + 9 : end])
                 offset = end
@@ -464,7 +473,7 @@ class Connection:
         self._window -= length
         if self._window < 0:
             raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
-        if flags & frames.PADDED:
+        if flags & _PADDED:
             pad = payload[0] if length else 0
             if pad >= length:
                 raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "more padding than payload")
@@ -488,7 +497,7 @@ class Connection:
         if length > size:  # padding: nobody will consume it, so it goes back at once
             self._junk(length - size, frames=0)
             self._return_padding(stream, length - size)
-        end = flags & frames.END_STREAM
+        end = flags & _END_STREAM
         if not size and not end:
             self._junk(0)
         stream.received += size
@@ -504,7 +513,7 @@ class Connection:
             self._useful += size
             stream.unacked += size
             chunk: memoryview | bytes = payload
-            if size < COPY_BELOW or not self._may_export():
+            if size < COPY_BELOW or (not self._exported and not self._may_export()):
                 chunk = bytes(payload)
             else:
                 self._exported = True
