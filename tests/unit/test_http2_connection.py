@@ -18,6 +18,8 @@ import pytest
 from ingestd.net.http2 import frames
 from ingestd.net.http2.connection import (
     CONNECTION_WINDOW,
+    DATA_FRAME_AVERAGE_MIN,
+    FREE_DATA_FRAMES,
     FREE_JUNK_BYTES,
     FREE_JUNK_FRAMES,
     MAX_CONTINUATIONS,
@@ -595,3 +597,31 @@ def test_an_ended_stream_returns_connection_credit_only() -> None:
     peer.conn.release(sid)
     assert peer.conn.data_to_send() == b""  # ended: no RST_STREAM
     assert held(peer.conn) == 0
+
+
+def test_a_flood_of_tiny_data_frames_ends_the_connection() -> None:
+    # 1-byte DATA frames are useful bytes, but each costs a frame's work for one byte: found by
+    # the hostile-peer test (tests/e2e/test_hostile_peer.py) at 100 % of a CPU. Past
+    # FREE_DATA_FRAMES, DATA frames must average DATA_FRAME_AVERAGE_MIN bytes.
+    w = Wire({})
+    sid = w.open()
+    assert [type(e) for e in w.feed(w.headers(sid, OK))] == [ResponseReceived]
+    frame = data(sid, b"x")
+    n, events = 0, []
+    while not any(isinstance(e, ConnectionTerminated) for e in events) and n < 10_000:
+        n += 1
+        events = w.feed(frame)
+    assert events[-1] == ConnectionTerminated(CALM, "a flood of tiny DATA frames")
+    assert n <= FREE_DATA_FRAMES + FREE_DATA_FRAMES // DATA_FRAME_AVERAGE_MIN + 5, n
+
+
+def test_small_data_frames_of_an_honest_server_are_not_a_flood() -> None:
+    # A server that writes what its application hands it: 512-byte frames, for 4 MiB.
+    w = Wire({})
+    sid = w.open()
+    w.feed(w.headers(sid, OK))
+    frame = data(sid, b"y" * 512)
+    for _ in range(STREAM_WINDOW // 512):
+        events = w.feed(frame)
+        assert not any(isinstance(e, ConnectionTerminated) for e in events), events
+        w.conn.acknowledge(sid, 512)

@@ -532,17 +532,18 @@ def held_buffers(chunks: object) -> dict[int, int]:
 
 
 async def test_tiny_data_frames_pin_no_buffer() -> None:
-    # The old attack: one tiny DATA frame per receive buffer, each view pinning the whole
-    # buffer. Payloads under COPY_BELOW are copied, so a flood of them pins nothing.
+    # The old attack: one small DATA frame per receive buffer, each view pinning the whole
+    # buffer. Payloads under COPY_BELOW are copied, so many of them pin nothing. (Smaller than
+    # DATA_FRAME_AVERAGE_MIN, they would be a flood of their own: see test_http2_connection.)
     pins = PinBudget()
     peer = Peer(pins=pins)
     stream = peer.request()
     peer.respond(stream.stream_id, [(":status", "200")])
-    count = 4 * READ_CHUNK // 10  # 10 bytes a frame: the flood spans several buffers
-    peer.client.data_received(data_frame(stream.stream_id, b"x") * count)
+    count = 4 * READ_CHUNK // 309  # 300 bytes a frame: they span several buffers
+    peer.client.data_received(data_frame(stream.stream_id, b"x" * 300) * count)
     assert not peer.transport.closed
     chunks = await peer.client.next_chunks(stream, 1)
-    assert chunks is not None and sum(map(len, chunks)) == count
+    assert chunks is not None and sum(map(len, chunks)) == 300 * count
     assert held_buffers(chunks) == {} and all(type(c) is bytes for c in chunks)
     assert pins.pinned == 0
     # Larger payloads are still handed out as views of the receive buffer (no copy).

@@ -19,7 +19,8 @@ Invariants, each held against a server that tries to break it:
   STREAM_WINDOW per stream and CONNECTION_WINDOW per connection outstanding. Buffers that views
   still pin count against a PinBudget shared by all connections; past it, payloads are copied
   instead of pinning another buffer.
-- CPU. Frames that carry nothing for us (PING, SETTINGS, PRIORITY, WINDOW_UPDATE, empty DATA,
+- CPU. DATA frames must average DATA_FRAME_AVERAGE_MIN bytes past the first FREE_DATA_FRAMES.
+  Frames that carry nothing for us (PING, SETTINGS, PRIORITY, WINDOW_UPDATE, empty DATA,
   unknown types, padding, anything on a stream we gave up on) are useless work the server
   chooses; they may not exceed FREE_JUNK_FRAMES plus one per JUNK_ALLOWANCE_BYTES of useful
   bytes (bodies and response headers of live streams), and their bytes not FREE_JUNK_BYTES
@@ -61,6 +62,10 @@ MAX_INFORMATIONAL = 8  # 1xx responses before the final one
 FREE_JUNK_FRAMES = 1000
 JUNK_ALLOWANCE_BYTES = 4096
 FREE_JUNK_BYTES = 1024 * 1024
+# DATA frames are useful, but each costs a frame's work however small: past FREE_DATA_FRAMES
+# they must carry DATA_FRAME_AVERAGE_MIN bytes on average (1-byte frames kept a CPU busy).
+FREE_DATA_FRAMES = 1000
+DATA_FRAME_AVERAGE_MIN = 256
 READ_CHUNK = 512 * 1024  # receive buffers are this big (TLS decrypts straight into them)
 # A buffer with less room than this is replaced: room for a whole frame, and for TLS reads
 # big enough that each costs little (smaller reads cost more Python per byte).
@@ -272,6 +277,7 @@ class Connection:
         self._to_return = 0  # acknowledged on the connection, not yet given back
         self._outbox: list[bytes] = []
         self._useful = 0
+        self._data_frames = 0  # on live streams
         self._tolerated = 0
         self._junk_frames = 0
         self._junk_bytes = 0
@@ -509,6 +515,9 @@ class Connection:
             self._malformed(events, stream, message, short=stream.received < expected)
             self._return_to_connection(size)
             return
+        self._data_frames += 1
+        if self._data_frames > FREE_DATA_FRAMES + self._useful // DATA_FRAME_AVERAGE_MIN:
+            raise ProtocolError(ErrorCode.ENHANCE_YOUR_CALM, "a flood of tiny DATA frames")
         if size:
             self._useful += size
             stream.unacked += size
