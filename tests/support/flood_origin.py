@@ -39,6 +39,7 @@ import h2.events
 import h2.exceptions
 import trustme
 
+from support.loop_server import LoopServer
 from support.origin import stop_loop_thread
 from support.raw_origin import frame, raw_get
 
@@ -254,7 +255,7 @@ class _Connection(asyncio.Protocol):
             transport.close()
 
 
-class FloodOrigin:
+class FloodOrigin(LoopServer):
     """The origin. Use as a context manager, or call start() and stop()."""
 
     def __init__(self, workdir: Path, kind: str | None = None, seconds: float = 5.0) -> None:
@@ -285,13 +286,6 @@ class FloodOrigin:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._live: set[_Connection] = set()
 
-    def __enter__(self) -> FloodOrigin:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def start(self, timeout: float = 10.0) -> None:
         """Listen, run the loop thread, and return once /healthz was served over TLS + h2."""
         self._thread = threading.Thread(target=self._thread_main, name="flood-origin", daemon=True)
@@ -306,13 +300,6 @@ class FloodOrigin:
         """Bounded: close every connection, then cancel whatever still runs."""
         if self._loop is not None and self._thread is not None and self._stopping is not None:
             stop_loop_thread(self._loop, self._thread, self._stopping, timeout, "flood origin")
-
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -337,10 +324,6 @@ class FloodOrigin:
         with self._cond:
             self._connections += 1
             return _Connection(self, self._connections)
-
-    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        with self._cond:
-            self.loop_errors.append(str(context.get("exception") or context.get("message")))
 
     # ------------------------------------------------------------------ test API
 
@@ -378,20 +361,3 @@ class FloodOrigin:
         with self._cond:
             self._floods.append(flood)
             self._cond.notify_all()
-
-    def _update(self, flood: Flood, **changes: Any) -> None:
-        with self._cond:
-            for key, value in changes.items():
-                setattr(flood, key, value)
-            self._cond.notify_all()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            with self._cond:
-                self.loop_errors.append(repr(task.exception()))

@@ -67,6 +67,7 @@ import h2.exceptions
 import hpack
 import trustme
 
+from support.loop_server import LoopServer
 from support.origin import DEFAULT_SIZE, LAST_MODIFIED, content, etag, stop_loop_thread
 
 Field = tuple[str | bytes, str | bytes]
@@ -461,7 +462,7 @@ class _Blackhole(asyncio.Protocol):
         pass
 
 
-class RawOrigin:
+class RawOrigin(LoopServer):
     """The origin. Use as a context manager, or call start() and stop()."""
 
     def __init__(self, workdir: Path) -> None:
@@ -497,13 +498,6 @@ class RawOrigin:
 
     # ----------------------------------------------------------------- lifecycle
 
-    def __enter__(self) -> RawOrigin:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def start(self, timeout: float = 10.0) -> None:
         """Listen, run the loop thread, and return once one real TLS + h2 request was served."""
         self._listener = _listen(0)
@@ -526,13 +520,6 @@ class RawOrigin:
             self._listener.close()
             self._listener = None
 
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -551,10 +538,6 @@ class RawOrigin:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2)
-
-    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        with self._cond:
-            self.loop_errors.append(str(context.get("exception") or context.get("message")))
 
     # ------------------------------------------------------------ accept, modes
 
@@ -713,23 +696,6 @@ class RawOrigin:
         with self._cond:
             self._log.append(record)
             self._cond.notify_all()
-
-    def _update(self, record: RequestRecord, **changes: Any) -> None:
-        with self._cond:
-            for key, value in changes.items():
-                setattr(record, key, value)
-            self._cond.notify_all()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            with self._cond:
-                self.loop_errors.append(repr(task.exception()))
 
 
 def _listen(port: int) -> socket.socket:
