@@ -141,3 +141,24 @@ def test_connections_lost_together_went_down_with_their_host() -> None:
     hosts.lost("cdn", 60.0)
     assert not hosts.went_down("cdn", 60.0, 61.0)
     assert not hosts.went_down("other", 60.0, 61.0)
+
+
+def test_a_lone_loss_went_down_with_a_host_that_is_down_though_not_cooling_right_now() -> None:
+    # The outage test's flake: one transfer alone on its connection is lost at 10.0; the other
+    # connection's transfers fail as the host's (no loss recorded for them), and the host goes
+    # down with a 0.1 s cooldown. When the grace ends, a probe is out and the cooldown is over.
+    hosts = HostHealth(backoff_base=0.2, backoff_max=4.0, slots=8)
+    hosts.lost("cdn", 10.0)
+    for i in range(HOST_FAILURES_TO_COOL):
+        assert hosts.admit("cdn", 9.9, f"t{i}") is None
+        hosts.finished("cdn", 10.0, f"t{i}", host_fault=True, reason="connection_error", jitter=0)
+    assert hosts.down() == ["cdn"]
+    assert hosts.admit("cdn", 10.5, "probe") is None  # the cooldown has ended: a probe is out
+    assert hosts.cooling_until("cdn") < 11.0
+    assert hosts.went_down("cdn", 10.0, 11.0)
+    # Down and back up within the grace: the loss still went down with its host.
+    hosts.finished("cdn", 10.8, "probe", host_fault=False)
+    assert hosts.down() == [] and hosts.went_down("cdn", 10.0, 11.0)
+    # A host that went down long after (or long before) a loss says nothing about it.
+    hosts.lost("cdn", 100.0)
+    assert not hosts.went_down("cdn", 100.0, 101.0)

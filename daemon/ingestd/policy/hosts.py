@@ -43,6 +43,7 @@ class _Host:
     failures: int = 0  # host faults in a row
     cooling_until: float = 0.0
     down_since: float | None = None  # set while the host is reported unavailable
+    went_down_at: float = float("-inf")  # when it was last reported unavailable
     probe: str | None = None  # the ticket of the request probing the host, while one is out
     reason: str = ""
     served_at: float = -1.0  # when a request last ended with an answer from the host
@@ -92,11 +93,14 @@ class HostHealth:
 
     def went_down(self, host: str, at: float, now: float) -> bool:
         """Whether a transfer lost at `at` went down with its host: the host is cooling down
-        now, or other connections of its died around the same time."""
+        or reported down now, or was reported down around `at`, or other connections of its
+        died around the same time."""
         state = self._hosts.get(host)
         if state is None:
             return False
-        if state.cooling_until > now:
+        if state.cooling_until > now or state.down_since is not None:
+            return True
+        if abs(state.went_down_at - at) <= LOSS_WINDOW:
             return True
         near = [t for t in state.losses if abs(t - at) <= LOSS_WINDOW]
         return len(near) >= LOSS_BURST
@@ -171,7 +175,7 @@ class HostHealth:
         state.cooling_until = max(state.cooling_until, now + delay)
         if state.down_since is not None:
             return None
-        state.down_since = now
+        state.down_since = state.went_down_at = now
         return HostEvent("host_unavailable", host, reason, round(delay, 3), failures=state.failures)
 
     def _forget_idle(self) -> None:
