@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -148,34 +149,68 @@ def _recent_failures(manifest: Manifest) -> list[ItemSummary]:
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    from ingestd.ops.status import measure_rate, status_document, status_table, watch_frame
+    from ingestd.ops.status import status_document, status_table
 
-    if not args.watch:
-        counts = _read(config, Manifest.counts)
-        if args.json:
-            print(json.dumps(status_document(counts)))
-        else:
-            print(status_table(counts, str(config.manifest_path)))
-        return EXIT_OK
-    previous, previous_time = _read(config, Manifest.counts), time.monotonic()
+    if args.watch:
+        return _watch(config, args)
+    counts = _read(config, Manifest.counts)
+    if args.json:
+        print(json.dumps(status_document(counts)))
+    else:
+        print(status_table(counts, str(config.manifest_path)))
+    return EXIT_OK
+
+
+def _watch(config: Config, args: argparse.Namespace) -> int:
+    """`status --watch`: redrawn in place on a terminal, one plain frame per interval else."""
+    from ingestd.ops.live import LIVE_FILE, RateMeter, daemon_state, pid_alive, read_live
+    from ingestd.ops.terminal import run_live, watch_console, watch_view
+
+    console = watch_console(sys.stdout)
+    display = run_live(console) if console.is_terminal else None
+    rate = RateMeter()
     frames = 0
-    tty = sys.stdout.isatty()
     try:
-        while True:
-            time.sleep(max(args.interval, 0.05))
-            counts = _read(config, Manifest.counts)
-            failures = _read(config, _recent_failures)
-            now = time.monotonic()
-            frame = watch_frame(
-                counts, measure_rate(previous, counts, now - previous_time), failures
-            )
-            previous, previous_time = counts, now
-            print(("\x1b[H\x1b[2J" if tty else "") + frame + ("" if tty else "\n"), flush=True)
-            frames += 1
-            if args.count and frames >= args.count:
-                return EXIT_OK
+        with display or contextlib.nullcontext():
+            while True:
+                counts = _read(config, Manifest.counts)
+                failures = _read(config, _recent_failures)
+                live = read_live(config.state_dir / LIVE_FILE)
+                state = daemon_state(live, time.time(), live is not None and pid_alive(live.pid))
+                if live is not None and state[0] in ("running", "paused"):
+                    rate.add(live.clock, live.received)
+                view = watch_view(
+                    items=counts.items,
+                    bytes_done=counts.bytes_done,
+                    live=live,
+                    state=state,
+                    rate=rate.rate(),
+                    failures=failures,
+                    where=str(config.data_dir),
+                )
+                if display is not None:
+                    display.update(view, refresh=True)
+                else:
+                    console.print(view)
+                    console.print()
+                    console.file.flush()
+                frames += 1
+                if args.count and frames >= args.count:
+                    return EXIT_OK
+                time.sleep(max(args.interval, 0.05))
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return EXIT_OK
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader went away (`... | head`): exit without Python's flush error at shutdown."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _list(config: Config, args: argparse.Namespace) -> int:
@@ -221,7 +256,7 @@ def _logs(config: Config, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:
-        sys.stderr.close()  # `ingestd logs | head`: quiet exit
+        _quiet_broken_pipe()  # `ingestd logs | head`
     return EXIT_OK
 
 

@@ -14,13 +14,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 from ingestd.config import LogFormat
+
+if TYPE_CHECKING:
+    from ingestd.ops.terminal import EventConsole
 
 Logger = structlog.typing.FilteringBoundLogger
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -111,7 +114,7 @@ class _Sink:
 
     def __init__(self, stream: TextIO, console: bool, file: _RotatingFile | None) -> None:
         self._stream = stream
-        self._console = structlog.dev.ConsoleRenderer(colors=stream.isatty()) if console else None
+        self._console = _event_console(stream) if console else None
         self._out = None if console else _raw_fd(stream)
         self._file = file
         self._lock = threading.Lock()
@@ -122,11 +125,10 @@ class _Sink:
             try:
                 if self._out is not None:
                     _write_all(self._out, line)
+                elif self._console is not None:
+                    self._console.write(event)
                 else:
-                    text = self._console(None, "", dict(event)) if self._console else line.decode()
-                    self._stream.write(str(text) if self._console else text)
-                    if self._console:
-                        self._stream.write("\n")
+                    self._stream.write(line.decode())
                     self._stream.flush()
             except (OSError, ValueError):
                 pass  # stdout gone (closed pipe): keep running, the file may still work
@@ -144,6 +146,29 @@ class _Sink:
 
 _sink: _Sink | None = None
 _sink_lock = threading.Lock()
+_console: EventConsole | None = None  # one per process: a reload must not draw a second line
+
+
+def _event_console(stream: TextIO) -> EventConsole:
+    global _console
+    from ingestd.ops.terminal import EventConsole  # rich is loaded only for a console
+
+    if _console is None or _console.stream is not stream:
+        if _console is not None:
+            _console.close()
+        _console = EventConsole(stream)
+    return _console
+
+
+def summary_enabled() -> bool:
+    """Whether events go to a terminal that shows a live summary line under them."""
+    return _console is not None and _console.tty
+
+
+def set_summary(text: str | None) -> None:
+    """Show `text` as the live line under the events on a terminal (None takes it down)."""
+    if _console is not None:
+        _console.set_summary(text)
 
 
 class _SinkLogger:
@@ -221,3 +246,5 @@ def shutdown() -> None:
     with _sink_lock:
         if _sink is not None:
             _sink.close()
+    if _console is not None:
+        _console.close()

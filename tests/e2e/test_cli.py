@@ -104,11 +104,11 @@ def test_status_table_json_and_watch(
     watch = daemon.cli("status", "--watch", "--count", "2", "--interval", "0.2", timeout=20)
     elapsed = time.monotonic() - started
     out = _ok(watch)
-    bars = re.findall(r"\[(#*)(\.*)\]\s+(\d+\.\d)%\s+(\d+)/(\d+) done", out)
+    bars = re.findall(r"(\d+\.\d)%\s+(\d+)/(\d+) done", out)
     assert len(bars) == 2, f"expected 2 frames with a progress bar:\n{out}"
-    for filled, empty, percent, done, total in bars:
-        assert (done, total, percent) == ("2", "3", "66.7"), out
-        assert len(filled) + len(empty) == 40 and len(filled) == round(40 * 2 / 3), out
+    # The bar counts the work that can still complete: the failed item is not in it.
+    assert bars == [("100.0", "2", "2")] * 2, out
+    assert out.count("ingestd running") == 2, out
     assert out.count("failed 1") == 2 and out.count("pending 0") == 2, out
     assert out.count(run.missing_id) == 2, "recent failures should list the 404 item"
     assert "not_found" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -17,6 +18,16 @@ from ingestd.log import Logger, get_logger
 from ingestd.metrics import Metrics
 from ingestd.net.fetch import Fetcher, HttpSettings, SetupError
 from ingestd.notify import Notifier
+from ingestd.ops.live import (
+    LIVE_FILE,
+    LIVE_HEARTBEAT,
+    LIVE_PERIOD,
+    InFlight,
+    Live,
+    RateMeter,
+    summary_line,
+    write_live,
+)
 from ingestd.ops.status import status_line
 from ingestd.service.db import Db
 from ingestd.service.ingest import Ingestor
@@ -146,6 +157,7 @@ class Daemon:
             self._notifier.ready(status_line(counts, parts.pool.in_flight, 0.0))
             logger.info("daemon_ready", items=counts.items, raw_dir=str(config.raw_dir))
             tasks.append(asyncio.create_task(self._report_status(parts), name="status"))
+            tasks.append(asyncio.create_task(self._report_live(parts), name="live"))
             code = await self._until_stopped(tasks)
         except ManifestError as exc:
             logger.critical("daemon_failed", reason="manifest", error=str(exc))
@@ -154,6 +166,8 @@ class Daemon:
             self._notifier.stopping()
             await self._shutdown([*tasks, watchdog], parts)
             self._metrics.close()
+            await self._write_live(self._live(parts, stopped=True))
+            log.set_summary(None)
         self._log.info("daemon_stopped", exit_code=code)
         return code
 
@@ -267,6 +281,56 @@ class Daemon:
             age = 0.0 if oldest is None else time.time() - oldest
             self._metrics.snapshot(counts.items, age, parts.pool.in_flight)
             self._notifier.status(status_line(counts, parts.pool.in_flight, rate))
+
+    def _live(self, parts: _Parts, stopped: bool = False) -> Live:
+        pool, now = parts.pool, time.monotonic()
+        meter, pause, down = pool.meter, pool.pause_info(), pool.hosts_down()
+        transfers = tuple(
+            InFlight(t.aweme_id, t.topic, t.offset, t.received, t.total, round(now - t.started, 1))
+            for t in meter.transfers.values()
+        )
+        stats = pool.stats
+        return Live(
+            pid=os.getpid(),
+            written_at=time.time(),
+            clock=now,
+            state="stopped" if stopped else "running" if pause is None else "paused",
+            received=meter.received(),
+            transfers=() if stopped else transfers,
+            pause_reason=None if pause is None else pause[0],
+            pause_detail=None if pause is None else pause[1],
+            paused_s=None if pause is None else round(pause[2], 1),
+            hosts_down=tuple(down[:20]),
+            hosts_down_count=len(down),
+            completed=stats.completed,
+            retried=stats.retried,
+            failed=stats.failed,
+            expired=stats.expired,
+        )
+
+    async def _write_live(self, live: Live) -> None:
+        # The view is a convenience: a state dir that refuses it costs nothing else.
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(write_live, self._config.state_dir / LIVE_FILE, live)
+
+    async def _report_live(self, parts: _Parts) -> None:
+        """Keep live.json (for `status --watch`) and the terminal's summary line current."""
+        rate = RateMeter()
+        last: Live | None = None
+        written_at = float("-inf")
+        while True:
+            live = self._live(parts)
+            same = last is not None and dataclasses.replace(
+                live, written_at=0, clock=0
+            ) == dataclasses.replace(last, written_at=0, clock=0)
+            if not same or live.clock - written_at >= LIVE_HEARTBEAT:
+                await self._write_live(live)
+                last, written_at = live, live.clock
+            if log.summary_enabled():
+                rate.add(live.clock, live.received)
+                counts = await parts.db.run(parts.db.manifest.counts)
+                log.set_summary(summary_line(counts.items, live, rate.rate(), counts.bytes_done))
+            await asyncio.sleep(LIVE_PERIOD)
 
     async def _supervise_watcher(self, watcher: ExtractWatcher, ingest: Ingestor) -> None:
         while True:

@@ -41,6 +41,7 @@ from ingestd.policy.retry import (
 )
 from ingestd.policy.urls import origin_of
 from ingestd.service.db import Db, GroupCommit
+from ingestd.service.meter import Meter
 from ingestd.service.publish import Publisher
 from ingestd.service.transfer import Published, Transfers
 from ingestd.store.manifest import Completion, Item, ManifestError
@@ -167,6 +168,22 @@ class DownloadPool:
     def paused(self) -> str | None:
         """Why downloads are paused, or None."""
         return None if self._pause is None else self._pause.reason
+
+    def pause_info(self) -> tuple[str, str, float] | None:
+        """Why downloads are paused, the path or detail, and for how many seconds."""
+        pause = self._pause
+        if pause is None:
+            return None
+        return pause.reason, pause.detail, time.monotonic() - pause.since
+
+    @property
+    def meter(self) -> Meter:
+        """The transfers in flight and the bytes received."""
+        return self._transfers.meter
+
+    def hosts_down(self) -> list[str]:
+        """Hosts reported unavailable now."""
+        return self._hosts.down()
 
     def reconfigure(self, config: Config) -> None:
         """Use a reloaded config from the next claim and the next decision on."""
@@ -650,7 +667,7 @@ class DownloadPool:
             duration_s=duration,
             resumed=done.resumed,
             links=done.links,
-            mbps=round(done.size / max(duration, 1e-6) / 1e6, 2),
+            mbps=round(done.fetched / max(duration, 1e-6) / 1e6, 2),  # MB/s, this attempt's
         )
 
     def _bookkeeping_retry(

@@ -33,6 +33,7 @@ from ingestd.policy.transfer import (
 )
 from ingestd.policy.urls import check_url, is_expired, redact
 from ingestd.service.db import Db
+from ingestd.service.meter import Meter, Tracked
 from ingestd.service.publish import Publisher
 from ingestd.store.manifest import Item, ManifestError
 
@@ -58,6 +59,7 @@ class Published:
     resumed: bool
     linked_topics: tuple[str | None, ...]
     links: int = 0
+    fetched: int = 0  # bytes this attempt received (a resume's earlier bytes are not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,7 @@ class Transfers:
         self._fetcher = fetcher
         self._publisher = publisher
         self._clock = clock
+        self.meter = Meter()
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -106,6 +109,8 @@ class Transfers:
         except OSError as exc:
             return _local_failure(exc, media / relative)
         attempt = _Attempt(self, item, part, relative, log)
+        tracked = self.meter.begin(item.aweme_id, relative.parts[0], part.size)
+        attempt.tracked = tracked
         try:
             try:
                 outcome: Published | Failure = await attempt.run()
@@ -125,6 +130,7 @@ class Transfers:
             await attempt.keep_for_resume()  # stopping: what arrived is kept for the next run
             raise
         finally:
+            self.meter.end(tracked)
             if not part.closed:  # on cancellation too: shielded, it completes regardless
                 await asyncio.shield(asyncio.to_thread(part.close))
 
@@ -159,6 +165,7 @@ class _Attempt:
         self._recorded = (item.validator, item.total, item.durable)
         self._misrecorded = False  # the manifest describes a part this one no longer is
         self._resumed_from = 0
+        self.tracked: Tracked | None = None
 
     async def run(self) -> Published | Failure:
         item, part = self._item, self._part
@@ -289,6 +296,10 @@ class _Attempt:
         pending_size = 0
         received = 0
         checked = plan.start > 0
+        tracked = self.tracked
+        if tracked is not None:  # where this body starts, net of earlier ranges' bytes
+            tracked.offset = max(plan.start - tracked.received, 0)
+            tracked.total = plan.total
         last_flush = last_sync = time.monotonic()
         floor = RateFloor(config.min_rate, config.min_rate_window, last_flush)
 
@@ -311,6 +322,8 @@ class _Attempt:
             async for batch in response.batches():
                 size = sum(map(len, batch))
                 received += size
+                if tracked is not None:
+                    tracked.received += size
                 if plan.length is not None and received > plan.length:
                     await asyncio.to_thread(part.truncate, plan.start)
                     detail = f"body longer than its content-length {plan.length}"
@@ -364,4 +377,5 @@ class _Attempt:
             resumed=self._resumed_from > 0,
             linked_topics=done.linked_topics,
             links=done.links,
+            fetched=self.tracked.received if self.tracked is not None else part.size,
         )
