@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from ingestd import __version__
-from ingestd.config import Config, ConfigError, load_config
+from ingestd.config import Config, ConfigError, load_config, load_cookies
 from ingestd.fs.lock import FileLock, LockError, LockHeld
 from ingestd.store.manifest import ItemSummary, Manifest, ManifestError, WrongLibrary
 
@@ -277,6 +277,11 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     from ingestd import log
     from ingestd.service.daemon import run
 
+    try:
+        cookies = load_cookies(config)  # a missing or bad cookies file is the config's fault
+    except ConfigError as exc:
+        print(f"ingestd: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     # The locks come first: a second daemon must not touch the manifest or the shared log file.
     with _library_locked(config):
         manifest = Manifest.open(config.manifest_path)
@@ -292,7 +297,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             print(f"ingestd: cannot open log file: {exc}", file=sys.stderr)
             return EXIT_FAILURE
         try:
-            return run(config, reload_config=lambda: _config(args))
+            return run(config, reload_config=lambda: _config(args), cookies=cookies)
         finally:
             log.shutdown()
 

@@ -9,12 +9,15 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import platformdirs
 
 from ingestd.policy.urls import parse_loopback_address
 from ingestd.store.manifest import Manifest, ManifestError, library_path, same_dir
+
+if TYPE_CHECKING:  # http.cookiejar pulls in urllib.request: only `run` needs it
+    from http.cookiejar import MozillaCookieJar
 
 APP_NAME = "ingestd"
 ENV_PREFIX = "INGESTD_"
@@ -71,6 +74,10 @@ class Config:
     max_extract_bytes: int = 512 * 1024 * 1024
     rescan_seconds: float = 30.0
     progress_seconds: float = 60.0
+    # `<id>.info.json` beside each video published (the record, URLs without query strings).
+    write_info_json: bool = False
+    # A Netscape cookies.txt; its cookies go to the hosts they match (see net.cookies).
+    cookies_file: Path | None = None
 
     @property
     def host_slots(self) -> int:
@@ -113,7 +120,8 @@ def _parse_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-_PATH_KEYS = frozenset({"data_dir", "state_dir", "ca_bundle", "log_file"})
+_PATH_KEYS = frozenset({"data_dir", "state_dir", "ca_bundle", "log_file", "cookies_file"})
+_BOOL_KEYS = frozenset({"http2", "write_info_json"})
 _INT_KEYS = frozenset(
     {"concurrency", "max_attempts", "max_file_bytes", "min_free_bytes", "max_extract_bytes"}
 ) | {"log_max_bytes", "log_backups", "connections_per_host", "per_host_concurrency", "min_rate"}
@@ -124,8 +132,8 @@ _ENV_PARSERS: dict[str, Callable[[str], object]] = {
     **dict.fromkeys(_PATH_KEYS, str),
     **dict.fromkeys(_INT_KEYS, int),
     **dict.fromkeys(_FLOAT_KEYS, float),
+    **dict.fromkeys(_BOOL_KEYS, _parse_bool),
     "allowed_hosts": _parse_list,
-    "http2": _parse_bool,
     "user_agent": str,
     "referer": str,
     "log_format": str,
@@ -172,7 +180,7 @@ def _coerce(key: str, value: object, base: Path) -> object:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         value = float(value)
-    elif key == "http2":
+    elif key in _BOOL_KEYS:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
     elif key == "allowed_hosts":
@@ -200,6 +208,19 @@ def _coerce(key: str, value: object, base: Path) -> object:
         if not low <= number <= high:
             raise ConfigError(f"{key}: {value!r} is outside {low:g}..{high:g}")
     return value
+
+
+def load_cookies(config: Config) -> MozillaCookieJar | None:
+    """The cookies of `cookies_file`, read now (None without one). A reload reads it again.
+    Raises ConfigError naming the key and the path, never a cookie value."""
+    if config.cookies_file is None:
+        return None
+    from ingestd.net.cookies import CookieFileError, load_cookie_jar
+
+    try:
+        return load_cookie_jar(config.cookies_file)
+    except CookieFileError as exc:
+        raise ConfigError(f"cookies_file: {exc}") from None
 
 
 def default_config_path(env: Mapping[str, str]) -> Path | None:

@@ -8,6 +8,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from ingestd.policy.retry import Reason
 from ingestd.policy.urls import parse_loopback_address
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
@@ -21,10 +22,14 @@ class Metrics:
         self.items = Gauge(
             "ingestd_items", "Items in the manifest by state.", ["state"], registry=self.registry
         )
+        # `reason` is a policy.retry.Reason value (an enum, so a bounded set of series), empty
+        # for a completed file: to Prometheus an empty label is no label, so the completed
+        # series is the one it was before `reason` existed.
         self.downloads = Counter(
             "ingestd_downloads",
-            "Finished download attempts by outcome (completed, retry, expired, failed).",
-            ["outcome"],
+            "Finished download attempts by outcome (completed, retry, expired, failed,"
+            " superseded) and failure reason (empty when completed).",
+            ["outcome", "reason"],
             registry=self.registry,
         )
         self.bytes = Counter(
@@ -47,9 +52,11 @@ class Metrics:
         )
         self._server: WSGIServer | None = None
 
-    def attempt(self, outcome: str, seconds: float, size: int = 0) -> None:
-        """Count one finished attempt."""
-        self.downloads.labels(outcome).inc()
+    def attempt(
+        self, outcome: str, seconds: float, size: int = 0, reason: Reason | None = None
+    ) -> None:
+        """Count one finished attempt; `reason`: why it did not produce a file."""
+        self.downloads.labels(outcome, "" if reason is None else reason.value).inc()
         self.duration.labels(outcome).observe(seconds)
         if size:
             self.bytes.inc(size)

@@ -418,26 +418,40 @@ def test_metrics_endpoint_after_downloads(
 
     ok, ok_names = _extract(origin, prefix, rng, 2)
     missing, _ = _extract(origin, prefix, rng, 1, mode="404")
-    daemon.drop_atomic("extract_20261126T100000.json", ok + missing)
-    daemon.wait_for_count("download_completed", 2)
+    gone, _ = _extract(origin, prefix, rng, 1, mode="403")
+    flaky, _ = _extract(origin, prefix, rng, 1, mode="500")  # one 500, then the file
+    daemon.drop_atomic("extract_20261126T100000.json", ok + missing + gone + flaky)
+    daemon.wait_for_count("download_completed", 3)
     daemon.wait_for("download_failed")
+    daemon.wait_for("download_expired")
 
     samples = _scrape(address)
-    assert samples[("ingestd_downloads_total", (("outcome", "completed"),))] == 2
-    assert samples[("ingestd_downloads_total", (("outcome", "failed"),))] == 1
-    assert samples[("ingestd_downloaded_bytes_total", ())] == 2 * SIZE
-    inf_bucket = (("le", "+Inf"), ("outcome", "completed"))
-    assert samples[("ingestd_download_duration_seconds_bucket", inf_bucket)] == 2
+    downloads = {
+        labels: value
+        for (name, labels), value in samples.items()
+        if name == "ingestd_downloads_total"
+    }
+    # `reason`: the failure's reason (a policy.retry.Reason value), empty for a completed file.
+    assert downloads == {
+        (("outcome", "completed"), ("reason", "")): 3,
+        (("outcome", "failed"), ("reason", "not_found")): 1,
+        (("outcome", "expired"), ("reason", "forbidden")): 1,
+        (("outcome", "retry"), ("reason", "server_error")): 1,
+    }, downloads
+    assert samples[("ingestd_downloaded_bytes_total", ())] == 3 * SIZE
+    inf_bucket = (("le", "+Inf"), ("outcome", "completed"))  # durations: by outcome only
+    assert samples[("ingestd_download_duration_seconds_bucket", inf_bucket)] == 3
     assert samples[("ingestd_download_duration_seconds_count", (("outcome", "failed"),))] == 1
 
     # Gauges are refreshed every STATUS_PERIOD seconds: poll (bounded) until the first refresh.
     deadline = time.monotonic() + STATUS_PERIOD + 5
     key = ("ingestd_items", (("state", "done"),))
-    while samples.get(key) != 2 and time.monotonic() < deadline:
+    while samples.get(key) != 3 and time.monotonic() < deadline:
         time.sleep(0.2)
         samples = _scrape(address)
-    assert samples.get(key) == 2, f"ingestd_items never refreshed: {sorted(samples)}"
+    assert samples.get(key) == 3, f"ingestd_items never refreshed: {sorted(samples)}"
     assert samples[("ingestd_items", (("state", "failed"),))] == 1
+    assert samples[("ingestd_items", (("state", "expired"),))] == 1
     assert samples[("ingestd_items", (("state", "pending"),))] == 0
     assert samples[("ingestd_queue_age_seconds", ())] == 0
     assert samples[("ingestd_downloads_in_flight", ())] == 0

@@ -29,7 +29,8 @@ Modes (``k`` = how many of the first requests for that name misbehave before it 
 ``html``        200 ``text/html`` page (a login/captcha page served instead of the video).
 ``big``         a ``size``-byte MP4-shaped body; ``cl=0`` omits Content-Length (chunked on h1).
 ``redirect``    302 to the URL in ``to`` (default: ``<name>-target`` on ``127.0.0.1``, mode ok);
-                ``to=self`` redirects to the very same URL (a loop).
+                ``to=self`` redirects to the very same URL (a loop); ``set_cookie=V`` adds
+                ``Set-Cookie: server_set=V; Path=/``.
 ``slow``        ok, streamed in ``chunk``-byte pieces (default 16 KiB) with ``delay`` seconds
                 (default 0.05) between them; supports ``Range``.
 
@@ -443,7 +444,10 @@ class OriginServer:
             target = q.get("to") or self.url(name + "-target", host="127.0.0.1")
             if target == "self":  # a redirect loop
                 target = f"https://{record.host}{record.path}?{urllib.parse.urlencode(q)}"
-            await self._reply(send, record, 302, b"", "text/plain", [("location", target)])
+            extra = [("location", target)]
+            if "set_cookie" in q:  # a cookie a client must not keep (ingestd stores none)
+                extra.append(("set-cookie", f"server_set={q['set_cookie']}; Path=/"))
+            await self._reply(send, record, 302, b"", "text/plain", extra)
         elif mode == "big":
             await self._serve_content(
                 send, record, name, size, disconnect, with_length=q.get("cl", "1") != "0"

@@ -178,3 +178,15 @@ def test_a_manifest_in_the_old_shared_place_stays_with_its_library(
     assert state_dir("two") == user_dirs / "libraries" / library_dir_name(tmp_path / "two")
     (user_dirs / "manifest.sqlite3").write_bytes(b"not a database")
     assert state_dir("two") == user_dirs, "an unreadable one is used, so its error shows"
+
+
+def test_write_info_json_and_cookies_file_keys(tmp_path: Path) -> None:
+    config = load_config(env={"INGESTD_DATA_DIR": "d"}, cwd=tmp_path)
+    assert config.write_info_json is False and config.cookies_file is None
+    env = {"INGESTD_WRITE_INFO_JSON": "yes", "INGESTD_COOKIES_FILE": "~/cookies.txt"}
+    config = load_config(env=env, cwd=tmp_path)
+    assert config.write_info_json is True
+    assert config.cookies_file == Path("~/cookies.txt").expanduser()
+    path = write(tmp_path / "c.toml", 'write_info_json = "yes"\n')
+    with pytest.raises(ConfigError, match="write_info_json"):
+        load_config(path, env={}, cwd=tmp_path)

@@ -140,6 +140,35 @@ def ensure_dir(root: Path, relative: PurePath) -> Path:
     return target
 
 
+def write_file_atomic(target: Path, data: bytes) -> None:
+    """Put `data` at `target` as the publish puts a video there: a temporary file in the same
+    folder (a stale one removed, never followed), fsynced, renamed over `target`, the folder
+    fsynced. A crash leaves the old file or the new one, never a part of it."""
+    temp = target.with_name(f".{target.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    os.close(fd)
+    try:
+        os.rename(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    fsync_dir(target.parent)
+
+
 class PartFile:
     """A `.part` file being filled: appends, hashes as it goes, publishes by atomic rename.
 

@@ -4,6 +4,8 @@ HTTPS goes over our HTTP/2 pool (net.http2); plain http, origins without h2 and 
 go through one `httpx.AsyncClient`. Both live as long as the daemon. Redirects are followed
 by hand so that every hop passes the URL policy, and a network backend checks the resolved
 addresses at connect time, so a host cannot pass the check and then resolve somewhere else.
+Each hop carries the cookies of `cookies_file` that the jar's policy gives its URL (net.cookies);
+no Set-Cookie is ever stored, on either path.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,6 +29,7 @@ import httpcore
 import httpx
 
 from ingestd.net import http2
+from ingestd.net.cookies import cookie_header
 from ingestd.policy.retry import Reason
 from ingestd.policy.urls import address_is_public, check_url, host_matches
 
@@ -368,8 +372,9 @@ class Fetcher:
     (with h2, over httpcore's own HTTP/2).
     """
 
-    def __init__(self, settings: HttpSettings) -> None:
+    def __init__(self, settings: HttpSettings, cookies: CookieJar | None = None) -> None:
         self._policy = _HostPolicy(settings.allowed_hosts)
+        self._cookies = cookies
         self._http2: http2.H2Pool | None = None
         if settings.http2 and settings.http2_client == "builtin":
             # A context of its own: httpcore sets the ALPN list of the one it is given.
@@ -382,6 +387,10 @@ class Fetcher:
             ),
             follow_redirects=False,
             trust_env=False,
+            # httpx keeps every Set-Cookie and sends it back; ours (net.http2) never does. A
+            # jar whose policy refuses every domain keeps both paths the same: cookies come
+            # from cookies_file only.
+            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=())),
         )
         self.reconfigure(settings)
 
@@ -403,6 +412,10 @@ class Fetcher:
         )
         self._request_fields = [(k.lower(), v) for k, v in self._client.headers.raw]
 
+    def set_cookies(self, cookies: CookieJar | None) -> None:
+        """Use these cookies (a reloaded cookies_file) from the next request on."""
+        self._cookies = cookies
+
     @asynccontextmanager
     async def get(self, url: str, headers: Mapping[str, str]) -> AsyncIterator[Response]:
         """Open a streaming GET, following at most MAX_REDIRECTS checked redirects."""
@@ -411,7 +424,12 @@ class Fetcher:
             verdict = check_url(current, self._policy.allowed_hosts)
             if not verdict.allowed:
                 raise FetchFailed(Reason.UNSAFE_URL, verdict.reason)
-            response = await self._open(current, headers)
+            hop_headers = headers
+            if self._cookies is not None:  # each hop: the cookies of its own URL only
+                cookie = cookie_header(self._cookies, current)
+                if cookie:
+                    hop_headers = {**headers, "Cookie": cookie}
+            response = await self._open(current, hop_headers)
             try:
                 location = response.header("location")
                 if response.status in _REDIRECTS and location:

@@ -63,6 +63,11 @@ def relative_video_path(topic: object, aweme_id: str) -> PurePosixPath:
     return PurePosixPath(topic_folder(topic)) / f"{aweme_id}.mp4"
 
 
+def info_path(video: PurePosixPath) -> PurePosixPath:
+    """`<id>.info.json` beside `<id>.mp4` (write_info_json)."""
+    return video.with_name(f"{video.stem}.info.json")
+
+
 def part_name(final_name: str) -> str:
     """The name a file has while it is being written."""
     return final_name + ".part"

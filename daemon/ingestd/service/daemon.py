@@ -10,12 +10,14 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from http.cookiejar import CookieJar
 
 from ingestd import __version__, log
-from ingestd.config import Config, ConfigError
+from ingestd.config import Config, ConfigError, load_cookies
 from ingestd.fs.watch import ExtractWatcher, WatchError
 from ingestd.log import Logger, get_logger
 from ingestd.metrics import Metrics
+from ingestd.net.cookies import same_cookies
 from ingestd.net.fetch import Fetcher, HttpSettings, SetupError
 from ingestd.notify import Notifier
 from ingestd.ops.live import (
@@ -82,11 +84,15 @@ class Daemon:
         logger: Logger,
         notifier: Notifier,
         reload_config: Callable[[], Config] | None = None,
+        cookies: CookieJar | None = None,
     ) -> None:
+        """`cookies`: those of config.cookies_file, already read (by the CLI, where a bad file
+        is a configuration error); read here when it is not given."""
         self._config = config
         self._log = logger
         self._notifier = notifier
         self._reload_config = reload_config
+        self._cookies = cookies
         self._stop = asyncio.Event()
         self._parts: _Parts | None = None
         self._reloading = asyncio.Lock()
@@ -108,6 +114,12 @@ class Daemon:
     async def run(self) -> int:
         """Run until a stop is requested. Returns the process exit code."""
         config, logger = self._config, self._log
+        if self._cookies is None and config.cookies_file is not None:
+            try:
+                self._cookies = await asyncio.to_thread(load_cookies, config)
+            except ConfigError as exc:
+                logger.critical("daemon_failed", reason="config", error=str(exc))
+                return 2
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
@@ -176,7 +188,7 @@ class Daemon:
             await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
         db = await Db.open(config.manifest_path)
         try:
-            fetcher = Fetcher(http_settings(config))
+            fetcher = Fetcher(http_settings(config), self._cookies)
         except SetupError:
             await db.close()
             raise
@@ -237,11 +249,24 @@ class Daemon:
                 )
                 self._notifier.ready()
                 return
+            # The cookies file is read again on every reload, changed or not (like the log file).
+            try:
+                cookies = await asyncio.to_thread(load_cookies, new)
+            except ConfigError as exc:
+                self._log.error(
+                    "config_reload_failed", reason="invalid", keys=["cookies_file"], error=str(exc)
+                )
+                self._notifier.ready()
+                return
+            if "cookies_file" not in changed and not same_cookies(self._cookies, cookies):
+                changed.append("cookies_file")
             # Always reopen the log file: this is also how an external logrotate hands over.
             log.configure(new.log_format, new.log_file, new.log_max_bytes, new.log_backups)
             self._config = new
             parts = self._parts
+            self._cookies = cookies
             parts.fetcher.reconfigure(http_settings(new))
+            parts.fetcher.set_cookies(cookies)
             parts.pool.reconfigure(new)
             parts.ingest.reconfigure(new)
             self._log.info("config_reloaded", changed=changed)
@@ -374,10 +399,14 @@ class Daemon:
             last_bytes, last_time = pool.stats.bytes, now
 
 
-def run(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
+def run(
+    config: Config,
+    reload_config: Callable[[], Config] | None = None,
+    cookies: CookieJar | None = None,
+) -> int:
     """Run the daemon in a fresh event loop."""
     notifier = Notifier.from_env()
     try:
-        return asyncio.run(Daemon(config, get_logger(), notifier, reload_config).run())
+        return asyncio.run(Daemon(config, get_logger(), notifier, reload_config, cookies).run())
     finally:
         notifier.close()

@@ -719,7 +719,8 @@ class DownloadPool:
             "detail": failure.detail or None,
             "duration_s": duration,
         }
-        self._metrics.attempt(decision.action.value if state is target else "superseded", duration)
+        outcome = decision.action.value if state is target else "superseded"
+        self._metrics.attempt(outcome, duration, reason=decision.reason)
         if state is not target:
             log.info("download_superseded", attempt=item.attempts, **fields)
             self.wake()
@@ -757,7 +758,12 @@ class DownloadPool:
             for relink in batch:
                 try:
                     made = await asyncio.to_thread(
-                        self._publisher.link_topics, PurePosixPath(relink.path), relink.topics
+                        functools.partial(
+                            self._publisher.link_topics,
+                            PurePosixPath(relink.path),
+                            relink.topics,
+                            info=self._config.write_info_json,
+                        )
                     )
                 except OSError as exc:
                     self._park_relink(relink.aweme_id, exc, relink.path)

@@ -9,6 +9,7 @@ bookkeeping (validator, declared size, durable offset) in the manifest.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from ingestd.config import Config
 from ingestd.fs.files import PartFile
 from ingestd.log import Logger
 from ingestd.net.fetch import Chunk, Fetcher, FetchFailed, Response
+from ingestd.policy.info import info_document
 from ingestd.policy.naming import relative_video_path
 from ingestd.policy.retry import Failure, Reason, classify_status, parse_retry_after
 from ingestd.policy.transfer import (
@@ -365,8 +367,16 @@ class _Attempt:
             await asyncio.to_thread(part.discard)
             await self._remember(None, None)
             return Failure(Reason.NOT_VIDEO, detail="the part kept is not a video")
+        info: Callable[[], bytes] | None = None
+        if self._config.write_info_json:
+            try:
+                record = await self._db.run(self._db.manifest.record, item.aweme_id)
+            except ManifestError as exc:  # what is durable of the part is resumed next time
+                return Failure(Reason.LOCAL_IO, detail=f"reading its record: {exc}"[:200])
+            topic = item.topics[0] if item.topics else None
+            info = functools.partial(info_document, record, item.aweme_id, item.url, topic)
         done = await asyncio.to_thread(
-            self._t._publisher.publish, part, tail, self._relative, item.topics
+            self._t._publisher.publish, part, tail, self._relative, item.topics, info
         )
         if done.link_error is not None:
             self._log.warning("link_failed", error=done.link_error, retry="relink")

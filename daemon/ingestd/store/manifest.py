@@ -758,6 +758,13 @@ class Manifest:
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
+    def record(self, aweme_id: str) -> str | None:
+        """An item's raw record (the JSON text of the latest extract that had it), or None."""
+        row = self._conn.execute(
+            "SELECT record FROM items WHERE aweme_id = ?", (aweme_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def item(self, aweme_id: str) -> dict[str, object] | None:
         """One item's row as a dict (for the CLI and tests)."""
         cur = self._conn.execute("SELECT * FROM items WHERE aweme_id = ?", (aweme_id,))
