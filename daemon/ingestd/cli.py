@@ -19,14 +19,22 @@ from typing import TypeVar
 
 from ingestd import __version__
 from ingestd.config import Config, ConfigError, load_config, load_cookies
+from ingestd.events import EVENTS, LEVELS
 from ingestd.fs.lock import FileLock, LockError, LockHeld
 from ingestd.store.manifest import ItemSummary, Manifest, ManifestError, WrongLibrary
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NO_MATCH, EXIT_LOCKED = 0, 1, 2, 3, 4
 STATES = ("pending", "active", "done", "expired", "failed")
+LIST_LIMIT = 1000
 DATA_LOCK = ".ingestd.lock"  # in the data dir: hidden, beside raw/ and media_assets/
 STATE_LOCK = "ingestd.lock"
 T = TypeVar("T")
+# Why `retry` refused an id, by the code `retry --json` gives in `reasons`.
+RETRY_REFUSALS = {
+    "unknown": "unknown id (not in this manifest)",
+    "done": "already done (a done item is never downloaded again)",
+    "active": "downloading right now (active); retry it if this attempt fails",
+}
 
 
 class NoManifest(Exception):
@@ -40,6 +48,33 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="PATH", help="TOML config file")
     parser.add_argument("--data-dir", metavar="DIR", help="holds raw/ and media_assets/")
     parser.add_argument("--state-dir", metavar="DIR", help="holds manifest.sqlite3")
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value} (--all lifts it)")
+    return value
+
+
+def _since(text: str) -> str:
+    from ingestd.ops.logs import parse_since
+
+    try:
+        return parse_since(text, time.time())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _event_name(text: str) -> str:
+    if text not in EVENTS:
+        raise argparse.ArgumentTypeError(
+            f"unknown event {text!r}; the events are: {', '.join(sorted(EVENTS))}"
+        )
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,8 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(lister)
     lister.add_argument("--state", choices=STATES)
     lister.add_argument("--topic", help="raw topic or its folder name")
-    lister.add_argument("--limit", type=int, default=1000)
-    lister.add_argument("--json", action="store_true", help="machine-readable output")
+    shown = lister.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--limit",
+        type=_at_least_one,
+        default=LIST_LIMIT,
+        metavar="N",
+        help=f"at most N items, most recently updated first (default {LIST_LIMIT})",
+    )
+    shown.add_argument("--all", action="store_true", help="every matching item (no --limit)")
+    lister.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON array, one item a line, with paths, sha256 and the extract's record",
+    )
     lister.add_argument("--fail-empty", action="store_true", help="exit 3 when nothing matches")
 
     retry = commands.add_parser(
@@ -91,8 +138,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     logs = commands.add_parser("logs", help="show (and follow) the JSON event log")
     _common(logs)
-    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
-    logs.add_argument("--event", action="append", default=[], metavar="NAME")
+    logs.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="print new events as they come, from the end (with -n, --since or --all: after those)",
+    )
+    logs.add_argument(
+        "-n",
+        "--lines",
+        type=_at_least_one,
+        metavar="N",
+        help="only the last N matching events (read from the end of the file)",
+    )
+    logs.add_argument(
+        "--since",
+        type=_since,
+        metavar="WHEN",
+        help="events from then on: a duration back from now (90s, 10m, 2h, 1d, 1w) or an ISO"
+        " 8601 time (local time unless it has an offset or Z)",
+    )
+    logs.add_argument(
+        "--level",
+        choices=LEVELS,
+        metavar="LEVEL",
+        help=f"the lowest level shown: {', '.join(LEVELS)}",
+    )
+    logs.add_argument("--all", action="store_true", help="with --follow: the whole history first")
+    logs.add_argument(
+        "--event",
+        action="append",
+        default=[],
+        type=_event_name,
+        metavar="NAME",
+        help="only these events (repeat for more); README lists them",
+    )
     logs.add_argument("--id", dest="aweme_id", metavar="AWEME_ID")
     logs.add_argument("--json", action="store_true", help="print the JSON lines as they are")
     logs.add_argument("--log-file", metavar="PATH", help="read this file instead")
@@ -214,11 +294,43 @@ def _quiet_broken_pipe() -> None:
 
 
 def _list(config: Config, args: argparse.Namespace) -> int:
-    from ingestd.ops.status import list_document, list_table
+    from ingestd.ops.status import item_document, json_array, list_rows
 
-    items = _read(config, lambda m: m.list_items(args.state, args.topic, args.limit))
-    print(json.dumps(list_document(items)) if args.json else list_table(items))
-    return EXIT_NO_MATCH if args.fail_empty and not items else EXIT_OK
+    limit = None if args.all else args.limit
+
+    def show(manifest: Manifest) -> tuple[int, int]:
+        """Print the items as they are read; returns (shown, more not shown)."""
+        shown, truncated = 0, False
+
+        def items() -> Iterator[ItemSummary]:
+            nonlocal shown, truncated
+            # One more than asked for, to know whether there are more.
+            ask = None if limit is None else limit + 1
+            for item in manifest.iter_items(args.state, args.topic, ask, full=args.json):
+                if shown == limit:
+                    truncated = True
+                    return
+                shown += 1
+                yield item
+
+        if args.json:
+            lines = json_array(item_document(i, config.media_dir) for i in items())
+        else:
+            lines = list_rows(items())
+        for line in lines:
+            print(line)
+        if not truncated:
+            return shown, 0
+        return shown, max(manifest.count_items(args.state, args.topic) - shown, 1)
+
+    try:
+        shown, more = _read(config, show)
+    except BrokenPipeError:
+        sys.stderr.close()  # `ingestd list | head`: quiet exit
+        return EXIT_OK
+    if more:
+        print(f"... {more:,} more (use --limit N or --all)", file=sys.stderr)
+    return EXIT_NO_MATCH if args.fail_empty and not shown else EXIT_OK
 
 
 def _retry(config: Config, args: argparse.Namespace) -> int:
@@ -230,16 +342,17 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
         manifest.check_data_dir(config.data_dir)
         requeued, refused = manifest.retry(states, args.ids, time.time())
     if args.json:
-        print(json.dumps({"requeued": requeued, "refused": refused}))
+        doc = {"requeued": requeued, "refused": list(refused), "reasons": refused}
+        print(json.dumps(doc))
     else:
         print(f"requeued {len(requeued)} item(s)")
-        for aweme_id in refused:
-            print(f"refused {aweme_id}: unknown, done or downloading right now", file=sys.stderr)
+        for aweme_id, why in refused.items():
+            print(f"refused {aweme_id}: {RETRY_REFUSALS.get(why, why)}", file=sys.stderr)
     return EXIT_NO_MATCH if refused and not requeued else EXIT_OK
 
 
 def _logs(config: Config, args: argparse.Namespace) -> int:
-    from ingestd.ops.logs import LogFilter, iter_events, renderer
+    from ingestd.ops.logs import LogFilter, read_events, renderer
 
     if config.log_file is None:
         print("ingestd: no log_file configured", file=sys.stderr)
@@ -247,12 +360,16 @@ def _logs(config: Config, args: argparse.Namespace) -> int:
     if not args.follow and not config.log_file.exists():
         print(f"ingestd: no log file at {config.log_file}", file=sys.stderr)
         return EXIT_FAILURE
-    wanted = LogFilter(frozenset(args.event), args.aweme_id)
+    wanted = LogFilter(frozenset(args.event), args.aweme_id, args.level, args.since)
+    # Like tail -f: following starts at the end, unless some history is asked for.
+    history = not args.follow or args.all or args.since is not None
     render = renderer(args.json, colors=sys.stdout.isatty())
     try:
-        for event in iter_events(config.log_file, args.follow):
-            if wanted.matches(event):
-                print(render(event), flush=True)
+        events = read_events(
+            config.log_file, wanted, last=args.lines, history=history, follow=args.follow
+        )
+        for event in events:
+            print(render(event), flush=True)
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:

@@ -166,47 +166,52 @@ _RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-def _coerce(key: str, value: object, base: Path) -> object:
-    """Check one value's type and range; resolve relative paths against `base`."""
+def _coerce(key: str, value: object, base: Path, label: str | None = None) -> object:
+    """Check one value's type and range; resolve relative paths against `base`. A ConfigError
+    names `label`: the key, or where the value came from (`INGESTD_TIMEOUT (timeout)`)."""
+    label = label or key
     if key in _PATH_KEYS:
         if not isinstance(value, (str, Path)) or not str(value):
-            raise ConfigError(f"{key}: expected a path, got {value!r}")
+            raise ConfigError(f"{label}: expected a path, got {value!r}")
         path = Path(os.path.expanduser(str(value)))
-        return path if path.is_absolute() else (base / path)
+        path = path if path.is_absolute() else (base / path)
+        if key == "ca_bundle":
+            _check_ca_bundle(path, label)
+        return path
     if key in _INT_KEYS:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{label}: expected an integer, got {value!r}")
     elif key in _FLOAT_KEYS:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{label}: expected a number, got {value!r}")
         value = float(value)
     elif key in _BOOL_KEYS:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{label}: expected true or false, got {value!r}")
     elif key == "allowed_hosts":
         if not isinstance(value, (list, tuple)) or not all(
             isinstance(h, str) and h.strip() for h in value
         ):
-            raise ConfigError(f"{key}: expected a list of host names, got {value!r}")
+            raise ConfigError(f"{label}: expected a list of host names, got {value!r}")
         return tuple(h.strip().lower().rstrip(".") for h in value)
     elif key == "log_format":
         if value not in ("auto", "json", "console"):
-            raise ConfigError(f"{key}: expected auto, json or console, got {value!r}")
+            raise ConfigError(f"{label}: expected auto, json or console, got {value!r}")
     elif key == "http2_client":
         if value not in ("builtin", "h2"):
-            raise ConfigError(f"{key}: expected builtin or h2, got {value!r}")
+            raise ConfigError(f"{label}: expected builtin or h2, got {value!r}")
     elif not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{label}: expected a string, got {value!r}")
     elif key == "metrics_address" and value:
         try:
             parse_loopback_address(value)
         except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}") from exc
+            raise ConfigError(f"{label}: {exc}") from exc
     if key in _RANGES:
         low, high = _RANGES[key]
         number = cast(float, value)
         if not low <= number <= high:
-            raise ConfigError(f"{key}: {value!r} is outside {low:g}..{high:g}")
+            raise ConfigError(f"{label}: {value!r} is outside {low:g}..{high:g}")
     return value
 
 
@@ -221,6 +226,25 @@ def load_cookies(config: Config) -> MozillaCookieJar | None:
         return load_cookie_jar(config.cookies_file)
     except CookieFileError as exc:
         raise ConfigError(f"cookies_file: {exc}") from None
+
+
+def _check_ca_bundle(path: Path, label: str) -> None:
+    """A CA bundle that cannot be used is a configuration error, found before anything starts
+    (not a TLS setup failure once the daemon runs)."""
+    import ssl  # only when a bundle is configured: the reading commands do not need it
+
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))
+    except ssl.SSLError as exc:
+        problem = f"{path} holds no CA certificate in PEM form ({exc.reason or exc})"
+        raise ConfigError(f"{label}: {problem}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def default_config_path(env: Mapping[str, str]) -> Path | None:
@@ -330,6 +354,18 @@ def _check_keys(source: str, keys: object) -> None:
         )
 
 
+def _from_env(name: str, key: str, text: str, cwd: Path) -> object:
+    """One INGESTD_* variable's value, checked as the same key in the file is: a bad one gets
+    the file's message, naming the variable and the key (`INGESTD_TIMEOUT (timeout): ...`)."""
+    label = f"{name} ({key})"
+    try:
+        value = _ENV_PARSERS[key](text)
+    except ValueError as exc:
+        _coerce(key, text, cwd, label)  # the text as it is: a type error, in the file's words
+        raise ConfigError(f"{label}: {exc}") from exc
+    return _coerce(key, value, cwd, label)
+
+
 def load_config(
     config_path: str | Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -354,11 +390,8 @@ def load_config(
         key = name[len(ENV_PREFIX) :].lower()
         if key not in KEYS:
             _check_keys(f"environment variable {name}", {key: None})
-        try:
-            env_values[key] = _ENV_PARSERS[key](text)
-        except ValueError as exc:
-            raise ConfigError(f"environment variable {name}: {exc}") from exc
-    values.update({k: _coerce(k, v, cwd) for k, v in env_values.items()})
+        env_values[key] = _from_env(name, key, text, cwd)
+    values.update(env_values)
     if overrides:
         _check_keys("command line", overrides)
         values.update({k: _coerce(k, v, cwd) for k, v in overrides.items() if v is not None})

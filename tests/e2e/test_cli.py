@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from support.daemon import Daemon
+from support.daemon import Daemon, sha256_file
 from support.extracts import make_record, new_id, origin_records
 from support.origin import OriginServer
 
@@ -161,6 +161,63 @@ def test_list_filters_and_fail_empty(
     daemon.terminate()
 
 
+def test_list_detail_limit_all_and_json_for_the_next_stage(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    run = _settled(daemon_factory, origin, prefix)
+    daemon = run.daemon
+
+    table = _ok(daemon.cli("list"))
+    assert table.splitlines()[0].split() == [
+        "AWEME_ID",
+        "STATE",
+        "ATTEMPTS",
+        "DETAIL",
+        "BYTES",
+        "TOPIC",
+    ], table
+    row = next(line for line in table.splitlines() if line.startswith(run.missing_id))
+    assert "not_found (HTTP 404)" in row, row
+
+    # Truncated: says how many more, on stderr (stdout stays the table or the JSON).
+    one = daemon.cli("list", "--limit", "1")
+    assert len(_ok(one).splitlines()) == 2, one.stdout
+    assert one.stderr == "... 2 more (use --limit N or --all)\n", one.stderr
+    one_json = daemon.cli("list", "--limit", "1", "--json")
+    assert len(_json(one_json)) == 1 and "2 more" in one_json.stderr
+    every = daemon.cli("list", "--all")
+    assert len(_ok(every).splitlines()) == 4 and every.stderr == "", every.stderr
+    exact = daemon.cli("list", "--limit", "3")
+    assert len(_ok(exact).splitlines()) == 4 and exact.stderr == "", exact.stderr
+    for bad in (("--limit", "0"), ("--limit", "-2"), ("--limit", "x"), ("--all", "--limit", "5")):
+        refused = daemon.cli("list", *bad)
+        _ok(refused, EXIT_USAGE)
+        assert "--limit" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    assert "must be at least 1, got 0" in daemon.cli("list", "--limit", "0").stderr
+
+    # --json: a JSON array, one item a line, with what the next stage needs.
+    text = _ok(daemon.cli("list", "--json", "--all"))
+    lines = text.splitlines()
+    assert lines[0] == "[" and lines[-1] == "]" and len(lines) == 5, text
+    assert all(line.startswith("{") for line in lines[1:-1]), text
+    items = {i["aweme_id"]: i for i in json.loads(text)}
+    for aweme_id in run.ok_ids:
+        item = items[aweme_id]
+        path = daemon.media_dir / FOLDER / f"{aweme_id}.mp4"
+        assert item["state"] == "done" and item["topics"] == [TOPIC], item
+        assert item["paths"] == [str(path)] and path.is_file(), item
+        assert item["bytes"] == SIZE and item["sha256"] == sha256_file(path), item
+        assert (item["reason"], item["status"], item["attempts"]) == (None, None, 1), item
+        record = item["record"]
+        assert record["aweme_id"] == aweme_id and record["desc"] == f"test video {aweme_id}"
+        assert record["create_time"] == 1790304909 and record["query_context"] == TOPIC
+    failed = items[run.missing_id]
+    assert (failed["state"], failed["reason"], failed["status"]) == ("failed", "not_found", 404)
+    assert failed["paths"] == [] and failed["sha256"] is None and failed["record"]["desc"]
+    assert _ok(daemon.cli("list", "--json", "--state", "expired")) == "[\n]\n"
+    daemon.terminate()
+
+
 def test_list_topic_by_sanitized_folder_name(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:
@@ -195,10 +252,11 @@ def test_retry_while_running(daemon_factory: Any, origin: OriginServer, prefix: 
 
     done_id = run.ok_ids[0]
     refused = _json(daemon.cli("retry", done_id, "--json"), EXIT_NO_MATCH)
-    assert refused == {"requeued": [], "refused": [done_id]}
+    assert refused == {"requeued": [], "refused": [done_id], "reasons": {done_id: "done"}}
     assert _json(daemon.cli("retry", "7440000000000000001", "--json"), EXIT_NO_MATCH) == {
         "requeued": [],
         "refused": ["7440000000000000001"],
+        "reasons": {"7440000000000000001": "unknown"},
     }
     plain = daemon.cli("retry", done_id)
     _ok(plain, EXIT_NO_MATCH)
@@ -206,7 +264,7 @@ def test_retry_while_running(daemon_factory: Any, origin: OriginServer, prefix: 
 
     since = daemon.event_count()
     requeued = _json(daemon.cli("retry", "--failed", "--json"))
-    assert requeued == {"requeued": [run.missing_id], "refused": []}
+    assert requeued == {"requeued": [run.missing_id], "refused": [], "reasons": {}}
     # The running daemon picks it up (README: within 5 s) with fresh attempts and asks again.
     started = daemon.wait_for(
         "download_started", lambda e: str(e["aweme_id"]) == run.missing_id, since=since, timeout=10
@@ -224,7 +282,43 @@ def test_retry_while_running(daemon_factory: Any, origin: OriginServer, prefix: 
     assert _json(daemon.cli("status", "--json"))["items"]["done"] == 2
     # A mixed request requeues what it can and reports the rest (exit 0: something matched).
     mixed = _json(daemon.cli("retry", done_id, run.missing_id, "--json"))
-    assert mixed == {"requeued": [run.missing_id], "refused": [done_id]}
+    assert mixed == {
+        "requeued": [run.missing_id],
+        "refused": [done_id],
+        "reasons": {done_id: "done"},
+    }
+    daemon.terminate()
+
+
+def test_retry_says_why_it_refused_each_id(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    rng = random.Random(prefix)
+    daemon: Daemon = daemon_factory(timeout=60.0, min_rate=0)
+    daemon.start()
+    ok, _ = _records(origin, prefix, rng, 1)
+    stalled, names = _records(origin, prefix, rng, 1, mode="stall")
+    daemon.drop_atomic("extract_20261126T090000.json", ok + stalled)
+    done_id = str(daemon.wait_for("download_completed")["aweme_id"])
+    (active_id,) = names
+    daemon.wait_until(
+        lambda: origin.request_count(names[active_id]) == 1, "the stalled item is in flight"
+    )
+    unknown_id = "7440000000000000002"
+
+    text = daemon.cli("retry", done_id, active_id, unknown_id)
+    _ok(text, EXIT_NO_MATCH)
+    assert text.stderr.splitlines() == [
+        f"refused {done_id}: already done (a done item is never downloaded again)",
+        f"refused {active_id}: downloading right now (active); retry it if this attempt fails",
+        f"refused {unknown_id}: unknown id (not in this manifest)",
+    ], text.stderr
+    doc = _json(daemon.cli("retry", done_id, active_id, unknown_id, "--json"), EXIT_NO_MATCH)
+    assert doc == {
+        "requeued": [],
+        "refused": [done_id, active_id, unknown_id],
+        "reasons": {done_id: "done", active_id: "active", unknown_id: "unknown"},
+    }
     daemon.terminate()
 
 
@@ -266,8 +360,48 @@ def test_logs_filters(daemon_factory: Any, origin: OriginServer, prefix: str) ->
     pretty = _ok(daemon.cli("logs", "--event", "download_failed"))
     assert "download_failed" in pretty and run.missing_id in pretty
     assert "\x1b[" not in pretty, "no colours when stdout is not a terminal"
-    assert _ok(daemon.cli("logs", "--event", "no_such_event")) == ""
     daemon.terminate()
+
+
+def test_logs_last_since_level_and_event_names(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    run = _settled(daemon_factory, origin, prefix)
+    daemon = run.daemon
+    printed = daemon.events()
+
+    last = _json_lines(
+        _ok(daemon.cli("logs", "-n", "1", "--event", "download_completed", "--json"))
+    )
+    assert last == [_strip(daemon.events("download_completed")[-1])]
+    tail = _json_lines(_ok(daemon.cli("logs", "--lines", "3", "--json")))
+    assert tail == [_strip(e) for e in printed[-3:]]
+
+    errors = _json_lines(_ok(daemon.cli("logs", "--level", "error", "--json")))
+    assert [e["event"] for e in errors] == ["download_failed"], errors
+    warnings = _json_lines(_ok(daemon.cli("logs", "--level", "warning", "--json")))
+    assert {e["level"] for e in warnings} <= {"warning", "error", "critical"}, warnings
+
+    assert len(_json_lines(_ok(daemon.cli("logs", "--since", "1h", "--json")))) == len(printed)
+    assert _ok(daemon.cli("logs", "--since", "2999-01-01T00:00:00Z", "--json")) == ""
+    middle = printed[len(printed) // 2]["timestamp"]
+    since = _json_lines(_ok(daemon.cli("logs", "--since", middle, "--json")))
+    assert since == [_strip(e) for e in printed if e["timestamp"] >= middle]
+
+    for bad in (("--since", "yesterday"), ("-n", "0"), ("--level", "loud")):
+        refused = daemon.cli("logs", *bad)
+        _ok(refused, EXIT_USAGE)
+        assert bad[0] in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    unknown = daemon.cli("logs", "--event", "download_complete")
+    _ok(unknown, EXIT_USAGE)
+    assert "unknown event 'download_complete'" in unknown.stderr, unknown.stderr
+    assert "download_completed" in unknown.stderr and "daemon_started" in unknown.stderr
+    daemon.terminate()
+
+
+def _strip(event: dict[str, Any]) -> dict[str, Any]:
+    """An event as the file has it: without what support.daemon adds when reading stdout."""
+    return {k: v for k, v in event.items() if not k.startswith("_")}
 
 
 class Follower:
@@ -333,6 +467,40 @@ class Follower:
         return code
 
 
+def test_logs_follow_starts_at_the_end_like_tail(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    run = _settled(daemon_factory, origin, prefix)
+    daemon = run.daemon
+    tail = Follower(daemon)
+    last_then_new = Follower(daemon, "-n", "1", "--event", "download_failed")
+    try:
+        shown = last_then_new.wait_for(lambda e: e["event"] == "download_failed", "the last one")
+        assert str(shown["aweme_id"]) == run.missing_id
+        # The tail shows nothing of the past: poke the daemon (SIGHUP logs config_reloaded)
+        # until it shows something new, so that it surely reads by now.
+        for _ in range(20):
+            daemon.send_signal(signal.SIGHUP)
+            try:
+                tail.wait_for(lambda e: e["event"] == "config_reloaded", "a reload", timeout=1)
+                break
+            except AssertionError:
+                continue
+        else:
+            raise AssertionError("logs --follow showed no new event")
+        _json(daemon.cli("retry", "--failed", "--json"))
+        again = f"the new download_failed of {run.missing_id}"
+        tail.wait_for(lambda e: e["event"] == "download_failed", again)
+        last_then_new.wait_for(lambda e: e is not shown and e["event"] == "download_failed", again)
+        past = {"daemon_started", "daemon_ready", "extract_merged", "download_completed"}
+        assert not [e["event"] for e in tail.events if e["event"] in past], tail.events
+        assert [e["event"] for e in last_then_new.events] == ["download_failed"] * 2
+    finally:
+        codes = (tail.stop(), last_then_new.stop())
+    assert codes == (0, 0)
+    daemon.terminate()
+
+
 LOG_MAX_BYTES = 4096
 BURST = 3  # items per extract: one burst of events stays well under LOG_MAX_BYTES
 
@@ -350,8 +518,8 @@ def test_logs_follow_shows_new_events_across_rotation(
     daemon.start()
     rotated = daemon.log_file.with_name(daemon.log_file.name + ".1")
     assert not rotated.exists()
-    follower = Follower(daemon)
-    completed_follow = Follower(daemon, "--event", "download_completed")
+    follower = Follower(daemon, "--all")
+    completed_follow = Follower(daemon, "--all", "--event", "download_completed")
     ids: list[str] = []
     try:
         follower.wait_for(lambda e: e["event"] == "daemon_ready", "daemon_ready (history)")
@@ -399,7 +567,7 @@ def test_logs_follow_keeps_up_with_rapid_rotations(
     rng = random.Random(prefix)
     daemon: Daemon = daemon_factory(log_max_bytes=1024, log_backups=100, concurrency=8)
     daemon.start()
-    follower = Follower(daemon)
+    follower = Follower(daemon, "--all")
     try:
         follower.wait_for(lambda e: e["event"] == "daemon_ready", "daemon_ready (history)")
         records, _ = _records(origin, prefix, rng, 20)
@@ -458,9 +626,12 @@ def test_invalid_config_exits_2_naming_the_key(
         ((), ["run", "status", "list", "retry", "rebind", "logs", "--version"]),
         (("run",), ["--config", "--data-dir", "--state-dir", "--concurrency", "--log-file"]),
         (("status",), ["--json", "--watch", "--interval", "--count"]),
-        (("list",), ["--state", "--topic", "--limit", "--json", "--fail-empty"]),
+        (("list",), ["--state", "--topic", "--limit", "--all", "--json", "--fail-empty"]),
         (("retry",), ["--failed", "--expired", "AWEME_ID", "--json"]),
-        (("logs",), ["--follow", "--event", "--id", "--json", "--log-file"]),
+        (
+            ("logs",),
+            ["--follow", "-n", "--since", "--level", "--all", "--event", "--id", "--json"],
+        ),
         (("rebind",), ["--data-dir", "--state-dir"]),
     ],
 )
@@ -477,3 +648,25 @@ def test_help_for_every_command(command: tuple[str, ...], options: list[str]) ->
     assert result.stdout.startswith(f"usage: ingestd {' '.join(command)}".rstrip()), result.stdout
     missing = [o for o in options if o not in result.stdout]
     assert not missing, f"--help of {command} does not mention {missing}:\n{result.stdout}"
+
+
+@pytest.mark.parametrize(
+    ("config", "env", "message"),
+    [
+        (
+            {"ca_bundle": "/nonexistent/ingestd-ca.pem"},
+            {},
+            "ca_bundle: cannot read /nonexistent/ingestd-ca.pem: No such file or directory",
+        ),
+        ({}, {"INGESTD_TIMEOUT": "abc"}, "INGESTD_TIMEOUT (timeout): expected a number, got 'abc'"),
+        ({"timeout": "abc"}, {}, "timeout: expected a number, got 'abc'"),
+    ],
+)
+def test_config_errors_say_which_key_and_value_before_anything_starts(
+    daemon_factory: Any, config: dict[str, Any], env: dict[str, str], message: str
+) -> None:
+    daemon: Daemon = daemon_factory(**config)
+    result = daemon.cli("run", timeout=20, env=env)
+    assert result.returncode == EXIT_USAGE, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.strip() == f"ingestd: configuration error: {message}"
+    assert result.stdout == "", "run failed before starting: no daemon_started"

@@ -190,3 +190,40 @@ def test_write_info_json_and_cookies_file_keys(tmp_path: Path) -> None:
     path = write(tmp_path / "c.toml", 'write_info_json = "yes"\n')
     with pytest.raises(ConfigError, match="write_info_json"):
         load_config(path, env={}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "key", "in_file", "problem"),
+    [
+        ("INGESTD_TIMEOUT", "abc", "timeout", '"abc"', "expected a number, got 'abc'"),
+        ("INGESTD_CONCURRENCY", "many", "concurrency", '"many"', "expected an integer, got 'many'"),
+        ("INGESTD_HTTP2", "maybe", "http2", '"maybe"', "expected true or false, got 'maybe'"),
+        ("INGESTD_CONCURRENCY", "0", "concurrency", "0", "0 is outside 1..1024"),
+    ],
+)
+def test_a_bad_environment_value_reads_like_the_same_key_in_the_file(
+    tmp_path: Path, name: str, text: str, key: str, in_file: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as from_env:
+        load_config(env={name: text}, cwd=tmp_path)
+    assert str(from_env.value) == f"{name} ({key}): {problem}"
+    toml = write(tmp_path / "c.toml", f"{key} = {in_file}\n")
+    with pytest.raises(ConfigError) as from_file:
+        load_config(toml, env={}, cwd=tmp_path)
+    assert str(from_file.value) == f"{key}: {problem}", "the same wording as the file's"
+
+
+def test_a_missing_or_unreadable_ca_bundle_is_a_configuration_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    toml = write(tmp_path / "c.toml", f'ca_bundle = "{missing}"\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(toml, env={}, cwd=tmp_path)
+    assert str(error.value) == f"ca_bundle: cannot read {missing}: No such file or directory"
+    with pytest.raises(ConfigError) as error:  # a folder: unreadable as a file
+        load_config(env={"INGESTD_CA_BUNDLE": str(tmp_path)}, cwd=tmp_path)
+    assert (
+        str(error.value) == f"INGESTD_CA_BUNDLE (ca_bundle): cannot read {tmp_path}: Is a directory"
+    )
+    not_pem = write(tmp_path / "not.pem", "hello\n")
+    with pytest.raises(ConfigError, match=f"ca_bundle: {not_pem} holds no CA certificate"):
+        load_config(env={}, overrides={"ca_bundle": str(not_pem)}, cwd=tmp_path)

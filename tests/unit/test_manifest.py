@@ -401,3 +401,31 @@ def test_an_outcome_may_arrive_before_its_start_is_written(manifest: Manifest) -
     assert (one["state"], one["attempts"], one["held"]) == ("pending", 1, 0)
     assert (two["state"], two["attempts"], two["held"]) == ("done", 1, 0)
     assert manifest.counts().items["active"] == 0
+
+
+def test_retry_says_why_each_refused_id_was_refused(manifest: Manifest) -> None:
+    now = 1000.0
+    manifest.merge([r("done1"), r("active1"), r("failed1"), r("pending1")], "e", now)
+    (first,) = manifest.claim_due(now, 1)
+    assert done(manifest, first.aweme_id, 10, "x", "a/x.mp4", ("a",), now) is False
+    claimed = manifest.claim_due(now, 2)
+    failed, active = claimed[0].aweme_id, claimed[1].aweme_id
+    manifest.finish_failed(failed, OLD, State.FAILED, "not_found", 404, now, False, now)
+    pending = ({"done1", "active1", "failed1", "pending1"} - {first.aweme_id, failed, active}).pop()
+    ids = [first.aweme_id, active, "nope", failed, pending]
+    requeued, refused = manifest.retry([], ids, now)
+    assert requeued == [failed, pending], "failed and pending items go back, due now"
+    assert refused == {first.aweme_id: "done", active: "active", "nope": "unknown"}
+    assert list(refused) == [first.aweme_id, active, "nope"], "in the order asked"
+
+
+def test_items_are_listed_newest_first_in_chunks_with_their_records(manifest: Manifest) -> None:
+    count = 2 * 500 + 7  # more than one chunk of ids
+    for n in range(count):  # one merge each: every item its own updated_at
+        manifest.merge([r(f"id{n:05d}")], "e", 1000.0 + n)
+    listed = list(manifest.iter_items(limit=None, full=True))
+    assert [i.aweme_id for i in listed] == [f"id{n:05d}" for n in reversed(range(count))]
+    assert listed[0].record == '{"aweme_id":"id01006"}' and listed[0].sha256 is None
+    assert [i.aweme_id for i in manifest.iter_items(limit=3)] == ["id01006", "id01005", "id01004"]
+    assert manifest.list_items(limit=2)[1].record is None, "records only when asked for"
+    assert manifest.count_items() == count and manifest.count_items(state="done") == 0

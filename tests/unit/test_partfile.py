@@ -5,11 +5,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
-from ingestd.fs.files import PartFile
+from ingestd.fs.files import PartFile, describe_os_error
+from ingestd.service.publish import Publisher
+from ingestd.service.transfer import _local_failure
 
 
 def test_a_fresh_part_does_no_io_until_needed_then_starts_empty(tmp_path: Path) -> None:
@@ -104,3 +106,63 @@ def test_after_a_failed_fsync_nothing_is_durable_or_published(
         part.publish(tmp_path / "t" / "7.mp4")
     assert not (tmp_path / "t" / "7.mp4").exists()
     part.close()
+
+
+def _failing(*_: object, **__: object) -> None:
+    raise OSError(errno.EIO, os.strerror(errno.EIO))  # as fd-level calls raise: no file name
+
+
+@pytest.mark.parametrize("call", ["os.pwrite", "os.fsync", "os.ftruncate", "os.pread"])
+def test_every_part_file_error_names_the_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    part = PartFile.fresh_in(tmp_path, Path("t/4.mp4"))
+    part.write([b"\x00\x00\x00\x18ftypisom"])
+    monkeypatch.setattr(call, _failing)
+    operations = {
+        "os.pwrite": lambda: part.write([b"more"]),
+        "os.fsync": part.sync,
+        "os.ftruncate": part.truncate,
+        "os.pread": lambda: part.head(4),
+    }
+    with pytest.raises(OSError) as error:
+        operations[call]()
+    assert error.value.filename == str(part.path)
+    assert describe_os_error(error.value) == f"Input/output error: {part.path}"
+
+
+def test_a_failed_folder_fsync_names_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    part = PartFile.fresh_in(tmp_path, Path("t/5.mp4"))
+    part.write([b"\x00\x00\x00\x18ftypisom"])
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        "os.fsync",
+        lambda fd: _failing() if os.path.isdir(f"/proc/self/fd/{fd}") else real_fsync(fd),
+    )
+    with pytest.raises(OSError) as error:
+        part.publish(tmp_path / "t" / "5.mp4")  # renamed; the folder's fsync fails
+    assert error.value.filename == str(tmp_path / "t")
+
+
+def test_a_failed_rename_names_both_paths(tmp_path: Path) -> None:
+    part = PartFile.fresh_in(tmp_path, Path("t/6.mp4"))
+    part.write([b"\x00\x00\x00\x18ftypisom"])
+    final = tmp_path / "gone" / "6.mp4"
+    with pytest.raises(OSError) as error:
+        part.publish(final)
+    failure = _local_failure(error.value, part.path)
+    assert failure.detail == f"No such file or directory: {part.path} -> {final}"
+    assert failure.path == str(part.path)
+
+
+def test_a_link_into_a_folder_that_is_a_file_names_it(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "7.mp4").write_bytes(b"video")
+    (tmp_path / "b").write_bytes(b"a file where a topic folder should be")
+    done = Publisher(tmp_path).link_topics(PurePosixPath("a/7.mp4"), ["a"])
+    assert done == 0
+    with pytest.raises(OSError) as error:
+        Publisher(tmp_path).link_topics(PurePosixPath("a/7.mp4"), ["a", "b"])
+    assert describe_os_error(error.value) == f"not a real directory: {tmp_path / 'b'}"

@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -20,6 +20,35 @@ from ingestd.policy.naming import part_name
 from ingestd.policy.settle import FileSignature
 
 READ_CHUNK = 1024 * 1024
+
+
+@contextlib.contextmanager
+def naming(path: str | PurePath) -> Iterator[None]:
+    """OSErrors raised inside name `path` when the call that failed named none (the calls on a
+    descriptor: write, fsync, ftruncate, pread...), so every local error says where it was."""
+    try:
+        yield
+    except OSError as exc:
+        if error_path(exc) is None:
+            exc.filename = os.fspath(path)
+        raise
+
+
+def error_path(exc: OSError) -> str | None:
+    """The path an OSError names, or None (a call on a descriptor may name the descriptor)."""
+    name = exc.filename
+    return os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else None
+
+
+def describe_os_error(exc: OSError, path: str | PurePath | None = None) -> str:
+    """`<what went wrong>: <path>`, or `<what>: <from> -> <to>` for a rename or a link, for
+    logs; `path` stands in when the error names none."""
+    what = exc.strerror or str(exc)
+    where = error_path(exc) or (None if path is None else os.fspath(path))
+    text = what if where is None else f"{what}: {where}"
+    if isinstance(exc.filename2, (str, bytes, os.PathLike)):
+        text += f" -> {os.fsdecode(exc.filename2)}"
+    return text
 
 
 class ExtractReadError(Exception):
@@ -118,11 +147,12 @@ def free_bytes(path: Path) -> int:
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or link in `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with naming(path):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def ensure_dir(root: Path, relative: PurePath) -> Path:
@@ -136,7 +166,7 @@ def ensure_dir(root: Path, relative: PurePath) -> Path:
             target.mkdir(mode=0o775)
         st = target.lstat()
     if not stat.S_ISDIR(st.st_mode):
-        raise OSError(errno.ENOTDIR, f"{target} is not a real directory")
+        raise OSError(errno.ENOTDIR, "not a real directory", str(target))
     return target
 
 
@@ -190,10 +220,11 @@ class PartFile:
         self._hash = hashlib.sha256()
         self._hashed = 0
         if not fresh:
-            self._open(truncate=False)
-            if self.size > keep:
-                os.ftruncate(self._require_fd(), keep)
-                self.size = keep
+            with naming(self._path):
+                self._open(truncate=False)
+                if self.size > keep:
+                    os.ftruncate(self._require_fd(), keep)
+                    self.size = keep
             self.durable = self.size
 
     @classmethod
@@ -216,7 +247,7 @@ class PartFile:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            raise OSError(errno.EINVAL, f"{self.path} is not a regular file")
+            raise OSError(errno.EINVAL, "not a regular file", self._path)
         self._fd, self.size = fd, st.st_size
         return fd
 
@@ -240,12 +271,12 @@ class PartFile:
 
     def head(self, n: int) -> bytes:
         """The first `n` bytes already on disk."""
-        with self._lock:
+        with self._lock, naming(self._path):
             return os.pread(self._require_fd(), n, 0)
 
     def hash_existing(self) -> None:
         """Feed the bytes already on disk (a resumed download) into the digest."""
-        with self._lock:
+        with self._lock, naming(self._path):
             fd = self._require_fd()
             while self._hashed < self.size:
                 chunk = os.pread(fd, min(READ_CHUNK, self.size - self._hashed), self._hashed)
@@ -256,7 +287,7 @@ class PartFile:
 
     def truncate(self, size: int = 0) -> None:
         """Cut the file back to `size` bytes (start over, by default)."""
-        with self._lock:
+        with self._lock, naming(self._path):
             os.ftruncate(self._require_fd(), size)
             self.size = size
             self.durable = min(self.durable, size)
@@ -266,7 +297,7 @@ class PartFile:
 
     def sync(self) -> int:
         """fsync what was written; returns the durable size."""
-        with self._lock:
+        with self._lock, naming(self._path):
             if self._fd is not None:
                 self._fsync(self._fd)
                 self.durable = self.size
@@ -277,7 +308,7 @@ class PartFile:
         # lost pages. So after one failure nothing here is trusted again: no durable offset
         # moves, nothing is published; the next attempt cuts back to the last one recorded.
         if self._poisoned:
-            raise OSError(errno.EIO, f"an earlier fsync of {self._path} failed")
+            raise OSError(errno.EIO, "an earlier fsync of this file failed", self._path)
         try:
             os.fsync(fd)
         except OSError:
@@ -289,7 +320,7 @@ class PartFile:
         # One join here (a worker thread) rather than one GIL round trip per chunk: hashing
         # releases the GIL for each buffer, and the event loop would make each one wait.
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        with self._lock:
+        with self._lock, naming(self._path):
             fd = self._require_fd()
             view = memoryview(data)
             offset = self.size
@@ -309,19 +340,20 @@ class PartFile:
         """fsync, rename to `final`, fsync the folder; return the sha256. Closes the file."""
         self.hash_existing()
         with self._lock:
-            fd = self._require_fd()
-            if self._hashed != self.size:
-                raise OSError(errno.EIO, "digest does not cover the whole file")
-            self._fsync(fd)
-            os.close(fd)
-            self._fd = None
-            os.rename(self._path, final)
-            fsync_dir(final.parent)
+            with naming(self._path):
+                fd = self._require_fd()
+                if self._hashed != self.size:
+                    raise OSError(errno.EIO, "digest does not cover the whole file")
+                self._fsync(fd)
+                os.close(fd)
+                self._fd = None
+                os.rename(self._path, final)  # names both
+            fsync_dir(final.parent)  # names the folder
             return self._hash.hexdigest()
 
     def close(self) -> None:
         """Close without publishing; the .part stays for a later resume."""
-        with self._lock:
+        with self._lock, naming(self._path):
             self._unopened = False
             if self._fd is not None:
                 os.close(self._fd)
@@ -353,7 +385,7 @@ def link_into(source: Path, target: Path) -> bool:
         if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP):
             raise
         shutil.copyfile(source, temp, follow_symlinks=False)
-        with open(temp, "rb+") as handle:
+        with open(temp, "rb+") as handle, naming(temp):
             os.fsync(handle.fileno())
     os.rename(temp, target)
     fsync_dir(target.parent)

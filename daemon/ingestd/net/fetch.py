@@ -30,7 +30,7 @@ import httpx
 
 from ingestd.net import http2
 from ingestd.net.cookies import cookie_header
-from ingestd.policy.retry import Reason
+from ingestd.policy.retry import HINT_CA_BUNDLE, Reason, refusal_hint
 from ingestd.policy.urls import address_is_public, check_url, host_matches
 
 MAX_REDIRECTS = 5
@@ -42,13 +42,19 @@ class FetchFailed(Exception):
     """A request or its body failed; `reason` classifies it for the retry policy."""
 
     def __init__(
-        self, reason: Reason, detail: str = "", status: int | None = None, host_fault: bool = False
+        self,
+        reason: Reason,
+        detail: str = "",
+        status: int | None = None,
+        host_fault: bool = False,
+        hint: str = "",
     ) -> None:
         super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
         self.reason = reason
         self.detail = detail
         self.status = status
         self.host_fault = host_fault  # the connection died under several requests at once
+        self.hint = hint  # what the operator can change (policy.retry HINTS)
 
 
 class SetupError(Exception):
@@ -56,7 +62,11 @@ class SetupError(Exception):
 
 
 class _UnsafeDestination(Exception):
-    pass
+    """The connect-time guard refused a host; `verdict` as policy.urls names refusals."""
+
+    def __init__(self, verdict: str, message: str) -> None:
+        super().__init__(f"{verdict}: {message}")
+        self.verdict = verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +101,7 @@ async def _permitted_addresses(
     allowed = policy.allowed_hosts
     if allowed:
         if not host_matches(host, allowed):
-            raise _UnsafeDestination(f"host {host} is not in allowed_hosts")
+            raise _UnsafeDestination("host_not_allowed", f"host {host} is not in allowed_hosts")
         return [host]
     loop = asyncio.get_running_loop()
     try:
@@ -101,8 +111,12 @@ async def _permitted_addresses(
     except TimeoutError as exc:
         raise OSError(f"resolving {host} timed out") from exc
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-    if not addresses or not all(address_is_public(a) for a in addresses):
-        raise _UnsafeDestination(f"{host} resolves to a non-public address")
+    refused = [a for a in addresses if not address_is_public(a)]
+    if not addresses or refused:
+        raise _UnsafeDestination(
+            "non_public_address",
+            f"{host} resolves to a non-public address ({', '.join(refused[:3]) or 'none'})",
+        )
     return addresses
 
 
@@ -225,12 +239,33 @@ def _describe(exc: BaseException) -> str:
     return _QUERY.sub(r"\1", f"{type(exc).__name__}: {exc}")[:200]
 
 
+# OpenSSL's verify results that a CA of one's own in `ca_bundle` cures: the chain ends at a
+# certificate nobody trusts (X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT, DEPTH_ZERO_SELF_SIGNED_CERT,
+# SELF_SIGNED_CERT_IN_CHAIN, UNABLE_TO_GET_ISSUER_CERT_LOCALLY, UNABLE_TO_VERIFY_LEAF_SIGNATURE).
+# An expired certificate or a name mismatch is not cured by it, and gets no such hint.
+_UNTRUSTED_ISSUER = frozenset({2, 18, 19, 20, 21})
+
+
+def _untrusted_certificate(exc: BaseException) -> bool:
+    """Whether a connect error was a TLS verification failure at an untrusted issuer (the
+    stacks chain the ssl error as the cause or context of their own)."""
+    current: BaseException | None = exc
+    for _ in range(8):
+        if current is None:
+            return False
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current.verify_code in _UNTRUSTED_ISSUER
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _translate(exc: BaseException, *, in_body: bool) -> FetchFailed:
     """The one translation of the HTTP stacks' errors (ours, httpx's, httpcore's, h2's)."""
     if isinstance(exc, _UnsafeDestination):
-        return FetchFailed(Reason.UNSAFE_URL, str(exc))
+        return FetchFailed(Reason.UNSAFE_URL, str(exc), hint=refusal_hint(exc.verdict))
     if isinstance(exc, _UNREACHABLE):  # DNS, TCP or TLS: the host's fault
-        return FetchFailed(Reason.UNREACHABLE, _describe(exc))
+        hint = HINT_CA_BUNDLE if _untrusted_certificate(exc) else ""
+        return FetchFailed(Reason.UNREACHABLE, _describe(exc), hint=hint)
     if isinstance(exc, _TIMEOUTS):
         return FetchFailed(Reason.TIMEOUT, type(exc).__name__)
     if isinstance(exc, http2.MalformedResponse):
@@ -423,7 +458,9 @@ class Fetcher:
         for _ in range(MAX_REDIRECTS + 1):
             verdict = check_url(current, self._policy.allowed_hosts)
             if not verdict.allowed:
-                raise FetchFailed(Reason.UNSAFE_URL, verdict.reason)
+                raise FetchFailed(
+                    Reason.UNSAFE_URL, verdict.reason, hint=refusal_hint(verdict.reason)
+                )
             hop_headers = headers
             if self._cookies is not None:  # each hop: the cookies of its own URL only
                 cookie = cookie_header(self._cookies, current)

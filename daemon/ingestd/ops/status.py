@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path, PurePosixPath
 
 from ingestd.ops.live import human_bytes
+from ingestd.policy.naming import topic_folder
 from ingestd.store.manifest import Counts, ItemSummary
 
 
@@ -49,29 +52,83 @@ def status_table(counts: Counts, manifest: str) -> str:
     return "\n".join(lines)
 
 
+def item_detail(item: ItemSummary) -> str:
+    """The DETAIL column of `ingestd list`: the reason and the HTTP status, if any."""
+    if item.reason is None:
+        return "-" if item.status is None else f"HTTP {item.status}"
+    return item.reason if item.status is None else f"{item.reason} (HTTP {item.status})"
+
+
+def list_rows(items: Iterable[ItemSummary]) -> Iterator[str]:
+    """`ingestd list` as aligned columns, line by line (the header first)."""
+    yield f"{'AWEME_ID':<22} {'STATE':<8} {'ATTEMPTS':>8}  {'DETAIL':<30} {'BYTES':>12}  TOPIC"
+    for i in items:
+        yield (
+            f"{i.aweme_id:<22} {i.state:<8} {i.attempts:>8}  {item_detail(i):<30} "
+            f"{i.bytes if i.bytes is not None else '-':>12}  {i.topics[0] if i.topics else None!s}"
+        )
+
+
 def list_table(items: Sequence[ItemSummary]) -> str:
     """`ingestd list` as aligned columns."""
-    header = f"{'AWEME_ID':<22} {'STATE':<8} {'ATTEMPTS':>8}  {'REASON':<18} {'BYTES':>12}  TOPIC"
-    rows = [
-        f"{i.aweme_id:<22} {i.state:<8} {i.attempts:>8}  {i.reason or '-':<18} "
-        f"{i.bytes if i.bytes is not None else '-':>12}  {i.topics[0] if i.topics else None!s}"
-        for i in items
-    ]
-    return "\n".join([header, *rows])
+    return "\n".join(list_rows(items))
 
 
-def list_document(items: Sequence[ItemSummary]) -> list[dict[str, object]]:
-    """`ingestd list --json`."""
-    return [
-        {
-            "aweme_id": i.aweme_id,
-            "state": i.state,
-            "topics": list(i.topics),
-            "attempts": i.attempts,
-            "reason": i.reason,
-            "status": i.status,
-            "bytes": i.bytes,
-            "updated_at": i.updated_at,
-        }
-        for i in items
-    ]
+def item_paths(item: ItemSummary, media_dir: Path) -> list[str]:
+    """Where a done item's file is: the folder of its first topic, then every further topic
+    folder it is (or, while its links are being made, will be) linked into."""
+    if item.state != "done" or not item.path:
+        return []
+    first = PurePosixPath(item.path)
+    folders = {first.parent.name}
+    paths = [str(media_dir / first)]
+    for topic in item.topics:
+        folder = topic_folder(topic)
+        if folder not in folders:
+            folders.add(folder)
+            paths.append(str(media_dir / folder / first.name))
+    return paths
+
+
+def item_document(item: ItemSummary, media_dir: Path | None = None) -> dict[str, object]:
+    """One element of `ingestd list --json`; with an item listed `full` and `media_dir`, its
+    digest, paths and raw record (the extract's own fields: desc, create_time...) too."""
+    doc: dict[str, object] = {
+        "aweme_id": item.aweme_id,
+        "state": item.state,
+        "topics": list(item.topics),
+        "attempts": item.attempts,
+        "reason": item.reason,
+        "status": item.status,
+        "bytes": item.bytes,
+        "updated_at": item.updated_at,
+    }
+    if media_dir is not None:
+        doc["sha256"] = item.sha256
+        doc["paths"] = item_paths(item, media_dir)
+        try:
+            doc["record"] = json.loads(item.record) if item.record is not None else None
+        except ValueError:  # it was parsed once to be merged: only for safety
+            doc["record"] = None
+    return doc
+
+
+def list_document(
+    items: Sequence[ItemSummary], media_dir: Path | None = None
+) -> list[dict[str, object]]:
+    """`ingestd list --json`, whole (the command streams the same elements)."""
+    return [item_document(i, media_dir) for i in items]
+
+
+def json_array(documents: Iterable[dict[str, object]]) -> Iterator[str]:
+    """A JSON array written as its elements come, one element a line (`[` and `]` on lines of
+    their own), so a million items never sit in memory at once."""
+    yield "["
+    previous = None
+    for doc in documents:
+        if previous is not None:
+            yield previous + ","
+        previous = json.dumps(doc)
+    if previous is not None:
+        yield previous
+    yield "]"

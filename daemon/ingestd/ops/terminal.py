@@ -52,6 +52,16 @@ def styled(event: Mapping[str, Any]) -> Text:
     return text
 
 
+_ANSI = Console(force_terminal=True, highlight=False, width=1_000, color_system="standard")
+
+
+def ansi_line(event: Mapping[str, Any]) -> str:
+    """One event line with its colours as ANSI codes (for `ingestd logs` on a terminal)."""
+    with _ANSI.capture() as captured:
+        _ANSI.print(styled(event), end="")
+    return captured.get()
+
+
 class EventConsole:
     """Event lines for a person. On a terminal they scroll above one summary line that the
     daemon keeps current (`set_summary`), as aria2c does; elsewhere they are plain lines."""

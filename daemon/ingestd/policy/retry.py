@@ -86,6 +86,31 @@ class Failure:
     errno: int | None = None  # for LOCAL_IO: what the filesystem said, and about which path
     path: str | None = None
     host_fault: bool = False  # the host failed us: no attempt is spent
+    hint: str = ""  # what the operator can change about it (HINTS), logged once per host
+
+
+# What an operator can change about a failure: the `hint` of the first event that reports it
+# for a host (service.pool logs each once per host, not once per item).
+HINT_CA_BUNDLE = (
+    "the server's certificate does not chain to a trusted CA: if a private CA signed it, set"
+    " ca_bundle to that CA's PEM file"
+)
+HINT_NON_PUBLIC = (
+    "this host resolves to a loopback, private or otherwise non-public address, refused unless"
+    " the host is listed in allowed_hosts (listed hosts may resolve anywhere; once"
+    " allowed_hosts is set, only the hosts it lists are fetched)"
+)
+HINT_NOT_ALLOWED = (
+    "allowed_hosts is set and does not list this host: add it (an exact name or *.suffix)"
+    " to fetch from it"
+)
+HINTS = (HINT_CA_BUNDLE, HINT_NON_PUBLIC, HINT_NOT_ALLOWED)
+_REFUSAL_HINTS = {"non_public_address": HINT_NON_PUBLIC, "host_not_allowed": HINT_NOT_ALLOWED}
+
+
+def refusal_hint(verdict: str) -> str:
+    """The hint for a URL the host policy refused, by its verdict (policy.urls), or ""."""
+    return _REFUSAL_HINTS.get(verdict, "")
 
 
 @dataclass(frozen=True, slots=True)

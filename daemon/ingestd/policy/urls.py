@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from dataclasses import dataclass
 from urllib.parse import unquote_plus, urlsplit
 
@@ -127,6 +128,18 @@ def is_expired(url: str, now: float) -> bool:
     """True when the URL carries an expiry that is already in the past."""
     expiry = url_expiry(url)
     return expiry is not None and expiry <= now
+
+
+def expired_at(url: str, now: float) -> str | None:
+    """When a signed URL expired, as ISO 8601 UTC (`2026-11-26T09:00:00Z`): its own expiry, if
+    it carries one that has passed by `now`; else None (not known when it died)."""
+    expiry = url_expiry(url)
+    if expiry is None or expiry > now:
+        return None
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expiry))
+    except (OverflowError, OSError, ValueError):  # an expiry before the epoch, say
+        return None
 
 
 def fresher_url(current: str, incoming: str) -> str:

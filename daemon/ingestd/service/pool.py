@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ingestd.config import Config
-from ingestd.fs.files import free_bytes
+from ingestd.fs.files import describe_os_error, free_bytes
 from ingestd.log import Logger
 from ingestd.metrics import Metrics
 from ingestd.net.fetch import Fetcher
@@ -39,7 +39,7 @@ from ingestd.policy.retry import (
     backoff_delay,
     decide,
 )
-from ingestd.policy.urls import origin_of
+from ingestd.policy.urls import expired_at, origin_of
 from ingestd.service.db import Db, GroupCommit
 from ingestd.service.meter import Meter
 from ingestd.service.publish import Publisher
@@ -64,6 +64,7 @@ STOP_WAIT = 3.0  # seconds stopped transfers get to checkpoint and hand their it
 # unless the host turns out to be going down: judged after this long.
 TRANSPORT_GRACE = 1.0
 PROBE_BYTES = 1024 * 1024  # one write batch, written (and removed) to prove a folder takes files
+HINTED_MAX = 1024  # (host, hint) pairs remembered as told: a hint is logged once per host
 # Local faults that stop every download until they clear, by the name the log gives them.
 PAUSE_REASONS = {
     errno.EROFS: "read_only",
@@ -157,6 +158,7 @@ class DownloadPool:
         self._relink_parked: dict[str, tuple[int, float]] = {}  # id: (failures, retry at)
         self._probes: dict[Path, asyncio.Future[tuple[str, str, int | None] | None]] = {}
         self._deferred: dict[str, float] = {}  # origin: the cooldown end its items were moved to
+        self._hinted: dict[tuple[str, str], None] = {}  # (origin, hint) told, oldest first
         self.stats = PoolStats()
 
     @property
@@ -191,6 +193,7 @@ class DownloadPool:
         self._transfers.reconfigure(config)
         self._hosts.reconfigure(config.backoff_base, config.host_backoff_max, config.host_slots)
         self._space_checked_at = -SPACE_RECHECK  # min_free_bytes may have changed
+        self._hinted.clear()  # allowed_hosts may have changed: a host still failing is told again
         self.wake()
 
     def wake(self) -> None:
@@ -453,7 +456,7 @@ class DownloadPool:
     @staticmethod
     def _refused(exc: OSError, path: Path, free: int | None) -> tuple[str, str, int | None]:
         reason = PAUSE_REASONS.get(exc.errno or 0, "local_io_error")
-        return reason, f"{exc.strerror or exc}: {path}", free
+        return reason, describe_os_error(exc, path), free
 
     async def _probe(self, folder: Path) -> tuple[str, str, int | None] | None:
         """`_check_local(folder, probe=True)` in a worker thread, one at a time per folder:
@@ -543,6 +546,7 @@ class DownloadPool:
             fields = {"host": event.host, "reason": event.reason}
             if event.event == "host_unavailable":
                 detail = failure.detail if failure is not None else ""
+                fields.update(self._hint(host, failure))
                 log.warning(event.event, retry_in_s=event.retry_in_s, detail=detail, **fields)
             else:
                 self._log.info(event.event, down_s=event.down_s, **fields)
@@ -569,6 +573,20 @@ class DownloadPool:
                 del self._deferred[stale]
         with contextlib.suppress(ManifestError):  # an optimization: claims defer them anyway
             await self._db.run(self._db.manifest.defer_origin, host, until, now)
+
+    def _hint(self, host: str, failure: Failure | None) -> dict[str, str]:
+        """`{"hint": ...}` for the event that reports `failure`, the first time this host fails
+        with that hint; else nothing: told once per host, not once per item (a bounded
+        memory: past HINTED_MAX pairs the oldest is forgotten, and may be told again)."""
+        if failure is None or not failure.hint:
+            return {}
+        key = (host, failure.hint)
+        if key in self._hinted:
+            return {}
+        self._hinted[key] = None
+        if len(self._hinted) > HINTED_MAX:
+            del self._hinted[next(iter(self._hinted))]
+        return {"hint": failure.hint}
 
     async def _host_caused(self, failure: Failure, host: str, started_at: float) -> bool:
         """Whether a failure is the host's, not the item's: 429/503 and no connection are;
@@ -713,7 +731,7 @@ class DownloadPool:
             not decision.count_attempt,
             now,
         )
-        fields = {
+        fields: dict[str, object] = {
             "reason": decision.reason.value,
             "status": failure.status,
             "detail": failure.detail or None,
@@ -732,13 +750,19 @@ class DownloadPool:
                     attempt=item.attempts,
                     delay_s=round(due - now, 3),
                     **fields,
+                    **self._hint(host, failure),
                 )
         elif decision.action is Action.EXPIRED:
             self.stats.expired += 1
+            when = expired_at(item.url, now)
+            if when is not None:  # absent when not known
+                fields["expired_at"] = when
             log.warning("download_expired", attempts=item.attempts, **fields)
         else:
             self.stats.failed += 1
-            log.error("download_failed", attempts=item.attempts, **fields)
+            log.error(
+                "download_failed", attempts=item.attempts, **fields, **self._hint(host, failure)
+            )
 
     # --- further topics -----------------------------------------------------------------------
 
@@ -789,7 +813,7 @@ class DownloadPool:
         self._log.error(
             "link_failed",
             aweme_id=aweme_id,
-            error=f"{exc.strerror or exc}: {exc.filename or path}",
+            error=describe_os_error(exc, self._publisher.media_dir / path),
             failures=failures,
             retry_in_s=round(delay, 3),
         )

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ingestd.fs.files import PartFile, ensure_dir, link_into, write_file_atomic
+from ingestd.fs.files import PartFile, describe_os_error, ensure_dir, link_into, write_file_atomic
 from ingestd.policy.naming import info_path, topic_folder
 
 Chunk = bytes | memoryview
@@ -57,7 +57,7 @@ class Publisher:
         try:
             links = self.link_topics(relative, topics, info=info is not None)
         except OSError as exc:
-            error = f"{exc.strerror or exc}: {exc.filename or relative}"
+            error = describe_os_error(exc, self.media_dir / relative)
             return Done(sha256, topics[:1], 0, error)  # the rest is left to the relink path
         return Done(sha256, topics, links)
 

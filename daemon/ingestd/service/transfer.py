@@ -16,12 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ingestd.config import Config
-from ingestd.fs.files import PartFile
+from ingestd.fs.files import PartFile, describe_os_error, error_path
 from ingestd.log import Logger
 from ingestd.net.fetch import Chunk, Fetcher, FetchFailed, Response
 from ingestd.policy.info import info_document
 from ingestd.policy.naming import relative_video_path
-from ingestd.policy.retry import Failure, Reason, classify_status, parse_retry_after
+from ingestd.policy.retry import (
+    Failure,
+    Reason,
+    classify_status,
+    parse_retry_after,
+    refusal_hint,
+)
 from ingestd.policy.transfer import (
     SNIFF_BYTES,
     PublishPart,
@@ -100,7 +106,8 @@ class Transfers:
             return Failure(Reason.URL_EXPIRED)
         verdict = check_url(item.url, self._config.allowed_hosts)
         if not verdict.allowed:
-            return Failure(Reason.UNSAFE_URL, detail=verdict.reason)
+            hint = refusal_hint(verdict.reason)
+            return Failure(Reason.UNSAFE_URL, detail=verdict.reason, hint=hint)
         relative = relative_video_path(item.topics[0] if item.topics else None, item.aweme_id)
         media = self._media_dir
         try:
@@ -118,7 +125,11 @@ class Transfers:
                 outcome: Published | Failure = await attempt.run()
             except FetchFailed as exc:
                 outcome = Failure(
-                    exc.reason, exc.status, detail=exc.detail, host_fault=exc.host_fault
+                    exc.reason,
+                    exc.status,
+                    detail=exc.detail,
+                    host_fault=exc.host_fault,
+                    hint=exc.hint,
                 )
             except OSError as exc:
                 outcome = _local_failure(exc, part.path)
@@ -138,8 +149,10 @@ class Transfers:
 
 
 def _local_failure(exc: OSError, path: Path) -> Failure:
-    where = str(exc.filename or path)
-    detail = f"{exc.strerror or exc}: {where}"
+    """A local error as the item's failure: `detail` names the path (both, for a rename);
+    `path` is where it happened, for the pool's probe of that folder."""
+    where = error_path(exc) or str(path)
+    detail = describe_os_error(exc, path)
     return Failure(Reason.LOCAL_IO, detail=detail, errno=exc.errno, path=where)
 
 
@@ -283,7 +296,9 @@ class _Attempt:
         try:
             durable = await asyncio.to_thread(part.sync)
             await self._record(self._validator, self._total, durable)
-        except Exception as exc:  # the resume then starts from the last checkpoint
+        except OSError as exc:  # the resume then starts from the last checkpoint
+            self._log.warning("checkpoint_failed", error=describe_os_error(exc, part.path))
+        except Exception as exc:
             self._log.warning("checkpoint_failed", error=str(exc)[:200])
 
     async def _receive(

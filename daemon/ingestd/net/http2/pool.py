@@ -121,6 +121,7 @@ class H2Pool:
                 continue
             except (OSError, ssl.SSLError) as exc:
                 error = ConnectFailed(f"{type(exc).__name__}: {exc}")
+                error.__cause__ = exc  # raised after the loop: keep what it was (a TLS verify)
                 continue
             transport = protocol._transport
             ssl_object = transport.get_extra_info("ssl_object") if transport else None
