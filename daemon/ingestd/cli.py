@@ -1,9 +1,9 @@
-"""Command line: run, status, list, retry, rebind, logs.
+"""Command line: run, status, list, retry, rebind, logs, verify.
 
-Exit codes: 0 success, 1 runtime failure (including no manifest for this data dir), 2 usage or
-configuration error (including a manifest that belongs to another data dir), 3 nothing matched
-(`retry` refused every id, `list` found nothing when asked with --fail-empty), 4 another ingestd
-runs on this data dir or state dir.
+Exit codes: 0 success, 1 runtime failure (including no manifest for this data dir, and problems
+left by `verify`), 2 usage or configuration error (including a manifest that belongs to another
+data dir), 3 nothing matched (`retry` refused every id, `list` found nothing when asked with
+--fail-empty), 4 another ingestd runs on this data dir or state dir.
 """
 
 from __future__ import annotations
@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ingestd",
         description="Turn scraped TikTok extracts into a local video library.",
-        epilog="Exit codes: 0 ok, 1 failure (or no manifest), 2 usage/config error, 3 nothing"
-        " matched, 4 another ingestd runs on this data dir or state dir.",
+        epilog="Exit codes: 0 ok, 1 failure (or no manifest, or problems left by verify), 2"
+        " usage/config error, 3 nothing matched, 4 another ingestd runs on this data dir or"
+        " state dir.",
     )
     parser.add_argument("--version", action="version", version=f"ingestd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -176,6 +177,23 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--id", dest="aweme_id", metavar="AWEME_ID")
     logs.add_argument("--json", action="store_true", help="print the JSON lines as they are")
     logs.add_argument("--log-file", metavar="PATH", help="read this file instead")
+
+    verify = commands.add_parser(
+        "verify",
+        help="check every done video and topic link against the manifest (safe while running)",
+        description="Check every done file and topic link against the size and SHA-256 the"
+        " manifest recorded; report missing, corrupt, orphan .part and stray files.",
+        epilog="Exit codes: 0 nothing left but strays (which are only reported), 1 problems"
+        " left (with --repair: problems it could not repair), 2 usage/config error.",
+    )
+    _common(verify)
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="re-queue missing and corrupt videos (corrupt files removed first), re-link"
+        " missing links from a good copy, remove orphan .part files; strays are kept",
+    )
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -377,6 +395,31 @@ def _logs(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _verify(config: Config, args: argparse.Namespace) -> int:
+    from ingestd.fs.library import Library
+    from ingestd.ops.verify import print_report, progress_for, verify
+
+    if not config.manifest_path.exists():
+        raise NoManifest(config)
+    # Without --repair nothing is written: read-only, so group members can verify too.
+    manifest = Manifest.open(config.manifest_path, readonly=not args.repair)
+    try:
+        manifest.check_data_dir(config.data_dir)
+        with Library(config.media_dir) as library:
+            bar = progress_for(sys.stderr)
+            report = verify(manifest, library, repair=args.repair, progress=bar)
+    except KeyboardInterrupt:
+        print("ingestd: verify interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        manifest.close()
+    if args.json:
+        print(json.dumps(report.document()))
+    else:
+        print_report(report, sys.stdout)
+    return report.exit_code
+
+
 def _rebind(config: Config, args: argparse.Namespace) -> int:
     if not config.data_dir.is_dir():
         print(f"ingestd: the data dir {config.data_dir} does not exist", file=sys.stderr)
@@ -444,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "retry": _retry,
         "rebind": _rebind,
         "logs": _logs,
+        "verify": _verify,
     }
     try:
         return commands[args.command](config, args)

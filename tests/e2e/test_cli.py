@@ -588,7 +588,7 @@ def test_logs_follow_keeps_up_with_rapid_rotations(
 
 
 @pytest.mark.parametrize(
-    "command", [("run",), ("status",), ("list",), ("retry", "--failed"), ("logs",)]
+    "command", [("run",), ("status",), ("list",), ("retry", "--failed"), ("logs",), ("verify",)]
 )
 def test_unknown_config_key_exits_2_naming_it(
     daemon_factory: Any, command: tuple[str, ...]
@@ -623,7 +623,7 @@ def test_invalid_config_exits_2_naming_the_key(
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        ((), ["run", "status", "list", "retry", "rebind", "logs", "--version"]),
+        ((), ["run", "status", "list", "retry", "rebind", "logs", "verify", "--version"]),
         (("run",), ["--config", "--data-dir", "--state-dir", "--concurrency", "--log-file"]),
         (("status",), ["--json", "--watch", "--interval", "--count"]),
         (("list",), ["--state", "--topic", "--limit", "--all", "--json", "--fail-empty"]),
@@ -633,6 +633,7 @@ def test_invalid_config_exits_2_naming_the_key(
             ["--follow", "-n", "--since", "--level", "--all", "--event", "--id", "--json"],
         ),
         (("rebind",), ["--data-dir", "--state-dir"]),
+        (("verify",), ["--repair", "--json", "--data-dir", "--state-dir", "Exit codes"]),
     ],
 )
 def test_help_for_every_command(command: tuple[str, ...], options: list[str]) -> None:

@@ -18,7 +18,14 @@ from support.extracts import origin_records
 from support.origin import OriginServer
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_LOCKED = 1, 2, 4
-READERS = (("status",), ("status", "--json"), ("list",), ("retry", "--failed"))
+READERS = (
+    ("status",),
+    ("status", "--json"),
+    ("list",),
+    ("retry", "--failed"),
+    ("verify",),
+    ("verify", "--repair"),
+)
 
 
 def _exited(result: subprocess.CompletedProcess[str], code: int) -> str:

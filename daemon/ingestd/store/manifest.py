@@ -14,11 +14,11 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from ingestd.policy.merge import Known, State, merge
 from ingestd.policy.naming import topic_folder
@@ -140,6 +140,7 @@ _MIGRATIONS: dict[int, str] = {
     """,
 }
 _META_DATA_DIR = "data_dir"
+T = TypeVar("T")
 
 
 class ManifestError(Exception):
@@ -225,6 +226,27 @@ class Counts:
     items: dict[str, int]
     extracts: dict[str, int]
     bytes_done: int
+
+
+@dataclass(frozen=True, slots=True)
+class DoneItem:
+    """A done item as `ingestd verify` checks it: where its file is and what it must hold."""
+
+    aweme_id: str
+    path: str | None  # relative to media_assets
+    topics: tuple[str | None, ...]
+    bytes: int | None
+    sha256: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemPlace:
+    """An item's state and places, for `ingestd verify` to tell whose a file is."""
+
+    aweme_id: str
+    state: str
+    path: str | None
+    topics: tuple[str | None, ...]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -796,6 +818,93 @@ class Manifest:
                 ).fetchone()
                 refused[aweme_id] = "unknown" if found is None else str(found[0])
         return requeued, refused
+
+    # --- verify ---------------------------------------------------------------------------
+    # Reads are one short statement each (no read transaction held across a hash run); each
+    # repair is one short write transaction that checks the item first. The callbacks of the
+    # repairs run inside it, so the daemon cannot claim or change the item meanwhile: they must
+    # be quick filesystem steps (an unlink, a link), never a download or a hash.
+
+    def done_items(self, after: str = "", limit: int = _CHUNK) -> list[DoneItem]:
+        """Done items in id order after `after`: page through them with the last id seen."""
+        rows = self._conn.execute(
+            "SELECT aweme_id, path, topics, bytes, sha256 FROM items"
+            " WHERE state = 'done' AND aweme_id > ? ORDER BY aweme_id LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [DoneItem(r[0], r[1], tuple(json.loads(r[2])), r[3], r[4]) for r in rows]
+
+    def places(self, ids: Iterable[str]) -> dict[str, ItemPlace]:
+        """State, path and topics of the known ones among `ids`."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, ItemPlace] = {}
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            for r in self._conn.execute(
+                "SELECT aweme_id, state, path, topics FROM items"
+                f" WHERE aweme_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                found[r[0]] = ItemPlace(r[0], r[1], r[2], tuple(json.loads(r[3])))
+        return found
+
+    def _is_done(self, db: sqlite3.Connection, aweme_id: str, sha256: str | None) -> bool:
+        row = db.execute(
+            "SELECT 1 FROM items WHERE aweme_id = ? AND state = 'done' AND sha256 IS ?",
+            (aweme_id, sha256),
+        ).fetchone()
+        return row is not None
+
+    def while_done(self, aweme_id: str, sha256: str | None, action: Callable[[], T]) -> T | None:
+        """Run `action` in a write transaction in which the item is still done with `sha256`;
+        None (without running it) when it is not."""
+        with self._write() as db:
+            if not self._is_done(db, aweme_id, sha256):
+                return None
+            return action()
+
+    def requeue_done(
+        self,
+        aweme_id: str,
+        sha256: str | None,
+        reason: str,
+        now: float,
+        before: Callable[[], None],
+    ) -> bool:
+        """Put a done item whose file is missing or corrupt back to pending, with fresh attempts,
+        due now, so that it is downloaded again; `reason` is shown by `ingestd list`. In one
+        transaction: the item must still be done with `sha256` (else False, nothing done), then
+        `before` runs (it removes the broken files: if it raises, nothing changes)."""
+        with self._write() as db:
+            if not self._is_done(db, aweme_id, sha256):
+                return False
+            before()
+            db.execute(
+                "UPDATE items SET state = 'pending', attempts = 0, next_attempt_at = 0, held = 0,"
+                " bytes = NULL, sha256 = NULL, path = NULL, completed_at = NULL, relink = 0,"
+                " validator = NULL, durable_bytes = 0, total_bytes = NULL,"
+                " last_error = ?, last_status = NULL, updated_at = ? WHERE aweme_id = ?",
+                (reason, now, aweme_id),
+            )
+        return True
+
+    def drop_part(self, aweme_id: str, remove: Callable[[], None]) -> bool:
+        """Remove an orphan `.part` (by `remove`) in a transaction in which its item is unknown
+        or neither pending nor active: no download of it can be writing that file, and none can
+        start until the removal is done. Its item's resume point is forgotten with it. False
+        (nothing removed) when the item is pending or active."""
+        with self._write() as db:
+            row = db.execute("SELECT state FROM items WHERE aweme_id = ?", (aweme_id,)).fetchone()
+            if row is not None and row[0] in (State.PENDING.value, State.ACTIVE.value):
+                return False
+            remove()
+            if row is not None:
+                db.execute(
+                    "UPDATE items SET validator = NULL, durable_bytes = 0, total_bytes = NULL"
+                    " WHERE aweme_id = ?",
+                    (aweme_id,),
+                )
+        return True
 
     def oldest_pending(self) -> float | None:
         """Creation time of the oldest item still pending (for the queue-age metric)."""
