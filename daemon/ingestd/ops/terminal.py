@@ -1,5 +1,5 @@
 """Everything drawn on a terminal, with rich: event lines under `run` with their live summary
-line, and the `status --watch` view. The only module that imports rich's live display.
+line, and the `status --watch` view (verify draws its own progress bar, in ops/verify.py).
 """
 
 from __future__ import annotations
