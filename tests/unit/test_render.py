@@ -73,6 +73,13 @@ def test_common_events_are_short_human_and_without_none() -> None:
     assert "rate=1.23 MB/s" in progress and "items=done:3" in progress
 
 
+def test_counts_that_are_all_zero_are_left_out() -> None:
+    event = {"event": "daemon_ready", "level": "info", "timestamp": TS, "raw_dir": "/r"}
+    assert console_line({**event, "items": {"pending": 0, "done": 0}}) == (
+        "05:01:02 daemon_ready raw_dir=/r"
+    )
+
+
 def test_an_unknown_event_shows_its_fields_but_not_its_envelope() -> None:
     line = console_line(
         {"event": "new_thing", "level": "error", "timestamp": TS, "a": 1, "b": None}

@@ -87,7 +87,9 @@ def fields_of(event: Mapping[str, Any]) -> list[tuple[str, str]]:
             continue
         if key in _QUIET_WHEN and value == _QUIET_WHEN[key]:
             continue
-        shown.append((_LABELS.get(key, key), _shorten(_value(key, value), MAX_VALUE)))
+        text = _value(key, value)
+        if text:  # counts that are all zero say nothing either
+            shown.append((_LABELS.get(key, key), _shorten(text, MAX_VALUE)))
     return shown
 
 
