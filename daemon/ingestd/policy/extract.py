@@ -93,7 +93,7 @@ def _record(raw_id: object, media: object, topic: object, raw: str) -> Record | 
     if not is_valid_id(aweme_id) or not isinstance(media, dict):
         return None
     url = media.get("source_url")
-    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH or not _encodable(url):
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH or not encodable(url):
         return None
     if not isinstance(topic, str):
         topic = None
@@ -102,8 +102,9 @@ def _record(raw_id: object, media: object, topic: object, raw: str) -> Record | 
     return Record(aweme_id, url, topic, raw)
 
 
-def _encodable(text: str) -> bool:
-    # A lone surrogate (legal as a JSON escape) cannot be stored or sent; checked only when needed.
+def encodable(text: str) -> bool:
+    """Whether `text` is valid UTF-8 text: a lone surrogate (legal as a JSON escape, and how an
+    extract read as invalid UTF-8 keeps its bad bytes) cannot be stored or sent."""
     if text.isascii():
         return True
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 
+from ingestd.policy.extract import encodable
 from ingestd.policy.urls import redact
 
 # A record is about 1.3 KB (README, "Manifest"); an extract may hold one of any size up to
@@ -52,7 +53,7 @@ def info_document(record: str | None, aweme_id: str, url: str | None, topic: str
             parsed = None
         if parsed is not None:
             scrubbed, changed = _scrub(parsed)
-            if not changed and _encodable(record):
+            if not changed and encodable(record):
                 data = record.encode("utf-8")
             else:
                 try:
@@ -71,14 +72,3 @@ def info_document(record: str | None, aweme_id: str, url: str | None, topic: str
         },
     }
     return json.dumps(omitted).encode("ascii")
-
-
-def _encodable(text: str) -> bool:
-    # An extract read as invalid UTF-8 keeps its bad bytes as lone surrogates in the text.
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
