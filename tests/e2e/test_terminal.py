@@ -209,3 +209,26 @@ def test_run_on_a_terminal_keeps_one_summary_line_under_the_events(
             assert "daemon_stopped" in screen and "in flight]" not in screen, screen
         finally:
             daemon.cleanup()
+
+
+def test_status_watch_into_a_pipe_that_closes_ends_quietly(
+    tmp_path: Path, ingestd_available: None
+) -> None:
+    daemon = Daemon(tmp_path / "d")
+    try:
+        daemon.start()
+        daemon.terminate()
+        watch = subprocess.Popen(
+            daemon.command("status", "--watch", "--interval", "0.1"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=daemon.env(),
+        )
+        assert watch.stdout is not None
+        first = watch.stdout.readline()  # `| head -n 1`: read a line, then go away
+        watch.stdout.close()
+        _, stderr = watch.communicate(timeout=15)
+        assert b"ingestd stopped" in first
+        assert watch.returncode == 0 and stderr == b"", stderr.decode()
+    finally:
+        daemon.cleanup()

@@ -182,10 +182,19 @@ def watch_view(
 def watch_console(stream: TextIO) -> Console:
     """The console `status --watch` draws on: live on a terminal, plain frames elsewhere
     (as wide as a log line may be, not the 80 columns rich assumes off a terminal)."""
-    console = Console(file=stream, highlight=False)
+    console = _WatchConsole(file=stream, highlight=False)
     if not console.is_terminal:
-        console = Console(file=stream, highlight=False, width=PLAIN_WIDTH)
+        console = _WatchConsole(file=stream, highlight=False, width=PLAIN_WIDTH)
     return console
+
+
+class _WatchConsole(Console):
+    """rich exits with status 1 when its reader goes away; `status --watch | head` is a normal
+    way to end the view, so the caller gets the BrokenPipeError and ends with 0."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
 
 
 def run_live(console: Console) -> RichLive:
