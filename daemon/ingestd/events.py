@@ -11,6 +11,8 @@ EVENTS: Final = frozenset(
         "items_recovered",
         "daemon_ready",
         "extract_merged",
+        "extract_completed",
+        "extract_expired_items",
         "extract_skipped",
         "extract_rejected",
         "download_started",

@@ -122,6 +122,39 @@ def _median_merge(scratch: Path, n: int, runs: int) -> dict[str, Any]:
     }
 
 
+def manifest_merge(scratch: Path, n: int, runs: int = 3) -> dict[str, Any]:
+    """Manifest.merge of an n-record extract alone, in this process, as the merge child does it
+    (followed by its sha256, then recorded): wall and CPU seconds, median of `runs`. The write
+    half of drop-to-merged, without the daemon, the parse or the machine's other work; with
+    PYTHONPATH at an older checkout it gives that version's figure."""
+    from ingestd.policy.extract import parse_extract
+    from ingestd.store.manifest import Manifest
+
+    data = json.dumps(records(n, "https://cdn.example")).encode()
+    parsed = parse_extract(data)
+    del data
+    wall, cpu = [], []
+    for run in range(runs):
+        manifest = Manifest.open(scratch / f"merge-manifest-{run}" / "manifest.sqlite3")
+        t0, c0 = time.monotonic(), time.process_time()
+        try:
+            manifest.merge(parsed.records, "extract_x.json", time.time(), "ab" * 32)
+        except TypeError:  # a version that did not follow extracts
+            manifest.merge(parsed.records, "extract_x.json", time.time())
+        manifest.record_extract("extract_x.json", "ab" * 32, 1, "merged", time.time())
+        wall.append(time.monotonic() - t0)
+        cpu.append(time.process_time() - c0)
+        manifest.close()
+    return {
+        "records": n,
+        "runs": runs,
+        "wall_s_median": round(statistics.median(wall), 3),
+        "cpu_s_median": round(statistics.median(cpu), 3),
+        "wall_s_all": [round(t, 3) for t in wall],
+        "cpu_s_all": [round(t, 3) for t in cpu],
+    }
+
+
 def status_on_big_manifest(scratch: Path, n: int, repeats: int = 5) -> dict[str, Any]:
     """Time `ingestd status --json` (a new process each time) on an n-item manifest."""
     from ingestd.policy.extract import Record
@@ -230,6 +263,7 @@ def run_backlog(
         "drop_to_first_request": drop_to_request(scratch),
         "merge_and_drain": merge_and_drain(scratch, records_n, drain_seconds=30.0),
         "merge_only": _median_merge(scratch, records_n, runs=3),
+        "manifest_merge": manifest_merge(scratch, records_n),
         "status_on_big_manifest": status_on_big_manifest(scratch, manifest_n),
     }
     print(json.dumps(results, indent=2))

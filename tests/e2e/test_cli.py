@@ -368,6 +368,7 @@ def test_logs_last_since_level_and_event_names(
 ) -> None:
     run = _settled(daemon_factory, origin, prefix)
     daemon = run.daemon
+    daemon.wait_for("extract_completed", timeout=10)  # the last event this run will log
     printed = daemon.events()
 
     last = _json_lines(

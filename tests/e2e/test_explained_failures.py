@@ -94,10 +94,16 @@ def test_download_expired_says_when_the_url_expired(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:
     rng = random.Random(prefix)
-    daemon: Daemon = daemon_factory()
+    daemon: Daemon = daemon_factory(concurrency=1)
     daemon.start()
-    expire = int(time.time()) - 120
-    stale, forbidden, unsigned = new_id(rng), new_id(rng), new_id(rng)
+    # One slot, held about 4 s by a slow download; the URL queued behind it expires meanwhile
+    # (a URL already dead at the merge is never queued: extract_expired_items says so).
+    slow, stale = new_id(rng), new_id(rng)
+    slow_url = origin.url(f"{prefix}-{slow}", mode="slow", size=SIZE, chunk=1000, delay=0.2)
+    daemon.drop_atomic("extract_20261126T085900.json", [make_record(slow, slow_url, TOPIC, SIZE)])
+    daemon.wait_for("download_started", lambda e: e["aweme_id"] == slow, timeout=10)
+    expire = int(time.time()) + 2  # alive at the merge, dead 1-2 s later
+    forbidden, unsigned = new_id(rng), new_id(rng)
     records = [
         make_record(stale, origin.url(f"{prefix}-{stale}", expire=expire), TOPIC, SIZE),
         # A 403 before the URL's own expiry: when it died is not known.

@@ -1,7 +1,9 @@
 """Origin fault modes, all served to one daemon run; each test checks one item's fate.
 
 One daemon (module scope) gets one extract holding every case, and the fixture waits until every
-item reached a terminal event (download_completed, download_failed or download_expired).
+item reached a terminal event (download_completed, download_failed or download_expired), but
+those whose URL is dead at the merge: they are stored expired then, and named by the merge's one
+extract_expired_items line.
 Truncation gets daemons of its own (test_truncated.py): over HTTP/2 it can take the shared
 connection down with it, which would blur every other case here."""
 
@@ -32,6 +34,7 @@ TIMEOUT = 1.5
 MAX_FILE_BYTES = 1024 * 1024
 SIZE = 96 * 1024
 WAITING = frozenset({"refused"})  # cases that must not reach a terminal event
+AT_MERGE = frozenset({"expired"})  # cases settled by the merge itself: no download event
 
 
 @dataclass
@@ -154,7 +157,7 @@ def run(
         merged = daemon.wait_for("extract_merged", timeout=10)
         assert merged["records"] == len(records), merged
         # An unreachable host never ends its items: they wait for it (test below).
-        ids = {c.aweme_id for c in cases.values() if c.key not in WAITING}
+        ids = {c.aweme_id for c in cases.values() if c.key not in WAITING | AT_MERGE}
 
         def all_terminal() -> bool:
             done = by_id(e for e in daemon.events() if e["event"] in TERMINAL)
@@ -162,7 +165,7 @@ def run(
 
         def unfinished() -> list[str]:
             done = by_id(e for e in daemon.events() if e["event"] in TERMINAL)
-            return [c.key for c in cases.values() if c.aweme_id not in done | WAITING]
+            return [c.key for c in cases.values() if c.aweme_id in ids - set(done)]
 
         daemon.wait_until(
             all_terminal,
@@ -289,10 +292,13 @@ def test_redirect_loop_fails_too_many_redirects(run: FaultRun) -> None:
 
 
 def test_expired_url_is_not_requested(run: FaultRun) -> None:
-    end = run.terminal("expired")
-    assert (end["event"], end["reason"]) == ("download_expired", "url_expired"), end
+    assert run.status is not None, run.error
+    aweme_id = run.case("expired").aweme_id
+    (summary,) = run.daemon.events("extract_expired_items")
+    assert (summary["count"], summary["aweme_ids"]) == (1, [aweme_id]), summary
+    assert summary["earliest_expiry"] == summary["latest_expiry"], summary
+    assert run.events("expired") == [], "an item dead at the merge has no download events"
     assert _requests(run, "expired") == []
-    assert run.events("expired", "download_started") == []
     run.assert_no_file("expired")
 
 
@@ -326,12 +332,12 @@ def test_logs_never_carry_the_signed_query(run: FaultRun) -> None:
 
 def test_status_counts_match_outcomes(run: FaultRun) -> None:
     assert run.status is not None, run.error
-    outcomes = {key: run.terminal(key)["event"] for key in run.cases if key not in WAITING}
+    outcomes = {k: run.terminal(k)["event"] for k in run.cases if k not in WAITING | AT_MERGE}
     expected = {
         "pending": len(WAITING),
         "active": 0,
         "done": sum(v == "download_completed" for v in outcomes.values()),
-        "expired": sum(v == "download_expired" for v in outcomes.values()),
+        "expired": sum(v == "download_expired" for v in outcomes.values()) + len(AT_MERGE),
         "failed": sum(v == "download_failed" for v in outcomes.values()),
     }
     assert run.status["items"] == expected

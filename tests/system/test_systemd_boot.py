@@ -525,7 +525,8 @@ def test_dropped_extract_is_merged(machine: Machine, readme: Readme, service: st
     assert demo
     merged = wait_event(machine, "", "extract_merged", path=path)
     assert (merged["records"], merged["new"], merged["unusable"]) == (1, 1, 0), merged
-    wait_event(machine, "", "download_expired", aweme_id=demo.group(1), reason="url_expired")
+    dead = wait_event(machine, "", "extract_expired_items", path=path)  # dead at the merge
+    assert dead["count"] == 1 and dead["aweme_ids"] == [demo.group(1)], dead
     # The temporary name was never read.
     assert not [e for e in events(machine) if ".tmp" in str(e.get("path", ""))]
 
@@ -614,7 +615,8 @@ def test_log_filters_follow_and_tabulate(
     finally:
         machine.stop_spawned(follower)
     shown = output.read_text().splitlines()
-    assert all((e := event_of({"MESSAGE": line})) and "download_" in e["event"] for line in shown)
+    wanted = ("download_failed", "download_expired", "extract_expired_items")
+    assert all((e := event_of({"MESSAGE": line})) and e["event"] in wanted for line in shown)
     assert done["bytes"] == len(ORIGIN_BODY), done
     published = f"/srv/ingestd/media_assets/cooking_tips/{aweme_id}.mp4"
     digest = machine.run(["sha256sum", published]).stdout.split()[0]

@@ -244,7 +244,7 @@ def test_version_1_manifests_are_migrated_with_their_rows(tmp_path: Path) -> Non
     assert (items["pending"], items["done"]) == (1, 1)
     m.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'items'").fetchone()[0]
     assert "WITHOUT ROWID" not in sql
     indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -358,7 +358,7 @@ def test_version_2_manifests_are_migrated_and_adopted_by_the_first_bind(tmp_path
     assert (m.counts().items["done"], m.counts().bytes_done) == (1, 99)
     m.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'meta'").fetchone()[0]
     assert "WITHOUT ROWID" in sql
     assert conn.execute("SELECT key, value FROM meta").fetchall() == [
@@ -404,7 +404,7 @@ def test_an_outcome_may_arrive_before_its_start_is_written(manifest: Manifest) -
 
 
 def test_retry_says_why_each_refused_id_was_refused(manifest: Manifest) -> None:
-    now = 1000.0
+    now = 50.0  # before OLD's expiry: a URL dead at the merge is stored expired
     manifest.merge([r("done1"), r("active1"), r("failed1"), r("pending1")], "e", now)
     (first,) = manifest.claim_due(now, 1)
     assert done(manifest, first.aweme_id, 10, "x", "a/x.mp4", ("a",), now) is False

@@ -11,6 +11,8 @@ from ingestd.policy.urls import (
     fresher_url,
     host_matches,
     is_expired,
+    may_be_past,
+    past_expiry,
     redact,
     url_expiry,
 )
@@ -132,6 +134,43 @@ def test_expiry_fast_path_reads_queries_as_parse_qsl_does() -> None:
         query = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
         url = f"https://cdn.example/v.mp4?{query}"
         assert url_expiry(url) == reference(url), url
+
+
+def test_dead_urls_at_merge_are_found_as_url_expiry_finds_them() -> None:
+    # past_expiry (per URL) and may_be_past (500 URLs at a time) are the merge's cheap look for
+    # dead URLs: never "dead" where url_expiry says alive, and never "none dead" where
+    # past_expiry would find one. Only an expiry key written percent-encoded escapes them.
+    now = 1_700_000_000
+    rng = random.Random(11)
+    keys = ["expire", "X-Expires", "VExpiration", "EXPIRE", "expires", "xexpire", "expiration"]
+    values = ["1699999999", "1700000001", "1699999999000", "1700000001000", "17", "", "12a"]
+    values += ["%31%37", "+1700000001", "99999999999", "999999999999", "1" * 17]
+    other = ["a=1", "cd=0%7C0", "b=expire", "=", "&", "#f", "?", "x=1+2", "l=\u00e9"]
+    bases = ["https://h/v.mp4?", "https://h/expire=1/v?", "?"]
+    urls = []
+    for _ in range(20_000):
+        parts = [
+            rng.choice(other) if rng.random() < 0.5 else f"{rng.choice(keys)}={rng.choice(values)}"
+            for _ in range(rng.randint(0, 5))
+        ]
+        urls.append(rng.choice(bases) + "&".join(parts))
+    found = 0
+    for url in urls:
+        exact = url_expiry(url)
+        dead = past_expiry(url, now)
+        if dead is not None:
+            found += 1
+            assert dead == exact and exact <= now, url
+        elif exact is not None and exact <= now:
+            assert "%" in url, f"{url}: dead ({exact}), not found"
+    assert found > 1_000
+    for start in range(0, len(urls), 50):
+        batch = urls[start : start + 50]
+        if not may_be_past(batch, now):
+            assert all(past_expiry(url, now) is None for url in batch), batch
+    assert not may_be_past([f"https://h/{i}?expire={now + i + 1}" for i in range(500)], now)
+    assert may_be_past([f"https://h/{i}?expire={now + i}" for i in range(500)], now)
+    assert not may_be_past(["https://h/v", "https://h/w?e=1"], now)
 
 
 def test_origin_of_agrees_with_urlsplit() -> None:

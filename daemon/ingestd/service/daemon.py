@@ -31,6 +31,7 @@ from ingestd.ops.live import (
     write_live,
 )
 from ingestd.ops.status import status_line
+from ingestd.service.completion import EventOrder, ExtractCompletions
 from ingestd.service.db import Db
 from ingestd.service.ingest import Ingestor
 from ingestd.service.pool import DownloadPool
@@ -73,6 +74,7 @@ class _Parts:
     fetcher: Fetcher
     pool: DownloadPool
     ingest: Ingestor
+    completions: ExtractCompletions
 
 
 class Daemon:
@@ -164,6 +166,7 @@ class Daemon:
                 asyncio.create_task(parts.ingest.run(), name="ingest"),
                 asyncio.create_task(parts.pool.run(), name="pool"),
                 asyncio.create_task(self._progress(parts), name="progress"),
+                asyncio.create_task(parts.completions.run(), name="completions"),
             ]
             counts = await parts.db.run(parts.db.manifest.counts)
             self._notifier.ready(status_line(counts, parts.pool.in_flight, 0.0))
@@ -192,9 +195,16 @@ class Daemon:
         except SetupError:
             await db.close()
             raise
-        pool = DownloadPool(config, db, fetcher, self._log, self._metrics)
-        ingest = Ingestor(config, db, self._log, on_merged=pool.merged)
-        return _Parts(db, fetcher, pool, ingest)
+        order = EventOrder()
+        pool = DownloadPool(config, db, fetcher, self._log, self._metrics, order=order)
+        completions = ExtractCompletions(db, self._log, config.raw_dir, order)
+
+        def merged() -> None:
+            pool.merged()
+            completions.kick()
+
+        ingest = Ingestor(config, db, self._log, on_merged=merged, order=order)
+        return _Parts(db, fetcher, pool, ingest, completions)
 
     async def _until_stopped(self, tasks: list[asyncio.Task[None]]) -> int:
         stopper = asyncio.create_task(self._stop.wait())

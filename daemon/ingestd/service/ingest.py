@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ingestd.config import Config
@@ -13,15 +14,25 @@ from ingestd.fs.files import ExtractReadError, list_extracts, lstat_regular, rea
 from ingestd.log import Logger
 from ingestd.policy.extract import ExtractError, RejectReason
 from ingestd.policy.settle import FileSignature, SettleTracker
+from ingestd.service.completion import EventOrder
 from ingestd.service.db import Db
-from ingestd.service.merger import IN_PROCESS_MAX_BYTES, ExtractChanged, Merger
+from ingestd.service.merger import IN_PROCESS_MAX_BYTES, ExtractChanged, Merged, Merger
 
 
 class Ingestor:
     """Processes extracts one at a time, in name order, each version of each file once."""
 
-    def __init__(self, config: Config, db: Db, log: Logger, on_merged: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db: Db,
+        log: Logger,
+        on_merged: Callable[[], None],
+        order: EventOrder | None = None,
+    ) -> None:
         self._config = config
+        # extract_merged (and its expired items) is logged before the extract can complete.
+        self._order = order if order is not None else EventOrder()
         self._db = db
         self._merger = Merger(db, config.manifest_path, config.max_extract_bytes)
         self._log = log
@@ -152,30 +163,50 @@ class Ingestor:
             await self._reject(path, content.sha256, signature, exc.reason, exc.detail)
             return
         self._settle.forget(str(path))
-        await self._db.run(
-            self._db.manifest.record_extract,
-            name,
-            content.sha256,
-            signature.size,
-            "merged",
-            time.time(),
-            None,
-            (merged.total, merged.new, merged.updated, merged.unusable),
-        )
-        self._done[path] = signature
+        ticket = self._order.take()
+        try:
+            await self._db.run(
+                self._db.manifest.record_extract,
+                name,
+                content.sha256,
+                signature.size,
+                "merged",
+                time.time(),
+                None,
+                (merged.total, merged.new, merged.updated, merged.unusable),
+            )
+            self._done[path] = signature
+            self._log_merged(path, content.sha256, merged, time.monotonic() - started)
+        finally:
+            self._order.give_back(ticket)
+        self._on_merged()
+
+    def _log_merged(self, path: Path, sha256: str, merged: Merged, duration: float) -> None:
+        expired = merged.expired
         self._log.info(
             "extract_merged",
             path=str(path),
-            sha256=content.sha256,
+            sha256=sha256,
             records=merged.total,
             new=merged.new,
             updated=merged.updated,
             unusable=merged.unusable,
-            duration_s=round(time.monotonic() - started, 3),
+            expired=expired.count,
+            duration_s=round(duration, 3),
             parse_s=round(merged.parse_s, 3),
             write_s=round(merged.write_s, 3),
         )
-        self._on_merged()
+        if expired.count:
+            # One line for the lot: an extract of dead URLs is one problem, not 100,000.
+            self._log.warning(
+                "extract_expired_items",
+                path=str(path),
+                sha256=sha256,
+                count=expired.count,
+                earliest_expiry=_iso(expired.earliest),
+                latest_expiry=_iso(expired.latest),
+                aweme_ids=list(expired.aweme_ids),
+            )
 
     async def _reject(
         self, path: Path, key: str, signature: FileSignature, reason: RejectReason, detail: str
@@ -195,3 +226,13 @@ class Ingestor:
             self._log.warning(
                 "extract_rejected", path=str(path), reason=reason.value, detail=detail[:200]
             )
+
+
+def _iso(epoch: int | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC (2026-11-26T09:00:00Z)."""
+    if epoch is None:
+        return None
+    try:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return str(epoch)

@@ -23,7 +23,7 @@ from pathlib import Path
 from ingestd.fs.files import ExtractBytes, read_extract
 from ingestd.policy.extract import ExtractError, ParsedExtract, RejectReason, parse_extract
 from ingestd.service.db import Db
-from ingestd.store.manifest import Manifest
+from ingestd.store.manifest import ExpiredAtMerge, Manifest
 
 IN_PROCESS_MAX_BYTES = 4 * 1024 * 1024
 
@@ -42,6 +42,7 @@ class Merged:
     updated: int
     parse_s: float  # reading, checking and parsing the file
     write_s: float  # writing the manifest
+    expired: ExpiredAtMerge  # items whose URL was dead already
 
 
 def _parse_version(data: bytes, sha256: str) -> ParsedExtract | None:
@@ -75,11 +76,22 @@ def _merge_in_child(
         parsed_at = time.monotonic()
         store = Manifest.open(Path(manifest))
         try:
-            counts = store.merge(parsed.records, source, time.time())
+            counts = store.merge(parsed.records, source, time.time(), sha256)
         finally:
             store.close()
         timing = (parsed_at - started, time.monotonic() - parsed_at)
-        out.send(("ok", parsed.total, parsed.unusable, counts.new, counts.updated, *timing))
+        expired = counts.expired
+        out.send(
+            (
+                "ok",
+                parsed.total,
+                parsed.unusable,
+                counts.new,
+                counts.updated,
+                *timing,
+                (expired.count, expired.earliest, expired.latest, list(expired.aweme_ids)),
+            )
+        )
     except ExtractError as exc:
         out.send(("rejected", exc.reason.value, exc.detail))
     except Exception as exc:  # reported to the parent, which logs it and retries later
@@ -104,7 +116,7 @@ class Merger:
             parsed = await asyncio.to_thread(parse_extract, content.data)
             parsed_at = time.monotonic()
             counts = await self._db.run(
-                self._db.manifest.merge, parsed.records, path.name, time.time()
+                self._db.manifest.merge, parsed.records, path.name, time.time(), content.sha256
             )
             return Merged(
                 parsed.total,
@@ -113,6 +125,7 @@ class Merger:
                 counts.updated,
                 parsed_at - started,
                 time.monotonic() - parsed_at,
+                counts.expired,
             )
         return await self._in_child(path, content.sha256)
 
@@ -138,7 +151,7 @@ class Merger:
         if kind == "ok":
             total, unusable, new, updated = (int(str(v)) for v in reply[1:5])
             parse_s, write_s = (float(str(v)) for v in reply[5:7])
-            return Merged(total, unusable, new, updated, parse_s, write_s)
+            return Merged(total, unusable, new, updated, parse_s, write_s, _expired(reply[7]))
         if kind == "rejected":
             raise ExtractError(RejectReason(str(reply[1])), str(reply[2]))
         if kind == "changed":
@@ -150,6 +163,12 @@ class Merger:
         for child in list(self._children):
             with contextlib.suppress(Exception):
                 child.terminate()
+
+
+def _expired(sent: object) -> ExpiredAtMerge:
+    assert isinstance(sent, tuple)
+    count, earliest, latest, ids = sent
+    return ExpiredAtMerge(int(count), earliest, latest, tuple(str(i) for i in ids))
 
 
 def _receive(receiver: Connection) -> tuple[object, ...]:

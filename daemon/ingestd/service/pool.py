@@ -40,6 +40,7 @@ from ingestd.policy.retry import (
     decide,
 )
 from ingestd.policy.urls import expired_at, origin_of
+from ingestd.service.completion import EventOrder
 from ingestd.service.db import Db, GroupCommit
 from ingestd.service.meter import Meter
 from ingestd.service.publish import Publisher
@@ -126,10 +127,13 @@ class DownloadPool:
         *,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
+        order: EventOrder | None = None,
     ) -> None:
         self._config = config
         self._db = db
         self._log = log
+        # Each outcome's event is logged before an extract_completed that counts it.
+        self._order = order if order is not None else EventOrder()
         self._metrics = metrics
         self._clock = clock
         self._jitter = jitter
@@ -559,7 +563,11 @@ class DownloadPool:
         local = outcome.reason is Reason.LOCAL_IO and outcome.errno in PAUSE_REASONS
         if local and await self._local_fault(item, outcome, log):
             return
-        await self._settle(log, self._failed, item, outcome, duration, log, host)
+        ticket = self._order.take()  # its event is logged before the extract completes
+        try:
+            await self._settle(log, self._failed, item, outcome, duration, log, host)
+        finally:
+            self._order.give_back(ticket)
 
     async def _defer_cooling(self, host: str, now: float) -> None:
         """When a host's cooldown starts or grows, move its pending items past it in one pass,
@@ -642,6 +650,7 @@ class DownloadPool:
     async def _completed(self, item: Item, done: Published, duration: float, log: Logger) -> None:
         """Record a published file. The slot does not wait for the manifest write unless
         UNRECORDED_MAX outcomes already wait for theirs."""
+        ticket = self._order.take()
         recorded = self._completions.post(
             Completion(
                 item.aweme_id,
@@ -653,6 +662,7 @@ class DownloadPool:
             )
         )
         recorded.add_done_callback(functools.partial(self._recorded, item, done, duration, log))
+        recorded.add_done_callback(lambda _: self._order.give_back(ticket))  # once it is logged
         if self._completions.backlog > UNRECORDED_MAX:
             await asyncio.shield(recorded)  # the manifest lags or refuses: slow down with it
 
