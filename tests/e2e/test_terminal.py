@@ -119,6 +119,17 @@ def _records(origin: RawOrigin, prefix: str, count: int, paced: bool) -> list[di
     return records
 
 
+def _daemon(tmp_path: Path, origin: RawOrigin, **config: Any) -> Daemon:
+    """A daemon for the paced origin: files of SIZE, a stall timeout longer than a pacing gap."""
+    return Daemon(
+        tmp_path / "d",
+        ca_bundle=origin.ca_pem_path,
+        max_file_bytes=16 * 1024 * 1024,
+        timeout=10.0,
+        **config,
+    )
+
+
 def _rate(screen: str) -> float | None:
     match = re.search(r"(\d+\.\d\d) MB/s", screen)
     return None if match is None else float(match.group(1)) * 1e6
@@ -128,12 +139,7 @@ def test_status_watch_shows_the_true_rate_the_bar_and_the_state(
     tmp_path: Path, terminals: list[Terminal], ingestd_available: None
 ) -> None:
     with RawOrigin(tmp_path / "origin") as origin:
-        daemon = Daemon(
-            tmp_path / "d",
-            ca_bundle=origin.ca_pem_path,
-            max_file_bytes=16 * 1024 * 1024,
-            timeout=10.0,
-        )
+        daemon = _daemon(tmp_path, origin)
         try:
             daemon.start()
             watch = Terminal(
@@ -178,13 +184,7 @@ def test_run_on_a_terminal_keeps_one_summary_line_under_the_events(
     tmp_path: Path, terminals: list[Terminal], ingestd_available: None
 ) -> None:
     with RawOrigin(tmp_path / "origin") as origin:
-        daemon = Daemon(
-            tmp_path / "d",
-            ca_bundle=origin.ca_pem_path,
-            max_file_bytes=16 * 1024 * 1024,
-            timeout=10.0,
-            log_format="auto",
-        )
+        daemon = _daemon(tmp_path, origin, log_format="auto")
         try:
             run = Terminal(
                 tmp_path, daemon.command("run"), {**daemon.env(), "TERM": "xterm-256color"}
