@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import dataclasses
 import re
-import ssl
 import threading
 import time
 import urllib.parse
@@ -37,7 +36,6 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
-import trustme
 
 from support.loop_server import LoopServer
 from support.origin import stop_loop_thread
@@ -265,13 +263,7 @@ class FloodOrigin(LoopServer):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.kind = kind
         self.seconds = seconds
-        ca = trustme.CA()
-        leaf = ca.issue_cert("localhost", "127.0.0.1")
-        self.ca_pem_path = str(self.workdir / "flood-origin-ca.pem")
-        ca.cert_pem.write_to_path(self.ca_pem_path)
-        self._server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        leaf.configure_cert(self._server_ssl)
-        self._server_ssl.set_alpn_protocols(["h2"])
+        self._tls(self.workdir, "flood-origin-ca.pem")
         self.port = 0
         self.loop_errors: list[str] = []
         self._cond = threading.Condition()

@@ -4,8 +4,12 @@ unexpected errors collected, its records changed under one condition that waiter
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
+from pathlib import Path
 from typing import Any
+
+import trustme
 
 
 class LoopServer:
@@ -17,6 +21,17 @@ class LoopServer:
     _ready: threading.Event
     _error: BaseException | None
     _tasks: set[asyncio.Task[Any]]
+
+    def _tls(self, workdir: Path, ca_name: str) -> None:
+        """A fresh CA (its PEM at `ca_pem_path`, for the daemon's ca_bundle) and a server
+        context for localhost and 127.0.0.1 that offers h2."""
+        ca = trustme.CA()
+        leaf = ca.issue_cert("localhost", "127.0.0.1")
+        self.ca_pem_path = str(workdir / ca_name)
+        ca.cert_pem.write_to_path(self.ca_pem_path)
+        self._server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        leaf.configure_cert(self._server_ssl)
+        self._server_ssl.set_alpn_protocols(["h2"])
 
     def start(self, timeout: float = 10.0) -> None:
         raise NotImplementedError

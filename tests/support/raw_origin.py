@@ -65,7 +65,6 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import hpack
-import trustme
 
 from support.loop_server import LoopServer
 from support.origin import DEFAULT_SIZE, LAST_MODIFIED, content, etag, stop_loop_thread
@@ -468,13 +467,7 @@ class RawOrigin(LoopServer):
     def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        ca = trustme.CA()
-        leaf = ca.issue_cert("localhost", "127.0.0.1")
-        self.ca_pem_path = str(self.workdir / "raw-origin-ca.pem")
-        ca.cert_pem.write_to_path(self.ca_pem_path)
-        self._server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        leaf.configure_cert(self._server_ssl)
-        self._server_ssl.set_alpn_protocols(["h2"])
+        self._tls(self.workdir, "raw-origin-ca.pem")
         self.port = 0
         self.loop_errors: list[str] = []
         self._cond = threading.Condition()
