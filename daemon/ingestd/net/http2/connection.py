@@ -394,6 +394,11 @@ class Connection:
             self._outbox.append(frames.goaway(0, code))
             self.terminated = ConnectionTerminated(code, message)
 
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether data_to_send would return anything."""
+        return bool(self._outbox)
+
     def data_to_send(self) -> bytes:
         """Everything queued for the server, once."""
         if not self._outbox:

@@ -146,28 +146,43 @@ class H2Pool:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         fresh_failures = 0
+        limit = self._streams_per_connection
         self._sweep()
         while True:
             origin = self._origin(key)  # looked up each time: a lost origin entry is remade
             pool = origin.connections
-            pool[:] = [c for c in pool if c.accepting or (c.open_streams and not c.closed)]
-            ready = [c for c in pool if c.can_open(self._streams_per_connection)]
-            spare = len([c for c in pool if c.accepting]) < self._per_origin
+            # One pass (this runs per request): drop the connections that are done, count
+            # those that take streams, and find the ready one with the fewest open.
+            kept: list[H2Protocol] = []
+            accepting = 0
+            chosen: H2Protocol | None = None
+            for c in pool:
+                if c.accepting:
+                    accepting += 1
+                elif c.closed or not c.open_streams:
+                    continue
+                kept.append(c)
+                if c.can_open(limit) and (chosen is None or c.open_streams < chosen.open_streams):
+                    chosen = c
+            if len(kept) != len(pool):
+                pool[:] = kept
+            spare = accepting < self._per_origin
             # Streams are spread over up to `connections_per_origin` connections (over a lossy
             # path each TCP connection backs off on its own), a new one made only when every
             # ready one is busy; while one is being made, the others carry on.
-            idle = [c for c in ready if not c.open_streams]
-            if idle or (ready and (not spare or origin.connecting.locked())):
-                chosen = min(idle or ready, key=lambda c: c.open_streams)
-                if await self._alive(chosen):
+            if chosen is not None and (
+                not chosen.open_streams or not spare or origin.connecting.locked()
+            ):
+                recent = time.monotonic() - chosen.last_received < LIVENESS_AFTER
+                if recent or await self._answers_ping(chosen):
                     return chosen
                 continue
             if spare:
                 async with origin.connecting:
-                    if len([c for c in pool if c.accepting]) < self._per_origin:
+                    if sum(c.accepting for c in pool) < self._per_origin:
                         connection = await self._connect(host, port, timeout)
                         self._origin(key).connections.append(connection)
-                        if connection.can_open(self._streams_per_connection):
+                        if connection.can_open(limit):
                             return connection
                         # Closed, or GOAWAY, during the handshake (a server shedding load).
                         fresh_failures += 1
@@ -186,11 +201,9 @@ class H2Pool:
                 for w in waiters:
                     w.cancel()
 
-    async def _alive(self, connection: H2Protocol) -> bool:
-        """A connection silent for LIVENESS_AFTER must answer a PING first; one that does not
-        is dropped (its streams fail as lost)."""
-        if time.monotonic() - connection.last_received < LIVENESS_AFTER:
-            return True
+    async def _answers_ping(self, connection: H2Protocol) -> bool:
+        """Whether a connection silent for LIVENESS_AFTER answers a PING in time; one that
+        does not is dropped (its streams fail as lost)."""
         try:
             await asyncio.wait_for(connection.ping(), LIVENESS_WAIT)
             return True

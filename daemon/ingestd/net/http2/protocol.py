@@ -202,7 +202,9 @@ class H2Protocol(asyncio.BufferedProtocol):
     def _flush_soon(self) -> None:
         if not self._coalesce:
             self._flush()
-        elif not self._flush_due:
+        elif (
+            not self._flush_due and self.h2.has_data_to_send
+        ):  # most acks and releases send nothing
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self._flush)
 
