@@ -80,3 +80,93 @@ async def test_a_stopped_transfer_closes_and_checkpoints_its_part(
     finally:
         await fetcher.aclose()
         await db.close()
+
+
+async def _slow_transfer(
+    tmp_path: Path, origin: OriginServer, name: str
+) -> tuple[Config, Db, Fetcher, Transfers, str, str]:
+    config = Config(data_dir=tmp_path, state_dir=tmp_path, allowed_hosts=("localhost",))
+    settings = HttpSettings(
+        http2=True,
+        timeout=5.0,
+        user_agent="test",
+        referer="https://example.test/",
+        ca_bundle=Path(origin.ca_pem_path),
+        max_connections=4,
+        allowed_hosts=("localhost",),
+    )
+    db = await Db.open(tmp_path / "manifest.sqlite3")
+    fetcher = Fetcher(settings)
+    url = origin.url(name, "slow", SIZE, chunk=64 * 1024, delay=0.05)
+    aweme_id = "7000000000000000002"
+    await db.run(db.manifest.merge, [Record(aweme_id, url, "cats", "{}")], "e.json", time.time())
+    return (
+        config,
+        db,
+        fetcher,
+        Transfers(config, db, fetcher, Publisher(config.media_dir)),
+        aweme_id,
+        url,
+    )
+
+
+async def test_a_resume_point_is_recorded_only_with_durable_bytes(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    # A fresh download has nothing to resume until its first checkpoint: the manifest is not
+    # written before then (one write a file less), and never names a version without bytes.
+    config, db, fetcher, transfers, aweme_id, _ = await _slow_transfer(tmp_path, origin, "fresh")
+    try:
+        (item,) = await db.run(db.manifest.claim_due, time.time(), 1)
+        task = asyncio.create_task(transfers.attempt(item, structlog.get_logger()))
+        part = config.media_dir / "cats" / f"{aweme_id}.mp4.part"
+        deadline = time.monotonic() + 10
+        while not (part.exists() and part.stat().st_size > 512 * 1024):
+            assert time.monotonic() < deadline, "no bytes arrived"
+            await asyncio.sleep(0.05)
+        row = await db.run(db.manifest.item, aweme_id)  # within the first checkpoint's 2 s
+        assert row is not None
+        assert (row["validator"], row["total_bytes"], row["durable_bytes"]) == (None, None, 0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        row = await db.run(db.manifest.item, aweme_id)
+        assert row is not None and row["validator"] == OriginServer.etag("fresh", SIZE)
+        assert 512 * 1024 <= row["durable_bytes"] <= part.stat().st_size
+    finally:
+        await fetcher.aclose()
+        await db.close()
+
+
+async def test_a_part_restarted_under_a_new_version_is_recorded_before_its_bytes(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    # The manifest says the part holds 1 MiB of another version: if the origin answers the
+    # resume with the whole new version, the record must change before new bytes land, or a
+    # crash would resume the new bytes as the old version's (a splice).
+    config, db, fetcher, transfers, aweme_id, _ = await _slow_transfer(tmp_path, origin, "moved")
+    try:
+        part = config.media_dir / "cats" / f"{aweme_id}.mp4.part"
+        part.parent.mkdir(parents=True)
+        old = 1024 * 1024
+        part.write_bytes(b"\0\0\0\x18ftypisom" + b"o" * (old - 12))
+        await db.run(db.manifest.set_part, aweme_id, '"another-version"', SIZE, old)
+        (item,) = await db.run(db.manifest.claim_due, time.time(), 1)
+        assert item.validator == '"another-version"' and item.durable == old
+        task = asyncio.create_task(transfers.attempt(item, structlog.get_logger()))
+        deadline = time.monotonic() + 10
+        while not (part.stat().st_size < old or part.read_bytes()[12:13] != b"o"):
+            assert time.monotonic() < deadline, "the part was never started over"
+            await asyncio.sleep(0.02)
+        while part.stat().st_size < 256 * 1024:  # new bytes are landing
+            assert time.monotonic() < deadline, "no new bytes arrived"
+            await asyncio.sleep(0.02)
+        row = await db.run(db.manifest.item, aweme_id)
+        assert row is not None and row["validator"] != '"another-version"'
+        assert row["durable_bytes"] <= part.stat().st_size
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await fetcher.aclose()
+        await db.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import re
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from ingestd.policy.retry import Failure, Reason
 
@@ -177,11 +178,18 @@ def same_version(sent: str, etag: str | None, last_modified: str | None) -> bool
     return last_modified is None or last_modified.strip() == sent
 
 
+def resumable(validator: str | None, offset: int) -> TypeGuard[str]:
+    """Whether `offset` bytes of a part written under `validator` are worth asking the rest
+    for (Range and If-Range). A part, or a manifest record of one, that is not resumable is
+    started over from zero, whatever it holds."""
+    return bool(validator) and offset >= SNIFF_BYTES
+
+
 def resume_headers(offset: int, validator: str | None) -> dict[str, str]:
     """Headers that ask for the rest of a partial file, or none when it cannot be resumed."""
-    if offset < SNIFF_BYTES or not validator:
-        return {}
-    return {"Range": f"bytes={offset}-", "If-Range": validator}
+    if resumable(validator, offset):
+        return {"Range": f"bytes={offset}-", "If-Range": validator}
+    return {}
 
 
 class RateFloor:

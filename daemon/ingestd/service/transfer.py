@@ -36,6 +36,7 @@ from ingestd.policy.transfer import (
     Reject,
     looks_like_mp4,
     plan_response,
+    resumable,
     resume_headers,
     strong_validator,
 )
@@ -111,7 +112,7 @@ class Transfers:
         relative = relative_video_path(item.topics[0] if item.topics else None, item.aweme_id)
         media = self._media_dir
         try:
-            if item.validator is None or item.durable < SNIFF_BYTES:
+            if not resumable(item.validator, item.durable):
                 part = PartFile.fresh_in(media, relative)  # no thread hop to open it now
             else:
                 part = await asyncio.to_thread(PartFile.open_in, media, relative, item.durable)
@@ -258,9 +259,15 @@ class _Attempt:
         return _Whole(tail)
 
     async def _remember(self, validator: str | None, total: int | None) -> None:
-        """Record the validator and size the part is written under: a resume asks by them."""
+        """Take the validator and size the part is written under: a resume asks by them. The
+        manifest is told at once only when its record is resumable, and so could splice this
+        part with another version; otherwise the first checkpoint records them, with the
+        durable size (a crash before it restarts from zero, as it must: nothing is durable)."""
         self._resumable = validator is not None
         self._validator, self._total = validator, total
+        recorded_validator, _, recorded_durable = self._recorded
+        if not resumable(recorded_validator, recorded_durable):
+            return
         durable = self._part.durable if validator is not None else 0
         if not await self._record(validator, total, durable):
             self._misrecorded = (validator, total) != self._recorded[:2]
