@@ -46,6 +46,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE_TO = os.environ.get("BENCH_PROFILE", "")  # py-spy raw stacks of ingestd runs
 # BENCH_PROFILE_GIL=1: only samples that hold the GIL (where the interpreter's time goes).
 PROFILE_GIL = ["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else []
+# BENCH_WRAP="perf stat -o out --": a command the daemon runs under (its whole life, startup too).
+WRAP = os.environ.get("BENCH_WRAP", "").split()
 
 
 @dataclass(frozen=True)
@@ -440,7 +442,7 @@ class IngestdProcess:
         self.config_path = root / "ingestd.toml"
         self.config_path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
         self.proc = subprocess.Popen(
-            [*ns, sys.executable, "-m", "ingestd", "run", "--config", str(self.config_path)],
+            [*ns, *WRAP, sys.executable, "-m", "ingestd", "run", "--config", str(self.config_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
