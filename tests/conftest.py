@@ -1,0 +1,42 @@
+"""Fixtures for every test directory: a throwaway PostgreSQL server (tests/support/postgres.py).
+
+The server starts the first time a test asks for ``postgres_cluster`` or ``postgres_url``, so
+tests that use neither pay nothing; support.postgres (and psycopg) is imported only then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from support.postgres import PostgresCluster
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One PostgreSQL server for the session, reachable only through its Unix socket."""
+    from support.postgres import PostgresCluster, PostgresError
+
+    error: PostgresError | None = None
+    try:
+        cluster = PostgresCluster()
+        cluster.start()
+    except PostgresError as exc:
+        error = exc
+    if error is not None:  # failed outside the except block: no chained traceback
+        pytest.fail(f"cannot start the test PostgreSQL server: {error}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """A libpq URL to a fresh, empty database of this test's own; dropped afterwards."""
+    url = postgres_cluster.new_database()
+    yield url
+    postgres_cluster.drop_database(url)
