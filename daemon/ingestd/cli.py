@@ -21,7 +21,8 @@ from ingestd import __version__
 from ingestd.config import Config, ConfigError, load_config, load_cookies
 from ingestd.events import EVENTS, LEVELS
 from ingestd.fs.lock import FileLock, LockError, LockHeld
-from ingestd.store.manifest import ItemSummary, Manifest, ManifestError, WrongLibrary
+from ingestd.store.base import ItemSummary, ManifestError, ManifestStore, WrongLibrary
+from ingestd.store.manifest import Manifest
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NO_MATCH, EXIT_LOCKED = 0, 1, 2, 3, 4
 STATES = ("pending", "active", "done", "expired", "failed")
@@ -208,7 +209,7 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides={k: v for k, v in overrides.items() if v is not None})
 
 
-def _read(config: Config, query: Callable[[Manifest], T]) -> T:
+def _read(config: Config, query: Callable[[ManifestStore], T]) -> T:
     """Run a read-only query on this data dir's manifest."""
     if not config.manifest_path.exists():
         raise NoManifest(config)
@@ -221,7 +222,7 @@ def _read(config: Config, query: Callable[[Manifest], T]) -> T:
 
 
 @contextlib.contextmanager
-def _writable(config: Config) -> Iterator[Manifest]:
+def _writable(config: Config) -> Iterator[ManifestStore]:
     """This data dir's manifest, open for writing; it must exist."""
     if not config.manifest_path.exists():
         raise NoManifest(config)
@@ -242,7 +243,7 @@ def _library_locked(config: Config) -> Iterator[None]:
         yield
 
 
-def _recent_failures(manifest: Manifest) -> list[ItemSummary]:
+def _recent_failures(manifest: ManifestStore) -> list[ItemSummary]:
     return manifest.list_items(state="failed", limit=5)
 
 
@@ -251,7 +252,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
     if args.watch:
         return _watch(config, args)
-    counts = _read(config, Manifest.counts)
+    counts = _read(config, lambda manifest: manifest.counts())
     if args.json:
         print(json.dumps(status_document(counts)))
     else:
@@ -271,7 +272,7 @@ def _watch(config: Config, args: argparse.Namespace) -> int:
     try:
         with display or contextlib.nullcontext():
             while True:
-                counts = _read(config, Manifest.counts)
+                counts = _read(config, lambda manifest: manifest.counts())
                 failures = _read(config, _recent_failures)
                 live = read_live(config.state_dir / LIVE_FILE)
                 state = daemon_state(live, time.time(), live is not None and pid_alive(live.pid))
@@ -316,7 +317,7 @@ def _list(config: Config, args: argparse.Namespace) -> int:
 
     limit = None if args.all else args.limit
 
-    def show(manifest: Manifest) -> tuple[int, int]:
+    def show(manifest: ManifestStore) -> tuple[int, int]:
         """Print the items as they are read; returns (shown, more not shown)."""
         shown, truncated = 0, False
 

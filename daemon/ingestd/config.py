@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import platformdirs
 
 from ingestd.policy.urls import parse_loopback_address
-from ingestd.store.manifest import Manifest, ManifestError, library_path, same_dir
+from ingestd.store.base import ManifestError, library_path, same_dir
+from ingestd.store.manifest import Manifest
 
 if TYPE_CHECKING:  # http.cookiejar pulls in urllib.request: only `run` needs it
     from http.cookiejar import MozillaCookieJar

@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 
 from ingestd.ops.live import human_bytes
 from ingestd.policy.naming import topic_folder
-from ingestd.store.manifest import Counts, ItemSummary
+from ingestd.store.base import Counts, ItemSummary
 
 
 def status_document(counts: Counts) -> dict[str, object]:

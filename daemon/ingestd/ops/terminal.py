@@ -26,7 +26,7 @@ from ingestd.ops.live import (
     work_fraction,
 )
 from ingestd.ops.render import LEVEL_STYLES, console_line, console_parts
-from ingestd.store.manifest import ItemSummary
+from ingestd.store.base import ItemSummary
 
 PLAIN_WIDTH = 160  # columns of a frame written to a pipe or file
 SUMMARY_REFRESH = 2.0  # redraws a second of run's summary line

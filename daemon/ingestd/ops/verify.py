@@ -37,7 +37,7 @@ from ingestd.policy.verify import (
     plan_repair,
     remaining,
 )
-from ingestd.store.manifest import DoneItem, Manifest, ManifestError
+from ingestd.store.base import DoneItem, ManifestError, ManifestStore
 
 BATCH = 500  # done items per manifest read, and files per lookup
 # Files hashed at once: reads and SHA-256 release the GIL, so each thread uses a core while
@@ -291,7 +291,7 @@ def check_item(lib: Library, item: DoneItem, progress: Progress) -> ItemCheck:
 
 
 def _checked(
-    manifest: Manifest, lib: Library, progress: Progress, jobs: int
+    manifest: ManifestStore, lib: Library, progress: Progress, jobs: int
 ) -> Iterator[ItemCheck]:
     """Every done item checked, in id order, `jobs` files hashed at once; the manifest is read
     by this thread only, a batch at a time."""
@@ -353,7 +353,9 @@ def _inside(entry: Entry) -> Finding:
     return Finding(Problem.STRAY, entry.path, detail=what.get(entry.kind, "not a regular file"))
 
 
-def _scan(manifest: Manifest, lib: Library, report: Report, progress: Progress) -> list[Orphan]:
+def _scan(
+    manifest: ManifestStore, lib: Library, report: Report, progress: Progress
+) -> list[Orphan]:
     """List media_assets; report strays and orphan parts. Files named after an item are
     looked up a batch at a time; one that is gone by then (published meanwhile) is dropped."""
     orphans: list[Orphan] = []
@@ -413,7 +415,7 @@ def _scan(manifest: Manifest, lib: Library, report: Report, progress: Progress) 
 
 
 def _repair_item(
-    manifest: Manifest, lib: Library, check: ItemCheck, report: Report, now: float
+    manifest: ManifestStore, lib: Library, check: ItemCheck, report: Report, now: float
 ) -> None:
     item = check.item
     plan = plan_repair([(c.path, c.state) for c in check.copies])
@@ -478,7 +480,7 @@ def _repair_item(
             finding.repaired = True
 
 
-def _drop_orphan(manifest: Manifest, lib: Library, orphan: Orphan, report: Report) -> None:
+def _drop_orphan(manifest: ManifestStore, lib: Library, orphan: Orphan, report: Report) -> None:
     finding = orphan.finding
     assert finding.aweme_id is not None
 
@@ -508,7 +510,7 @@ def _error(exc: Exception) -> str:
 
 
 def verify(
-    manifest: Manifest,
+    manifest: ManifestStore,
     lib: Library,
     *,
     repair: bool = False,

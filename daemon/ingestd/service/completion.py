@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ingestd.log import Logger
 from ingestd.service.db import Db
-from ingestd.store.manifest import ManifestError, SettledExtract
+from ingestd.store.base import ManifestError, SettledExtract
 
 CHECK_PERIOD = 1.0  # seconds between looks when nothing kicks
 ORDER_WAIT = 10.0  # at most this long for outcome events still being written before a report

@@ -35,7 +35,7 @@ from ingestd.service.completion import EventOrder, ExtractCompletions
 from ingestd.service.db import Db
 from ingestd.service.ingest import Ingestor
 from ingestd.service.pool import DownloadPool
-from ingestd.store.manifest import ManifestError
+from ingestd.store.base import ManifestError
 
 STOP_BUDGET = 8.0  # seconds for the whole shutdown; systemd and users expect exit within 10
 WATCH_RESTART_DELAY = 2.0

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Generic, ParamSpec, TypeVar
 
-from ingestd.store.manifest import Manifest, ManifestError
+from ingestd.store.base import ManifestError, ManifestStore
+from ingestd.store.manifest import Manifest
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -17,9 +18,9 @@ R = TypeVar("R")
 
 
 class Db:
-    """Async facade over Manifest: `await db.run(Manifest.method, args...)`."""
+    """Async facade over a manifest store: `await db.run(db.manifest.method, args...)`."""
 
-    def __init__(self, executor: ThreadPoolExecutor, manifest: Manifest) -> None:
+    def __init__(self, executor: ThreadPoolExecutor, manifest: ManifestStore) -> None:
         self._executor = executor
         self.manifest = manifest
 
@@ -37,7 +38,7 @@ class Db:
 
     def run(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
         """Call `method(*args)` on the manifest thread; await the result. `method` is a bound
-        Manifest method. A future, not a coroutine: one hop less per call, and a caller that
+        ManifestStore method. A future, not a coroutine: one hop less per call, and a caller that
         is cancelled may still shield it and take its result."""
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._executor, functools.partial(method, *args, **kwargs))

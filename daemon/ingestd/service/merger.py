@@ -23,7 +23,8 @@ from pathlib import Path
 from ingestd.fs.files import ExtractBytes, read_extract
 from ingestd.policy.extract import ExtractError, ParsedExtract, RejectReason, parse_extract
 from ingestd.service.db import Db
-from ingestd.store.manifest import ExpiredAtMerge, Manifest
+from ingestd.store.base import ExpiredAtMerge
+from ingestd.store.manifest import Manifest
 
 IN_PROCESS_MAX_BYTES = 4 * 1024 * 1024
 

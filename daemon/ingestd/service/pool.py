@@ -45,7 +45,7 @@ from ingestd.service.db import Db, GroupCommit
 from ingestd.service.meter import Meter
 from ingestd.service.publish import Publisher
 from ingestd.service.transfer import Published, Transfers
-from ingestd.store.manifest import Completion, Item, ManifestError
+from ingestd.store.base import Completion, Item, ManifestError
 
 IDLE_RECHECK = 5.0  # seconds between looks at the queue and the free space when idle
 SPACE_RECHECK = 0.5  # at most this often a statvfs, however many transfers finish

@@ -44,7 +44,7 @@ from ingestd.policy.urls import check_url, is_expired, redact
 from ingestd.service.db import Db
 from ingestd.service.meter import Meter, Tracked
 from ingestd.service.publish import Publisher
-from ingestd.store.manifest import Item, ManifestError
+from ingestd.store.base import Item, ManifestError
 
 RESUME_MIN_BYTES = 1024 * 1024  # smaller files restart from zero: not worth a manifest write
 WRITE_BATCH = 1024 * 1024  # bytes gathered before one write+hash in a worker thread

@@ -1,1 +1,2 @@
-"""Persistence: the SQLite manifest (the only code that speaks SQL)."""
+"""Persistence: the manifest. `base` is what every backend meets; `manifest` is the SQLite one
+(the only code that speaks SQL)."""

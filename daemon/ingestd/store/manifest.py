@@ -1,4 +1,5 @@
 """The manifest: one SQLite file holding every item and every extract seen. The only SQL in ingestd.
+`Manifest` meets store.base.ManifestStore; the values it takes and gives are defined there.
 
 Durability: WAL with `synchronous=NORMAL`. A crash of the process loses nothing; a power loss can
 lose the last few commits but never corrupts the database. Every such commit is re-derivable:
@@ -13,27 +14,68 @@ import collections
 import functools
 import json
 import operator
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING
 
 from ingestd.policy.merge import Known, State, merge
 from ingestd.policy.naming import topic_folder
 from ingestd.policy.retry import Reason
 from ingestd.policy.urls import may_be_past, origin_of, past_expiry
+from ingestd.store.base import (
+    EXPIRED_IDS_KEPT,
+    Completion,
+    Counts,
+    DoneItem,
+    ExpiredAtMerge,
+    ExtractProgress,
+    Item,
+    ItemPlace,
+    ItemSummary,
+    ManifestError,
+    ManifestStore,
+    MergeCounts,
+    MergeInterrupted,
+    Relink,
+    SettledExtract,
+    T,
+    WrongLibrary,
+    library_path,
+    same_dir,
+)
 
 if TYPE_CHECKING:  # the CLI reads the manifest without loading the extract parser
     from ingestd.policy.extract import Record
 
+__all__ = [  # with the values, so that importing them from here goes on working
+    "EXPIRED_IDS_KEPT",
+    "READABLE_VERSIONS",
+    "SCHEMA_VERSION",
+    "Completion",
+    "Counts",
+    "DoneItem",
+    "ExpiredAtMerge",
+    "ExtractProgress",
+    "Item",
+    "ItemPlace",
+    "ItemSummary",
+    "Manifest",
+    "ManifestError",
+    "MergeCounts",
+    "MergeInterrupted",
+    "Relink",
+    "SettledExtract",
+    "WrongLibrary",
+    "library_path",
+    "same_dir",
+]
+
 SCHEMA_VERSION = 6
 READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)  # the columns readers use are the same in all
 _CHUNK = 500  # ids per SELECT ... IN (...) and records per write transaction
-EXPIRED_IDS_KEPT = 10  # ids named by a merge's summary of the items it found expired
 _URL_EXPIRED = Reason.URL_EXPIRED.value
 _url = operator.attrgetter("url")
 # Passes over the items of origins that cannot take work (their URL's host:port, worked out
@@ -211,140 +253,6 @@ _MIGRATIONS: dict[int, str] = {
     """,
 }
 _META_DATA_DIR = "data_dir"
-T = TypeVar("T")
-
-
-class ManifestError(Exception):
-    """The manifest cannot be opened or used (corrupt, wrong version, disk trouble)."""
-
-
-class WrongLibrary(ManifestError):
-    """The manifest belongs to another data dir than the one it is opened for."""
-
-    def __init__(self, recorded: str, wanted: str) -> None:
-        self.recorded = recorded
-        self.wanted = wanted
-        super().__init__(f"the manifest belongs to the data dir {recorded}, not {wanted}")
-
-
-class MergeInterrupted(ManifestError):
-    """A merge stopped early on request. What was merged stays; merging again is idempotent."""
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """An item claimed for download."""
-
-    aweme_id: str
-    url: str
-    topics: tuple[str | None, ...]
-    attempts: int
-    validator: str | None
-    durable: int = 0  # bytes of the .part known to be fsynced
-    total: int | None = None  # the file size the server declared for the .part
-
-
-@dataclass(frozen=True, slots=True)
-class ExpiredAtMerge:
-    """Items a merge found with a signed URL already past its expiry: stored `expired`
-    (`url_expired`, no attempt), never queued."""
-
-    count: int = 0
-    earliest: int | None = None  # epoch seconds
-    latest: int | None = None
-    aweme_ids: tuple[str, ...] = ()  # the first EXPIRED_IDS_KEPT
-
-
-@dataclass(frozen=True, slots=True)
-class MergeCounts:
-    """What merging an extract did."""
-
-    records: int
-    new: int
-    updated: int
-    expired: ExpiredAtMerge = ExpiredAtMerge()
-
-
-@dataclass(frozen=True, slots=True)
-class SettledExtract:
-    """A merged extract whose items all reached a final state, not reported yet."""
-
-    id: int
-    path: str  # the file name, as in `extracts`
-    sha256: str
-    items: int
-    done: int
-    expired: int
-    failed: int
-    bytes: int
-    merged_at: float
-
-
-class Completion(NamedTuple):
-    """A finished download, for `complete_many`."""
-
-    aweme_id: str
-    size: int
-    sha256: str
-    path: str  # relative to media_assets
-    linked_topics: Sequence[str | None]
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class Relink:
-    """A done item whose file must also appear under further topic folders."""
-
-    aweme_id: str
-    path: str
-    topics: tuple[str | None, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ItemSummary:
-    """One line of `ingestd list` (with `full`, one element of `list --json`)."""
-
-    aweme_id: str
-    topics: tuple[str | None, ...]
-    state: str
-    attempts: int
-    reason: str | None
-    status: int | None
-    bytes: int | None
-    updated_at: float
-    sha256: str | None = None  # these three only when listed `full`
-    path: str | None = None  # relative to media_assets, when done
-    record: str | None = None  # the raw record's JSON text
-
-
-@dataclass(frozen=True, slots=True)
-class Counts:
-    """Totals for `ingestd status`."""
-
-    items: dict[str, int]
-    extracts: dict[str, int]
-    bytes_done: int
-
-
-@dataclass(frozen=True, slots=True)
-class DoneItem:
-    """A done item as `ingestd verify` checks it: where its file is and what it must hold."""
-
-    aweme_id: str
-    path: str | None  # relative to media_assets
-    topics: tuple[str | None, ...]
-    bytes: int | None
-    sha256: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ItemPlace:
-    """An item's state and places, for `ingestd verify` to tell whose a file is."""
-
-    aweme_id: str
-    state: str
-    path: str | None
-    topics: tuple[str | None, ...]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -386,7 +294,7 @@ def _chunks(seq: Sequence[Record], size: int) -> Iterator[Sequence[Record]]:
 
 
 class Manifest:
-    """Synchronous manifest API. Use from one thread at a time (the daemon gives it its own)."""
+    """The SQLite manifest store. Use from one thread at a time (the daemon gives it its own)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -530,6 +438,18 @@ class Manifest:
         except sqlite3.Error as exc:
             raise ManifestError(str(exc)) from exc
         return [SettledExtract(*row) for row in rows]
+
+    def extract_progress(self, path: str, sha256: str) -> ExtractProgress | None:
+        """Where the extract version merged with `sha256` stands (for tests), or None."""
+        try:
+            row = self._conn.execute(
+                "SELECT id, path, sha256, items, outstanding, done, expired, failed, bytes,"
+                " merged_at, completed_at FROM extract_progress WHERE path = ? AND sha256 = ?",
+                (path, sha256),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise ManifestError(str(exc)) from exc
+        return None if row is None else ExtractProgress(*row)
 
     def close_extracts(self, ids: Sequence[int], now: float) -> int:
         """Mark extracts reported (extract_completed was logged): never reported again, and
@@ -1221,16 +1141,6 @@ class Manifest:
         return {d[0]: v for d, v in zip(cur.description, row, strict=True)}
 
 
-def library_path(data_dir: str | Path) -> str:
-    """A data dir as recorded and compared: absolute, symlinks resolved."""
-    return os.path.realpath(data_dir)
-
-
-def same_dir(a: str | Path, b: str | Path) -> bool:
-    """True when both name the same folder once resolved."""
-    return library_path(a) == library_path(b)
-
-
 def _open_readonly(path: Path) -> sqlite3.Connection:
     """A read-only connection, also for users who may read the files but not write the folder.
 
@@ -1266,3 +1176,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+
+if TYPE_CHECKING:
+    _: type[ManifestStore] = Manifest  # mypy proves that Manifest meets the contract

@@ -1,0 +1,458 @@
+"""What every manifest backend shares: the values it takes and gives, its errors, and
+`ManifestStore`, the protocol whose contract `tests/contract` checks on each backend.
+
+Times are epoch seconds. An item is `pending`, `active` (in flight, its attempt counted),
+`done`, `expired` or `failed` (policy.merge.State); a pending item may also be `held`: claimed
+ahead of a free slot, not in flight, no attempt counted. Its topics keep the order they came in,
+the first naming the folder its file lives in.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
+
+from ingestd.policy.merge import State
+
+if TYPE_CHECKING:  # the CLI reads the manifest without loading the extract parser
+    from ingestd.policy.extract import Record
+
+EXPIRED_IDS_KEPT = 10  # ids named by a merge's summary of the items it found expired
+T = TypeVar("T")
+
+
+class ManifestError(Exception):
+    """The manifest cannot be opened or used (corrupt, wrong version, disk trouble)."""
+
+
+class WrongLibrary(ManifestError):
+    """The manifest belongs to another data dir than the one it is opened for."""
+
+    def __init__(self, recorded: str, wanted: str) -> None:
+        self.recorded = recorded
+        self.wanted = wanted
+        super().__init__(f"the manifest belongs to the data dir {recorded}, not {wanted}")
+
+
+class MergeInterrupted(ManifestError):
+    """A merge stopped early on request. What was merged stays; merging again is idempotent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """An item claimed for download."""
+
+    aweme_id: str
+    url: str
+    topics: tuple[str | None, ...]
+    attempts: int
+    validator: str | None
+    durable: int = 0  # bytes of the .part known to be fsynced
+    total: int | None = None  # the file size the server declared for the .part
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredAtMerge:
+    """Items a merge found with a signed URL already past its expiry: stored `expired`
+    (`url_expired`, no attempt), never queued."""
+
+    count: int = 0
+    earliest: int | None = None  # epoch seconds
+    latest: int | None = None
+    aweme_ids: tuple[str, ...] = ()  # the first EXPIRED_IDS_KEPT
+
+
+@dataclass(frozen=True, slots=True)
+class MergeCounts:
+    """What merging an extract did."""
+
+    records: int
+    new: int
+    updated: int
+    expired: ExpiredAtMerge = ExpiredAtMerge()
+
+
+@dataclass(frozen=True, slots=True)
+class SettledExtract:
+    """A merged extract whose items all reached a final state, not reported yet."""
+
+    id: int
+    path: str  # the file name, as recorded by record_extract
+    sha256: str
+    items: int
+    done: int
+    expired: int
+    failed: int
+    bytes: int
+    merged_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractProgress:
+    """Where one merged extract stands: its items, by what they wait for or how they ended.
+    The counts are None for an extract merged before the manifest followed its items."""
+
+    id: int
+    path: str
+    sha256: str
+    items: int | None
+    outstanding: int | None  # pending or active
+    done: int | None
+    expired: int | None
+    failed: int | None
+    bytes: int | None  # of the done ones
+    merged_at: float | None  # the merge was recorded: no more items come
+    completed_at: float | None  # reported (close_extracts): the counts stop here
+
+
+class Completion(NamedTuple):
+    """A finished download, for `complete_many`."""
+
+    aweme_id: str
+    size: int
+    sha256: str
+    path: str  # relative to media_assets
+    linked_topics: Sequence[str | None]
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Relink:
+    """A done item whose file must also appear under further topic folders."""
+
+    aweme_id: str
+    path: str
+    topics: tuple[str | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemSummary:
+    """One line of `ingestd list` (with `full`, one element of `list --json`)."""
+
+    aweme_id: str
+    topics: tuple[str | None, ...]
+    state: str
+    attempts: int
+    reason: str | None
+    status: int | None
+    bytes: int | None
+    updated_at: float
+    sha256: str | None = None  # these three only when listed `full`
+    path: str | None = None  # relative to media_assets, when done
+    record: str | None = None  # the raw record's JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Totals for `ingestd status`."""
+
+    items: dict[str, int]
+    extracts: dict[str, int]
+    bytes_done: int
+
+
+@dataclass(frozen=True, slots=True)
+class DoneItem:
+    """A done item as `ingestd verify` checks it: where its file is and what it must hold."""
+
+    aweme_id: str
+    path: str | None  # relative to media_assets
+    topics: tuple[str | None, ...]
+    bytes: int | None
+    sha256: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemPlace:
+    """An item's state and places, for `ingestd verify` to tell whose a file is."""
+
+    aweme_id: str
+    state: str
+    path: str | None
+    topics: tuple[str | None, ...]
+
+
+def library_path(data_dir: str | Path) -> str:
+    """A data dir as recorded and compared: absolute, symlinks resolved."""
+    return os.path.realpath(data_dir)
+
+
+def same_dir(a: str | Path, b: str | Path) -> bool:
+    """True when both name the same folder once resolved."""
+    return library_path(a) == library_path(b)
+
+
+class ManifestStore(Protocol):
+    """Every item and extract seen, and the download queue. Synchronous: one thread at a time
+    uses a store. Each write is atomic; a write that fails raises ManifestError."""
+
+    @property
+    def interrupt(self) -> threading.Event:
+        """Set from any thread to end a running `merge` before its next transaction."""
+        ...
+
+    def close(self) -> None:
+        """Release the store; nothing written is lost."""
+        ...
+
+    # --- the library it belongs to -----------------------------------------------------------
+
+    def recorded_data_dir(self) -> str | None:
+        """The data dir recorded by `bind_data_dir`, as recorded, or None: not recorded yet."""
+        ...
+
+    def check_data_dir(self, data_dir: Path) -> None:
+        """Raise WrongLibrary if another data dir (compared resolved) is recorded. None
+        recorded is accepted."""
+        ...
+
+    def bind_data_dir(self, data_dir: Path, *, replace: bool = False) -> str | None:
+        """Record `data_dir` (resolved) as the store's library; returns what was recorded before.
+        Another data dir already recorded raises WrongLibrary and changes nothing, unless
+        `replace`; the same folder by another name is not another."""
+        ...
+
+    # --- extracts ----------------------------------------------------------------------------
+
+    def extract_status(self, path: str, sha256: str) -> str | None:
+        """How this exact (path, content) was recorded last, or None if never."""
+        ...
+
+    def content_merged(self, sha256: str) -> bool:
+        """True when some extract with this content was recorded `merged`, under any path."""
+        ...
+
+    def record_extract(
+        self,
+        path: str,
+        sha256: str,
+        size: int,
+        status: str,
+        now: float,
+        reason: str | None = None,
+        counts: tuple[int, int, int, int] = (0, 0, 0, 0),
+    ) -> None:
+        """Record how an extract version was handled: `merged`, `rejected` or `duplicate`,
+        with the (records, new, updated, unusable) of its merge. Recording a version again
+        replaces its status and reason. Recording it `merged` closes its list of items (those
+        `merge` linked under its sha256; the first time, `merged_at` is `now`): from then on it
+        may settle."""
+        ...
+
+    def extract_progress(self, path: str, sha256: str) -> ExtractProgress | None:
+        """Where the extract version merged with this `sha256` stands, or None if it never was.
+        Its items are counted once each, by their state now, until it is closed."""
+        ...
+
+    def settled_extracts(self) -> list[SettledExtract]:
+        """Extracts merged with their sha256 and recorded `merged`, whose items are all final
+        (done, expired or failed) and that were not closed, in the order their merges began."""
+        ...
+
+    def close_extracts(self, ids: Sequence[int], now: float) -> int:
+        """Mark extracts reported: never settled again, their counts frozen (a later change of
+        their items moves nothing). Returns how many were still open."""
+        ...
+
+    # --- merging -----------------------------------------------------------------------------
+
+    def merge(
+        self, records: Sequence[Record], source: str, now: float, sha256: str | None = None
+    ) -> MergeCounts:
+        """Merge records by the rules of policy.merge: a new id is stored pending (or expired
+        with `url_expired`, no attempt spent, when its signed URL is past expiry at `now`); a
+        known one gains the record's topic and `source`, a fresher URL, and a new `record`
+        text; an expired or failed one given a fresher live URL is pending again with fresh
+        attempts; a done one is never queued again, but a topic it gains makes it due for a
+        relink. `new` counts the ids first seen, `updated` the known items that changed.
+
+        With `sha256`, each item is linked to that extract version (see extract_progress); a
+        version already closed links nothing. Idempotent; `interrupt` raises MergeInterrupted
+        between two transactions, keeping what was merged."""
+        ...
+
+    # --- the download queue ------------------------------------------------------------------
+
+    def reset_active(self, now: float) -> int:
+        """After a crash: active items are pending again (their attempt stays spent), held ones
+        let go. Returns how many were active."""
+        ...
+
+    def release(self, ids: Iterable[str], now: float, due: float = 0.0) -> None:
+        """Return claimed items (active or held) to pending, due no sooner than `due`; an active
+        one gets its attempt back. Other ids are left alone."""
+        ...
+
+    def claim_due(self, now: float, limit: int) -> list[Item]:
+        """`claim(now, limit, 0)`: up to `limit` due items made active."""
+        ...
+
+    def claim(
+        self,
+        now: float,
+        start: int,
+        hold: int,
+        skip: Sequence[str] = (),
+        mark: Sequence[str] = (),
+    ) -> tuple[list[Item], list[Item]]:
+        """In one transaction: the held items in `mark` are started (see start_held); then of
+        the pending items due at `now`, not held, whose URL's origin (policy.urls.origin_of)
+        is not in `skip`, earliest due first, `start` are made active (attempt counted, as the
+        returned Item says) and `hold` more are held. No item is claimed twice."""
+        ...
+
+    def defer_origin(self, origin: str, until: float, now: float) -> int:
+        """Make every pending, unheld item of `origin` due no sooner than `until`. Returns how
+        many moved."""
+        ...
+
+    def start_held(self, ids: Sequence[str], now: float) -> list[int | None]:
+        """Make held items active, counting their attempt. Per id, in order: its attempt
+        number, or None when it is no longer held (released, or its outcome written)."""
+        ...
+
+    def next_due(self, skip: Sequence[str] = ()) -> float | None:
+        """The earliest due time among pending items not held and not of an origin in `skip`,
+        or None when there is none."""
+        ...
+
+    def set_part(
+        self, aweme_id: str, validator: str | None, total: int | None, durable: int
+    ) -> None:
+        """Record an item's resume point: the validator its .part was written under, the size
+        declared, the bytes durable. Claims return it until it is done, requeued or dropped."""
+        ...
+
+    def complete_many(self, done: Sequence[Completion]) -> list[bool]:
+        """Mark items done (size, digest, path), in one transaction; a held one's attempt is
+        counted, the resume point and last error cleared. One flag per item, in order: True
+        when its topics now differ from `linked_topics` (it is due for a relink)."""
+        ...
+
+    def finish_failed(
+        self,
+        aweme_id: str,
+        attempted_url: str,
+        state: State,
+        reason: str,
+        status: int | None,
+        next_attempt_at: float,
+        refund_attempt: bool,
+        now: float,
+    ) -> State:
+        """Record a failed attempt of an item in flight (active, or held with its start not yet
+        written: its attempt is counted then): `state`, due at `next_attempt_at`, `reason` and
+        `status` kept, the attempt given back with `refund_attempt`. If its URL changed since
+        `attempted_url`, it is pending again, due now, with fresh attempts. An item not in
+        flight is left alone. Returns the state the item is in (`state` for an unknown one)."""
+        ...
+
+    # --- hard links for further topics -------------------------------------------------------
+
+    def pending_relinks(
+        self, limit: int, skip: Sequence[str] = (), after: str = ""
+    ) -> list[Relink]:
+        """Done items due for a relink, in id order after `after`, but those in `skip`."""
+        ...
+
+    def clear_relink(self, aweme_id: str, linked_topics: Sequence[str | None]) -> bool:
+        """Mark an item's links made, unless its topics are no longer exactly `linked_topics`
+        (more arrived meanwhile: it stays due). True when cleared."""
+        ...
+
+    # --- reporting ---------------------------------------------------------------------------
+
+    def counts(self) -> Counts:
+        """Items in each of the five states, extracts by recorded status (`merged`, `rejected`,
+        `duplicate`), all keys present; bytes of the done items."""
+        ...
+
+    def list_items(
+        self,
+        state: str | None = None,
+        topic: str | None = None,
+        limit: int | None = 1000,
+        *,
+        full: bool = False,
+    ) -> list[ItemSummary]:
+        """`iter_items` as a list."""
+        ...
+
+    def iter_items(
+        self,
+        state: str | None = None,
+        topic: str | None = None,
+        limit: int | None = 1000,
+        *,
+        full: bool = False,
+    ) -> Iterator[ItemSummary]:
+        """Items in `state`, with `topic` among their topics (raw, or as its folder name,
+        policy.naming.topic_folder), most recently updated first, at most `limit` (None: all);
+        with `full`, their digest, path and raw record too. Streamed: memory stays bounded."""
+        ...
+
+    def count_items(self, state: str | None = None, topic: str | None = None) -> int:
+        """How many items `iter_items` would give without a limit."""
+        ...
+
+    def retry(
+        self, states: Iterable[str], ids: Iterable[str], now: float
+    ) -> tuple[list[str], dict[str, str]]:
+        """Put items back to pending with fresh attempts, due now, last error cleared: all in
+        `states`, then each of `ids` that is pending, expired or failed. Returns (requeued,
+        refused), `ids` in the order given; refused says why: `unknown`, `done` or `active`."""
+        ...
+
+    def oldest_pending(self) -> float | None:
+        """When the oldest item still pending was first merged, or None."""
+        ...
+
+    def record(self, aweme_id: str) -> str | None:
+        """An item's raw record (the JSON text of the latest merge that had it), or None."""
+        ...
+
+    def item(self, aweme_id: str) -> dict[str, object] | None:
+        """One item's fields (for the CLI and tests), or None. Keys include aweme_id, url, state,
+        attempts, held (0 or 1), next_attempt_at, last_error, last_status, bytes, sha256, path,
+        validator, total_bytes, durable_bytes, created_at, updated_at, completed_at; topics and
+        sources as JSON array text."""
+        ...
+
+    # --- verify ------------------------------------------------------------------------------
+
+    def done_items(self, after: str = "", limit: int = 500) -> list[DoneItem]:
+        """Done items in id order after `after`: page through them with the last id seen."""
+        ...
+
+    def places(self, ids: Iterable[str]) -> dict[str, ItemPlace]:
+        """State, path and topics of the known ones among `ids`, any number of them."""
+        ...
+
+    def while_done(self, aweme_id: str, sha256: str | None, action: Callable[[], T]) -> T | None:
+        """Run `action` while the item is done with `sha256`, no change to it possible
+        meanwhile; None (without running it) when it is not."""
+        ...
+
+    def requeue_done(
+        self,
+        aweme_id: str,
+        sha256: str | None,
+        reason: str,
+        now: float,
+        before: Callable[[], None],
+    ) -> bool:
+        """If the item is still done with `sha256`: run `before`, then make it pending, due now,
+        with fresh attempts, `reason` as its last error, and no file, digest, size or resume
+        point. Atomic with `before`: if it raises, nothing changes. False, nothing run, when
+        the item is not done with `sha256`."""
+        ...
+
+    def drop_part(self, aweme_id: str, remove: Callable[[], None]) -> bool:
+        """Run `remove` (of an orphan .part) unless the item is pending or active: no download
+        of it can start meanwhile. Its resume point is forgotten. False, nothing run, when the
+        item is pending or active; an unknown item is removed too."""
+        ...
