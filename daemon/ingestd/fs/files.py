@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -22,16 +22,28 @@ from ingestd.policy.settle import FileSignature
 READ_CHUNK = 1024 * 1024
 
 
-@contextlib.contextmanager
-def naming(path: str | PurePath) -> Iterator[None]:
+class _Naming:
+    # A class, not @contextmanager: entered several times per file, on worker threads that
+    # hold the GIL for it (a generator-based one costs several times as much).
+    __slots__ = ("_path",)
+
+    def __init__(self, path: str | PurePath) -> None:
+        self._path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if isinstance(exc, OSError) and error_path(exc) is None:
+            exc.filename = os.fspath(self._path)  # and it is raised on
+
+
+def naming(path: str | PurePath) -> _Naming:
     """OSErrors raised inside name `path` when the call that failed named none (the calls on a
     descriptor: write, fsync, ftruncate, pread...), so every local error says where it was."""
-    try:
-        yield
-    except OSError as exc:
-        if error_path(exc) is None:
-            exc.filename = os.fspath(path)
-        raise
+    return _Naming(path)
 
 
 def error_path(exc: OSError) -> str | None:
