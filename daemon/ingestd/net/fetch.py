@@ -24,6 +24,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import certifi
+import h2.errors
+import h2.events
 import h2.exceptions
 import httpcore
 import httpx
@@ -48,6 +50,7 @@ class FetchFailed(Exception):
         status: int | None = None,
         host_fault: bool = False,
         hint: str = "",
+        goaway: bool = False,
     ) -> None:
         super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
         self.reason = reason
@@ -55,6 +58,9 @@ class FetchFailed(Exception):
         self.status = status
         self.host_fault = host_fault  # the connection died under several requests at once
         self.hint = hint  # what the operator can change (policy.retry HINTS)
+        # The server closed the connection gracefully (GOAWAY, NO_ERROR) under this request:
+        # nothing of the item's; the request (or the rest of the body) may go again at once.
+        self.goaway = goaway
 
 
 class SetupError(Exception):
@@ -276,9 +282,26 @@ def _translate(exc: BaseException, *, in_body: bool) -> FetchFailed:
         )
     if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol, httpcore.UnsupportedProtocol)):
         return FetchFailed(Reason.UNSAFE_URL, _describe(exc))
+    if _graceful_goaway(exc):
+        return FetchFailed(Reason.CONNECTION_ERROR, _describe(exc), goaway=True)
     if in_body and isinstance(exc, _CUT_SHORT):
         return FetchFailed(Reason.TRUNCATED, _describe(exc))
     return FetchFailed(Reason.CONNECTION_ERROR, _describe(exc))
+
+
+def _graceful_goaway(exc: BaseException) -> bool:
+    """Whether httpcore failed this request because the server sent a NO_ERROR GOAWAY: it fails
+    every stream still reading then, even those the server accepted and would finish, so a
+    server that recycles its connections (nginx's keepalive_requests) cuts bodies short."""
+    error: BaseException | None = exc
+    for _ in range(3):  # httpx's error, raised from httpcore's
+        if error is None:
+            return False
+        event = error.args[0] if error.args else None
+        if isinstance(event, h2.events.ConnectionTerminated):
+            return event.error_code == h2.errors.ErrorCodes.NO_ERROR
+        error = error.__cause__
+    return False
 
 
 _UNREACHABLE = (

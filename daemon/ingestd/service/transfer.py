@@ -200,8 +200,13 @@ class _Attempt:
                     attempt=item.attempts,
                     resume_from=offset,
                 )
-            async with self._t._fetcher.get(item.url, headers) as response:
-                outcome = await self._answer(response, offset)
+            try:
+                async with self._t._fetcher.get(item.url, headers) as response:
+                    outcome = await self._answer(response, offset)
+            except FetchFailed as exc:
+                if not exc.goaway:
+                    raise
+                continue  # the server recycled its connection: what came is kept, ask again
             if isinstance(outcome, _Whole):  # published with the stream already given back
                 return await self._publish(outcome.tail, offset)
             if outcome is not None:
