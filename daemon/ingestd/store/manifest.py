@@ -1,5 +1,6 @@
-"""The manifest: one SQLite file holding every item and every extract seen. The only SQL in ingestd.
-`Manifest` meets store.base.ManifestStore; the values it takes and gives are defined there.
+"""The manifest: one SQLite file holding every item and every extract seen (store.postgres keeps
+it in PostgreSQL). `Manifest` meets store.base.ManifestStore; the values it takes and gives are
+defined there.
 
 Durability: WAL with `synchronous=NORMAL`. A crash of the process loses nothing; a power loss can
 lose the last few commits but never corrupts the database. Every such commit is re-derivable:
@@ -10,10 +11,8 @@ state change for no gain in what can be lost for good.
 
 from __future__ import annotations
 
-import collections
 import functools
 import json
-import operator
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,10 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ingestd.policy.merge import Known, State, merge
+from ingestd.policy.merge import Known, State
 from ingestd.policy.naming import topic_folder
 from ingestd.policy.retry import Reason
-from ingestd.policy.urls import may_be_past, origin_of, past_expiry
+from ingestd.policy.urls import origin_of
 from ingestd.store.base import (
     EXPIRED_IDS_KEPT,
     Completion,
@@ -45,6 +44,14 @@ from ingestd.store.base import (
     WrongLibrary,
     library_path,
     same_dir,
+)
+from ingestd.store.merging import (
+    ExpiredTally,
+    chunks,
+    link_counts,
+    other_extracts,
+    plan_chunk,
+    relinked,
 )
 
 if TYPE_CHECKING:  # the CLI reads the manifest without loading the extract parser
@@ -77,7 +84,6 @@ SCHEMA_VERSION = 6
 READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)  # the columns readers use are the same in all
 _CHUNK = 500  # ids per SELECT ... IN (...) and records per write transaction
 _URL_EXPIRED = Reason.URL_EXPIRED.value
-_url = operator.attrgetter("url")
 # Passes over the items of origins that cannot take work (their URL's host:port, worked out
 # per row scanned: only while some origin is busy or cooling, and only over due rows).
 _SKIP = " AND url_origin(url) NOT IN (SELECT value FROM json_each(?))"
@@ -266,33 +272,6 @@ def _id_array(values: tuple[int, ...]) -> str:
     return json.dumps(values)
 
 
-class _ExpiredTally:
-    """ExpiredAtMerge, added up over the chunks of one merge (each item counted once)."""
-
-    def __init__(self) -> None:
-        self._ids: set[str] = set()
-        self._first: list[str] = []
-        self._earliest: int | None = None
-        self._latest: int | None = None
-
-    def add(self, aweme_id: str, expiry: int) -> None:
-        if aweme_id in self._ids:
-            return
-        self._ids.add(aweme_id)
-        if len(self._first) < EXPIRED_IDS_KEPT:
-            self._first.append(aweme_id)
-        self._earliest = expiry if self._earliest is None else min(self._earliest, expiry)
-        self._latest = expiry if self._latest is None else max(self._latest, expiry)
-
-    def summary(self) -> ExpiredAtMerge:
-        return ExpiredAtMerge(len(self._ids), self._earliest, self._latest, tuple(self._first))
-
-
-def _chunks(seq: Sequence[Record], size: int) -> Iterator[Sequence[Record]]:
-    for start in range(0, len(seq), size):
-        yield seq[start : start + size]
-
-
 class Manifest:
     """The SQLite manifest store. Use from one thread at a time (the daemon gives it its own)."""
 
@@ -476,9 +455,9 @@ class Manifest:
         if sha256 is not None:
             with self._write() as db:
                 extract_id = self._open_extract(db, source, sha256, now)
-        expired = _ExpiredTally()
+        expired = ExpiredTally()
         new = updated = 0
-        for chunk in _chunks(records, _CHUNK):
+        for chunk in chunks(records, _CHUNK):
             if self.interrupt.is_set():
                 raise MergeInterrupted(f"stopped after {new + updated} of {len(records)} records")
             with self._write() as db:
@@ -509,7 +488,7 @@ class Manifest:
         source: str,
         now: float,
         extract_id: int | None,
-        tally: _ExpiredTally,
+        tally: ExpiredTally,
     ) -> tuple[int, int]:
         ids = list({r.aweme_id for r in chunk})
         marks = ",".join("?" * len(ids))
@@ -526,52 +505,15 @@ class Manifest:
             )
             links[aweme_id] = () if extract_ids == "[]" else tuple(json.loads(extract_ids))
             sizes[aweme_id] = size
-        inserted: set[str] = set()
-        dirty: set[str] = set()
-        updated: set[str] = set()
-        reset: set[str] = set()
-        relink: set[str] = set()
-        expired: dict[str, int] = {}  # id: the expiry found past at merge
-        raw: dict[str, str] = {}
-        # New items whose URL is dead already are stored expired: most chunks have none.
-        check = may_be_past(map(_url, chunk), now)
-        for record in chunk:
-            aweme_id = record.aweme_id
-            raw[aweme_id] = record.raw
-            current = known.get(aweme_id)
-            if current is None:
-                state = State.PENDING
-                if check and (expiry := past_expiry(record.url, now)) is not None:
-                    state = State.EXPIRED
-                    expired[aweme_id] = expiry
-                known[aweme_id] = Known(record.url, (record.topic,), (source,), state)
-                inserted.add(aweme_id)
-                continue
-            change = merge(current, record.url, record.topic, source)
-            state = change.state
-            if change.reset_attempts:  # expired or failed, given a fresher URL
-                if (expiry := past_expiry(change.url, now)) is not None:
-                    state = State.EXPIRED  # fresher, yet dead too: it stays out of the queue
-                    expired[aweme_id] = expiry
-                else:
-                    expired.pop(aweme_id, None)
-            known[aweme_id] = Known(change.url, change.topics, change.sources, state)
-            if aweme_id in inserted:
-                continue  # a repeat within this chunk folds into the insert
-            dirty.add(aweme_id)
-            if change.changed:
-                updated.add(aweme_id)
-            if change.reset_attempts:
-                reset.add(aweme_id)
-            if change.relink:
-                relink.add(aweme_id)
+        plan = plan_chunk(chunk, known, source, now)
+        known, raw, inserted, dirty = plan.known, plan.raw, plan.inserted, plan.dirty
+        reset, relink, expired = plan.reset, plan.relink, plan.expired
         fresh, lists = self._link(db, extract_id, dirty, links)
         # A new item is pending, or expired when its URL was dead already (and then says so).
         # Written by state, with the constants in the statement: a 200,000-record merge binds
         # no more per row than before extracts were followed.
         linked = "[]" if extract_id is None else _id_array((extract_id,))
-        dead = [i for i in inserted if i in expired] if expired else []
-        alive = [i for i in inserted if i not in expired] if dead else inserted
+        alive, dead = plan.new_rows()
         for rows, values in ((alive, "'pending', NULL"), (dead, f"'expired', '{_URL_EXPIRED}'")):
             if not rows:
                 continue
@@ -625,7 +567,7 @@ class Manifest:
             self._count_links(db, extract_id, len(alive), len(dead), linked_known)
         for aweme_id, expiry in expired.items():
             tally.add(aweme_id, expiry)
-        return len(inserted), len(updated)
+        return len(inserted), len(plan.updated)
 
     @staticmethod
     def _link(
@@ -636,15 +578,11 @@ class Manifest:
     ) -> tuple[list[str], dict[str, str]]:
         """The `extract_ids` of each known item of a chunk, with this extract added, and the
         items that were not linked to it yet. Extracts that completed are dropped from the
-        lists (nothing follows their items any more): a list holds open extracts only."""
+        lists (see merging.relinked)."""
         if extract_id is None:
             return [], {i: _id_array(links[i]) for i in dirty}
-        lists = {}
-        fresh = []
-        seen = {x for i in dirty for x in links[i]}
-        seen.discard(extract_id)
-        open_ids = {extract_id}
-        if seen:
+        open_ids: set[int] = set()
+        if seen := other_extracts(extract_id, dirty, links):
             open_ids.update(
                 row[0]
                 for row in db.execute(
@@ -653,14 +591,8 @@ class Manifest:
                     (json.dumps(sorted(seen)),),
                 )
             )
-        for i in dirty:
-            linked = links[i]
-            kept = tuple(x for x in linked if x in open_ids)
-            if extract_id not in linked:
-                kept = (*kept, extract_id)
-                fresh.append(i)
-            lists[i] = _id_array(kept)
-        return fresh, lists
+        fresh, lists = relinked(extract_id, dirty, links, open_ids)
+        return fresh, {i: _id_array(kept) for i, kept in lists.items()}
 
     @staticmethod
     def _count_links(
@@ -673,23 +605,11 @@ class Manifest:
         """Add the items just linked to the extract to its counts, each by the state it has
         now (the trigger extract_progress_update moves them from there on): `pending` and
         `expired` new ones, and known `items` (state, bytes)."""
-        states = collections.Counter(state for state, _ in items)
-        states[State.PENDING] += pending
-        states[State.EXPIRED] += expired
-        size = sum(size or 0 for state, size in items if state is State.DONE)
         db.execute(
             "UPDATE extract_progress SET items = items + ?, outstanding = outstanding + ?,"
             " done = done + ?, expired = expired + ?, failed = failed + ?, bytes = bytes + ?"
             " WHERE id = ? AND completed_at IS NULL",
-            (
-                pending + expired + len(items),
-                states[State.PENDING] + states[State.ACTIVE],
-                states[State.DONE],
-                states[State.EXPIRED],
-                states[State.FAILED],
-                size,
-                extract_id,
-            ),
+            (*link_counts(pending, expired, items), extract_id),
         )
 
     # --- the download queue ---------------------------------------------------------------

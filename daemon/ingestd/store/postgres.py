@@ -1,0 +1,1349 @@
+"""The manifest on PostgreSQL: the store of store.manifest (SQLite), for many daemons, on one host
+or several, draining one queue. `PostgresManifest` meets store.base.ManifestStore; the contract
+suite (tests/contract) runs on both.
+
+psycopg 3 is imported here only (the `postgres` extra). Its errors become ManifestError at this
+boundary, and no message carries a password: the DSN may hold one (as may PGPASSFILE or the
+environment), so what is shown of it goes through redact_dsn.
+
+Concurrency. Each write is one transaction (READ COMMITTED). What it checks before it acts it
+reads FOR UPDATE; where there is no row to lock yet (an item a merge may bring, the data dir
+not recorded yet) an advisory transaction lock stands in: merges take `_MERGE_LOCK` per chunk.
+Claims lock with SKIP LOCKED: claimers never wait for each other, and no item is claimed twice.
+Writers that lock several items by id lock them in id order (aweme_id is COLLATE "C", Python's
+order); a deadlock that remains (a statement locking by predicate against one locking by id) is
+retried, unless the transaction ran a callback.
+
+Counts. SQLite keeps item_totals and extract_progress by triggers that update one row per state
+or extract. Here every writer of every node would queue on those rows (and deadlock, taking
+them in different orders), so the trigger `items_moved` appends a row of deltas instead
+(item_totals, extract_moves), readers sum them, and `_fold` sums them into one row every few
+seconds, so there are never many. Only merges insert items: they append their own deltas.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import psycopg
+from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
+
+from ingestd.policy.merge import Known, State
+from ingestd.policy.naming import topic_folder
+from ingestd.policy.retry import Reason
+from ingestd.policy.urls import origin_of
+from ingestd.store.base import (
+    Completion,
+    Counts,
+    DoneItem,
+    ExtractProgress,
+    Item,
+    ItemPlace,
+    ItemSummary,
+    ManifestError,
+    ManifestStore,
+    MergeCounts,
+    MergeInterrupted,
+    Relink,
+    SettledExtract,
+    T,
+    WrongLibrary,
+    library_path,
+    same_dir,
+)
+from ingestd.store.merging import (
+    ChunkPlan,
+    ExpiredTally,
+    chunks,
+    link_counts,
+    other_extracts,
+    plan_chunk,
+    relinked,
+)
+from ingestd.store.open import dsn_passwords, redact_dsn
+
+if TYPE_CHECKING:
+    from ingestd.policy.extract import Record
+
+Cursor = psycopg.Cursor[TupleRow]
+R = TypeVar("R")
+
+SCHEMA_VERSION = 1
+_CHUNK = 500  # ids per listing fetch, done items per verify page
+_MERGE_CHUNK = 5_000  # records per merge transaction: its rows stay locked until it commits
+_IDS_PER_READ = 10_000  # ids bound in one `= ANY(%s)`
+_RETRIES = 3  # a transaction chosen as a deadlock's victim runs again, up to this many times
+_FOLD_EVERY = 5.0  # seconds between two folds of the counts by a store that writes
+_LOCK_TIMEOUT_MS = 30_000  # a lock wait this long is a stuck session elsewhere: fail the write
+_CONNECT_TIMEOUT = 10
+_URL_EXPIRED = Reason.URL_EXPIRED.value
+_META_DATA_DIR = "data_dir"
+# Advisory lock keys (bigint): "ingestd" in ASCII, then a number.
+_MIGRATION_LOCK = 0x696E6765737464_01
+_MERGE_LOCK = 0x696E6765737464_02
+_META_LOCK = 0x696E6765737464_03
+_FOLD_LOCK = 0x696E6765737464_04
+_TRANSIENT = (errors.DeadlockDetected, errors.SerializationFailure)
+
+_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+# Each one runs in a transaction of its own, recorded in schema_migrations by the same.
+_MIGRATIONS: dict[int, str] = {
+    # The SQLite schema at its version 6, with these differences. `origin` and `folders` are
+    # derived in Python (policy.urls.origin_of, policy.naming.topic_folder) whenever the URL or
+    # topics are written: SQLite calls Python from SQL for them. A topic is kept as its JSON
+    # text (ensure_ascii, as SQLite's JSON arrays): a lone surrogate or NUL is legal there,
+    # not in PostgreSQL text. item_totals and extract_moves are logs of deltas (see the module
+    # docstring); extract_progress holds the sums folded so far, frozen once completed.
+    1: r"""
+    CREATE TABLE items (
+        aweme_id        text COLLATE "C" PRIMARY KEY,  -- byte order, as Python compares ids
+        url             text NOT NULL,
+        origin          text NOT NULL,                 -- origin_of(url): host:port
+        topics          text[] NOT NULL,               -- each topic's JSON text; the first
+                                                       -- names the folder the file is in
+        folders         text[] NOT NULL,               -- topic_folder() of each topic
+        state           text NOT NULL CHECK (state IN
+                            ('pending', 'active', 'done', 'expired', 'failed')),
+        held            boolean NOT NULL DEFAULT false, -- pending, claimed ahead of a slot
+        attempts        integer NOT NULL DEFAULT 0,
+        next_attempt_at double precision NOT NULL DEFAULT 0,  -- epoch seconds
+        last_error      text,
+        last_status     integer,
+        bytes           bigint,
+        sha256          text,
+        path            text,                          -- relative to media_assets, when done
+        validator       text,                          -- ETag or Last-Modified of the .part
+        durable_bytes   bigint NOT NULL DEFAULT 0,
+        total_bytes     bigint,
+        relink          boolean NOT NULL DEFAULT false,
+        sources         text NOT NULL,                 -- JSON array of extract file names
+        record          text NOT NULL,                 -- the raw record
+        extract_ids     integer[] NOT NULL DEFAULT '{}', -- the open extracts that brought it
+        created_at      double precision NOT NULL,
+        updated_at      double precision NOT NULL,
+        completed_at    double precision
+    );
+    CREATE INDEX items_due ON items (state, next_attempt_at);
+    CREATE INDEX items_origin ON items (origin, next_attempt_at) WHERE state = 'pending';
+    CREATE INDEX items_relink ON items (aweme_id) WHERE relink;
+    -- The queue's age (oldest_pending), asked every few seconds by every daemon: a read of
+    -- one entry, where SQLite scans the pending items.
+    CREATE INDEX items_pending_age ON items (created_at) WHERE state = 'pending';
+
+    CREATE TABLE extracts (
+        id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        path         text NOT NULL,
+        sha256       text NOT NULL,
+        size         bigint NOT NULL,
+        status       text NOT NULL CHECK (status IN ('merged', 'rejected', 'duplicate')),
+        reason       text,
+        records      integer NOT NULL DEFAULT 0,
+        new          integer NOT NULL DEFAULT 0,
+        updated      integer NOT NULL DEFAULT 0,
+        unusable     integer NOT NULL DEFAULT 0,
+        processed_at double precision NOT NULL,
+        UNIQUE (path, sha256)
+    );
+    CREATE INDEX extracts_sha ON extracts (sha256, status);
+
+    CREATE TABLE extract_progress (
+        id           integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        path         text NOT NULL,
+        sha256       text NOT NULL,
+        started_at   double precision NOT NULL,  -- the merge began
+        merged_at    double precision,           -- the merge was recorded: no more items come
+        completed_at double precision,           -- reported: the counts stop here
+        items        bigint NOT NULL DEFAULT 0,  -- these six: folded from extract_moves
+        outstanding  bigint NOT NULL DEFAULT 0,  -- pending or active
+        done         bigint NOT NULL DEFAULT 0,
+        expired      bigint NOT NULL DEFAULT 0,
+        failed       bigint NOT NULL DEFAULT 0,
+        bytes        bigint NOT NULL DEFAULT 0,  -- of the done ones
+        UNIQUE (path, sha256)
+    );
+    CREATE INDEX extract_progress_open ON extract_progress (id) WHERE completed_at IS NULL;
+    CREATE TABLE extract_moves (
+        extract_id  integer NOT NULL,
+        items       bigint NOT NULL DEFAULT 0,
+        outstanding bigint NOT NULL DEFAULT 0,
+        done        bigint NOT NULL DEFAULT 0,
+        expired     bigint NOT NULL DEFAULT 0,
+        failed      bigint NOT NULL DEFAULT 0,
+        bytes       bigint NOT NULL DEFAULT 0
+    );
+    CREATE INDEX extract_moves_extract ON extract_moves (extract_id);
+    -- An open extract's counts are its folded ones plus its moves not folded yet.
+    CREATE VIEW extract_counts AS
+        SELECT p.id, p.path, p.sha256,
+            p.items + coalesce(m.items, 0) AS items,
+            p.outstanding + coalesce(m.outstanding, 0) AS outstanding,
+            p.done + coalesce(m.done, 0) AS done,
+            p.expired + coalesce(m.expired, 0) AS expired,
+            p.failed + coalesce(m.failed, 0) AS failed,
+            p.bytes + coalesce(m.bytes, 0) AS bytes,
+            p.merged_at, p.completed_at
+        FROM extract_progress AS p
+        LEFT JOIN LATERAL (
+            SELECT sum(items)::bigint AS items, sum(outstanding)::bigint AS outstanding,
+                sum(done)::bigint AS done, sum(expired)::bigint AS expired,
+                sum(failed)::bigint AS failed, sum(bytes)::bigint AS bytes
+            FROM extract_moves WHERE extract_id = p.id
+        ) AS m ON p.completed_at IS NULL;
+
+    CREATE TABLE item_totals (
+        pending    bigint NOT NULL DEFAULT 0,
+        active     bigint NOT NULL DEFAULT 0,
+        done       bigint NOT NULL DEFAULT 0,
+        expired    bigint NOT NULL DEFAULT 0,
+        failed     bigint NOT NULL DEFAULT 0,
+        done_bytes bigint NOT NULL DEFAULT 0
+    );
+
+    CREATE TABLE meta (
+        key   text PRIMARY KEY,
+        value text NOT NULL
+    );
+
+    -- A change of an item's state or bytes (an update or a delete), whatever makes it: its
+    -- move in item_totals, and in each open extract it is linked to, when it enters or leaves
+    -- a final state or its bytes change while done (as SQLite's extract_progress_update).
+    CREATE FUNCTION ingestd_item_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        new_state text := CASE WHEN TG_OP = 'UPDATE' THEN NEW.state ELSE '' END;
+        new_bytes bigint := CASE WHEN new_state = 'done' THEN coalesce(NEW.bytes, 0) ELSE 0 END;
+        old_bytes bigint := CASE WHEN OLD.state = 'done' THEN coalesce(OLD.bytes, 0) ELSE 0 END;
+        finals constant text[] := '{done,expired,failed}';
+    BEGIN
+        IF new_state <> OLD.state OR new_bytes <> old_bytes THEN
+            INSERT INTO item_totals (pending, active, done, expired, failed, done_bytes)
+            VALUES (
+                (new_state = 'pending')::int - (OLD.state = 'pending')::int,
+                (new_state = 'active')::int - (OLD.state = 'active')::int,
+                (new_state = 'done')::int - (OLD.state = 'done')::int,
+                (new_state = 'expired')::int - (OLD.state = 'expired')::int,
+                (new_state = 'failed')::int - (OLD.state = 'failed')::int,
+                new_bytes - old_bytes);
+        END IF;
+        IF cardinality(OLD.extract_ids) > 0 AND (
+            TG_OP = 'DELETE'
+            OR (new_state <> OLD.state
+                AND (OLD.state = ANY (finals) OR new_state = ANY (finals)))
+            OR (new_state = 'done' AND OLD.bytes IS DISTINCT FROM NEW.bytes))
+        THEN
+            INSERT INTO extract_moves (extract_id, items, outstanding, done, expired, failed,
+                bytes)
+            SELECT id, -(TG_OP = 'DELETE')::int,
+                (new_state IN ('pending', 'active'))::int
+                    - (OLD.state IN ('pending', 'active'))::int,
+                (new_state = 'done')::int - (OLD.state = 'done')::int,
+                (new_state = 'expired')::int - (OLD.state = 'expired')::int,
+                (new_state = 'failed')::int - (OLD.state = 'failed')::int,
+                new_bytes - old_bytes
+            FROM extract_progress
+            WHERE id = ANY (OLD.extract_ids) AND completed_at IS NULL;
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER items_moved AFTER UPDATE OF state, bytes ON items FOR EACH ROW
+        WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.bytes IS DISTINCT FROM NEW.bytes)
+        EXECUTE FUNCTION ingestd_item_moved();
+    CREATE TRIGGER items_deleted AFTER DELETE ON items FOR EACH ROW
+        EXECUTE FUNCTION ingestd_item_moved();
+    """,
+}
+
+# Folding (under _FOLD_LOCK): the deltas become one row; those of completed extracts go, their
+# counts frozen. Rows appended meanwhile are not in the statement's snapshot and stay.
+_FOLD_TOTALS = """
+WITH gone AS (DELETE FROM item_totals RETURNING *)
+INSERT INTO item_totals (pending, active, done, expired, failed, done_bytes)
+SELECT sum(pending), sum(active), sum(done), sum(expired), sum(failed), sum(done_bytes)
+FROM gone HAVING count(*) > 0
+"""
+_FOLD_MOVES = """
+WITH gone AS (DELETE FROM extract_moves RETURNING *),
+sums AS (
+    SELECT extract_id, sum(items) AS items, sum(outstanding) AS outstanding, sum(done) AS done,
+        sum(expired) AS expired, sum(failed) AS failed, sum(bytes) AS bytes
+    FROM gone GROUP BY extract_id
+)
+UPDATE extract_progress AS p SET items = p.items + s.items,
+    outstanding = p.outstanding + s.outstanding, done = p.done + s.done,
+    expired = p.expired + s.expired, failed = p.failed + s.failed, bytes = p.bytes + s.bytes
+FROM sums AS s WHERE p.id = s.extract_id AND p.completed_at IS NULL
+"""
+
+# A known item of a merge chunk, as merging rewrites it (see _merge_chunk). The ids are bound
+# too: merge_rows has no statistics, and without them the planner hashes all of items.
+_MERGE_ROWS = """
+CREATE TEMP TABLE IF NOT EXISTS merge_rows (
+    aweme_id    text COLLATE "C" NOT NULL,
+    url         text NOT NULL,
+    origin      text,              -- NULL: the URL stays
+    topics      text[] NOT NULL,
+    folders     text[] NOT NULL,
+    sources     text NOT NULL,
+    state       text NOT NULL,
+    record      text NOT NULL,
+    extract_ids integer[] NOT NULL,
+    reset       boolean NOT NULL,
+    last_error  text,
+    expired     boolean NOT NULL,
+    relink      boolean NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+_MERGE_UPDATE = """
+UPDATE items AS i SET url = m.url, origin = coalesce(m.origin, i.origin), topics = m.topics,
+    folders = m.folders, sources = m.sources, state = m.state, record = m.record, updated_at = %s,
+    extract_ids = m.extract_ids,
+    attempts = CASE WHEN m.reset THEN 0 ELSE i.attempts END,
+    next_attempt_at = CASE WHEN m.reset THEN 0 ELSE i.next_attempt_at END,
+    last_error = CASE WHEN m.reset THEN m.last_error ELSE i.last_error END,
+    last_status = CASE WHEN m.expired THEN NULL ELSE i.last_status END,
+    relink = i.relink OR m.relink
+FROM merge_rows AS m WHERE i.aweme_id = m.aweme_id AND i.aweme_id = ANY (%s)
+"""
+_INSERT_COLUMNS = (
+    "aweme_id, url, origin, topics, folders, sources, record, state, last_error, extract_ids,"
+    " created_at, updated_at"
+)
+
+# Locks the items of `ids` that meet a condition, in id order, ahead of an UPDATE ... FROM mine.
+_MINE = (
+    "WITH mine AS (SELECT aweme_id FROM items WHERE aweme_id = ANY (%s) AND {}"
+    " ORDER BY aweme_id FOR UPDATE)"
+)
+
+# What item() gives: SQLite's columns (as `SELECT *` there), and the origin.
+_ITEM_COLUMNS = (
+    "aweme_id, url, origin, topics, state, attempts, held, next_attempt_at, last_error,"
+    " last_status, bytes, sha256, path, validator, total_bytes, durable_bytes, relink, sources,"
+    " record, extract_ids, created_at, updated_at, completed_at"
+)
+
+
+def _scrub(message: str, dsn: str) -> str:
+    """A message about `dsn` without its password, in any spelling (libpq's parse too)."""
+    secrets = dsn_passwords(dsn)
+    try:
+        parsed = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        parsed = None
+    if isinstance(parsed, str) and parsed:
+        secrets.add(parsed)
+    for secret in sorted(secrets, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return redact_dsn(message.strip())
+
+
+# --- values as stored ----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def _stored_topics(topics: tuple[str | None, ...]) -> list[str]:
+    """Topics as stored: each one's JSON text (a list: psycopg sends it as an array)."""
+    return [json.dumps(t) for t in topics]
+
+
+@functools.lru_cache(maxsize=4096)
+def _topic_literals(topics: tuple[str | None, ...]) -> tuple[str, str]:
+    """The `topics` and `folders` of a row, as array literals for COPY: a merge writes the same
+    few topic lists over and over, and psycopg's list dumper costs more than the rest of it."""
+    return _array_literal(_stored_topics(topics)), _array_literal(map(topic_folder, topics))
+
+
+def _array_literal(values: Iterable[str]) -> str:
+    quoted = (v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
+    return "{" + ",".join(f'"{v}"' for v in quoted) + "}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _id_literal(ids: tuple[int, ...]) -> str:
+    return "{" + ",".join(map(str, ids)) + "}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _topics(stored: tuple[str, ...]) -> tuple[str | None, ...]:
+    """Stored topics back as Python values."""
+    return tuple(json.loads("[" + ", ".join(stored) + "]"))
+
+
+def _topics_of(stored: list[str]) -> tuple[str | None, ...]:
+    return _topics(tuple(stored))
+
+
+@functools.lru_cache(maxsize=4096)
+def _sources(stored: str) -> tuple[str, ...]:
+    return tuple(json.loads(stored))
+
+
+@functools.lru_cache(maxsize=4096)
+def _json_array(values: tuple[str, ...]) -> str:
+    # A merge encodes the same few source lists over and over.
+    return json.dumps(values)
+
+
+def _storable(text: str) -> bool:
+    """Whether PostgreSQL text can hold `text` (no NUL, no lone surrogate)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# --- the store -----------------------------------------------------------------------------------
+
+
+class PostgresManifest:
+    """The manifest in a PostgreSQL database. One connection: use from one thread at a time
+    (the daemon gives it its own). Many stores, in one process or many, may share a database."""
+
+    def __init__(self, conn: psycopg.Connection[TupleRow], dsn: str, *, readonly: bool) -> None:
+        self._conn = conn
+        self._dsn = dsn  # never shown: redact_dsn
+        self._readonly = readonly
+        self._cursors = itertools.count(1)
+        self._fold_due = time.monotonic() + _FOLD_EVERY
+        self._wrote = False  # since the last fold
+        # Set from another thread to end a long merge between two transactions (shutdown).
+        self.interrupt = threading.Event()
+
+    @classmethod
+    def open(cls, dsn: str, *, readonly: bool = False) -> PostgresManifest:
+        """Connect to the database `dsn` names and (unless `readonly`) create or migrate the
+        manifest's schema there. A schema newer than this code, or none when `readonly`,
+        raises ManifestError."""
+        conn = _connect(dsn, readonly)
+        try:
+            if readonly:
+                _check_version(conn)
+            else:
+                _migrate(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            raise ManifestError(f"{redact_dsn(dsn)}: {_scrub(str(exc), dsn)}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, dsn, readonly=readonly)
+
+    def close(self) -> None:
+        """Fold the counts this store moved, and disconnect."""
+        if self._wrote and not self._conn.closed:
+            self._fold()
+        self._conn.close()
+
+    # --- transactions ---------------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[TupleRow]:
+        """The connection, made again if it broke (a server restart, a network cut): the
+        call that saw it break failed, the next one goes on."""
+        if self._conn.closed:
+            self._conn = _connect(self._dsn, self._readonly)
+        return self._conn
+
+    def _error(self, exc: psycopg.Error) -> ManifestError:
+        return ManifestError(_scrub(str(exc), self._dsn))
+
+    def _write(self, body: Callable[[Cursor], R], *, retry: bool = True) -> R:
+        """Run `body` in one transaction and commit. A deadlock victim runs again when `retry`
+        (a body that only speaks SQL); other database errors raise ManifestError, anything
+        `body` raises rolls back and passes on."""
+        for attempt in itertools.count(1):
+            try:
+                conn = self._connection()
+                with conn.transaction(), conn.cursor() as cur:
+                    result = body(cur)
+            except _TRANSIENT as exc:
+                if retry and attempt < _RETRIES:
+                    continue
+                raise self._error(exc) from exc
+            except psycopg.Error as exc:
+                raise self._error(exc) from exc
+            break
+        self._wrote = True
+        if time.monotonic() >= self._fold_due:
+            self._fold()
+        return result
+
+    def _read(self, query: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """All rows of one statement (its own snapshot, no transaction held)."""
+        try:
+            return self._connection().execute(query, params).fetchall()
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+
+    def _read_one(self, query: str, params: Sequence[object] = ()) -> tuple[Any, ...] | None:
+        rows = self._read(query, params)
+        return rows[0] if rows else None
+
+    def _fold(self) -> None:
+        """Sum the deltas of the counts into one row each, unless another store is at it."""
+        self._fold_due = time.monotonic() + _FOLD_EVERY
+        self._wrote = False
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (_FOLD_LOCK,))
+                row = cur.fetchone()
+                if row is not None and row[0]:
+                    cur.execute(_FOLD_TOTALS)
+                    cur.execute(_FOLD_MOVES)
+        except psycopg.Error:
+            pass  # housekeeping: the deltas stay, correct as they are, for the next fold
+
+    # --- the library it belongs to ---------------------------------------------------------
+
+    def recorded_data_dir(self) -> str | None:
+        """The data dir recorded by the first `ingestd run`, or None: not recorded yet."""
+        row = self._read_one("SELECT value FROM meta WHERE key = %s", (_META_DATA_DIR,))
+        return None if row is None else str(row[0])
+
+    def check_data_dir(self, data_dir: Path) -> None:
+        """Raise WrongLibrary if another data dir is recorded. None recorded is accepted."""
+        recorded = self.recorded_data_dir()
+        if recorded is not None and not same_dir(recorded, data_dir):
+            raise WrongLibrary(recorded, library_path(data_dir))
+
+    def bind_data_dir(self, data_dir: Path, *, replace: bool = False) -> str | None:
+        """Record `data_dir` (resolved) as this manifest's library; returns what was recorded
+        before. Another data dir already recorded raises WrongLibrary, unless `replace`."""
+        wanted = library_path(data_dir)
+
+        def bind(cur: Cursor) -> str | None:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_META_LOCK,))
+            row = cur.execute("SELECT value FROM meta WHERE key = %s", (_META_DATA_DIR,)).fetchone()
+            recorded = None if row is None else str(row[0])
+            if recorded is not None and not replace and not same_dir(recorded, data_dir):
+                raise WrongLibrary(recorded, wanted)
+            if recorded != wanted:
+                cur.execute(
+                    "INSERT INTO meta (key, value) VALUES (%s, %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (_META_DATA_DIR, wanted),
+                )
+            return recorded
+
+        return self._write(bind)
+
+    # --- extracts -------------------------------------------------------------------------
+
+    def extract_status(self, path: str, sha256: str) -> str | None:
+        """How this exact (path, content) was handled before, or None if never seen."""
+        row = self._read_one(
+            "SELECT status FROM extracts WHERE path = %s AND sha256 = %s", (path, sha256)
+        )
+        return None if row is None else str(row[0])
+
+    def content_merged(self, sha256: str) -> bool:
+        """True when some extract with this content was merged already."""
+        row = self._read_one(
+            "SELECT 1 FROM extracts WHERE sha256 = %s AND status = 'merged' LIMIT 1", (sha256,)
+        )
+        return row is not None
+
+    def record_extract(
+        self,
+        path: str,
+        sha256: str,
+        size: int,
+        status: str,
+        now: float,
+        reason: str | None = None,
+        counts: tuple[int, int, int, int] = (0, 0, 0, 0),
+    ) -> None:
+        """Remember how an extract version was handled. Recording it `merged` also closes its
+        list of items (merge with its sha256): from now on it may complete."""
+
+        def record(cur: Cursor) -> None:
+            cur.execute(
+                "INSERT INTO extracts (path, sha256, size, status, reason, records, new,"
+                " updated, unusable, processed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (path, sha256) DO UPDATE SET status = excluded.status,"
+                " reason = excluded.reason, processed_at = excluded.processed_at",
+                (path, sha256, size, status, reason, *counts, now),
+            )
+            if status == "merged":
+                cur.execute(
+                    "UPDATE extract_progress SET merged_at = %s"
+                    " WHERE path = %s AND sha256 = %s AND merged_at IS NULL",
+                    (now, path, sha256),
+                )
+
+        self._write(record)
+
+    def settled_extracts(self) -> list[SettledExtract]:
+        """Merged extracts whose items are all final (done, expired or failed) and that were
+        not reported yet, oldest first. Open extracts are few, and each has few moves."""
+        rows = self._read(
+            "SELECT id, path, sha256, items, done, expired, failed, bytes, merged_at"
+            " FROM extract_counts WHERE completed_at IS NULL AND merged_at IS NOT NULL"
+            " AND outstanding = 0 ORDER BY id"
+        )
+        return [SettledExtract(*row) for row in rows]
+
+    def extract_progress(self, path: str, sha256: str) -> ExtractProgress | None:
+        """Where the extract version merged with `sha256` stands, or None."""
+        row = self._read_one(
+            "SELECT id, path, sha256, items, outstanding, done, expired, failed, bytes,"
+            " merged_at, completed_at FROM extract_counts WHERE path = %s AND sha256 = %s",
+            (path, sha256),
+        )
+        return None if row is None else ExtractProgress(*row)
+
+    def close_extracts(self, ids: Sequence[int], now: float) -> int:
+        """Mark extracts reported: never reported again, and their counts stay as reported (their
+        moves are folded in first, under the fold's lock). Returns how many were still open."""
+
+        def close(cur: Cursor) -> int:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_FOLD_LOCK,))
+            cur.execute(_FOLD_MOVES)
+            cur.execute(
+                "UPDATE extract_progress SET completed_at = %s"
+                " WHERE id = ANY (%s) AND completed_at IS NULL",
+                (now, list(ids)),
+            )
+            return cur.rowcount
+
+        return self._write(close)
+
+    # --- merging --------------------------------------------------------------------------
+
+    def merge(
+        self, records: Sequence[Record], source: str, now: float, sha256: str | None = None
+    ) -> MergeCounts:
+        """Merge records into the manifest, in transactions of `_MERGE_CHUNK` records, one
+        merge at a time (`_MERGE_LOCK`: only merges insert items). With `sha256`, each item is
+        linked to the extract (see record_extract and settled_extracts)."""
+        extract_id = None
+        if sha256 is not None:
+            extract_id = self._write(lambda cur: _open_extract(cur, source, sha256, now))
+        tally = ExpiredTally()
+        new = updated = 0
+        for chunk in chunks(records, _MERGE_CHUNK):
+            if self.interrupt.is_set():
+                raise MergeInterrupted(f"stopped after {new + updated} of {len(records)} records")
+            write = functools.partial(
+                _merge_chunk, chunk=chunk, source=source, now=now, extract_id=extract_id
+            )
+            plan = self._write(write)
+            new += len(plan.inserted)
+            updated += len(plan.updated)
+            for aweme_id, expiry in plan.expired.items():
+                tally.add(aweme_id, expiry)
+        return MergeCounts(len(records), new, updated, tally.summary())
+
+    # --- the download queue ---------------------------------------------------------------
+
+    def reset_active(self, now: float) -> int:
+        """Put items left `active` (by a crash) back to pending, and let go of those that were
+        only claimed ahead. Returns how many were active: a crash costs those their attempt."""
+
+        def reset(cur: Cursor) -> int:
+            cur.execute("UPDATE items SET held = false WHERE held")
+            cur.execute(
+                "UPDATE items SET state = 'pending', updated_at = %s WHERE state = 'active'",
+                (now,),
+            )
+            return cur.rowcount
+
+        return self._write(reset)
+
+    def release(self, ids: Iterable[str], now: float, due: float = 0.0) -> None:
+        """Return claimed items (running or held) to pending, due at `due`, without using up an
+        attempt (a clean shutdown, a pause, a host cooling down)."""
+        wanted = list(ids)
+        if not wanted:
+            return
+        self._write(
+            lambda cur: cur.execute(
+                _MINE.format("(state = 'active' OR held)") + " UPDATE items AS i SET held = false,"
+                " next_attempt_at = greatest(i.next_attempt_at, %s),"
+                " attempts = CASE i.state WHEN 'active' THEN greatest(i.attempts - 1, 0)"
+                " ELSE i.attempts END, state = 'pending', updated_at = %s"
+                " FROM mine WHERE i.aweme_id = mine.aweme_id",
+                (wanted, due, now),
+            )
+        )
+
+    def claim_due(self, now: float, limit: int) -> list[Item]:
+        """Atomically move up to `limit` due pending items to active and return them."""
+        return self.claim(now, limit, 0)[0]
+
+    def claim(
+        self,
+        now: float,
+        start: int,
+        hold: int,
+        skip: Sequence[str] = (),
+        mark: Sequence[str] = (),
+    ) -> tuple[list[Item], list[Item]]:
+        """In one transaction, the next due items: `start` of them made active (an attempt
+        counted), then `hold` more claimed ahead (held: pending, no attempt counted). Items of
+        the origins in `skip` are passed over; the held items in `mark` are started first.
+        Rows another claim has locked are passed over too (SKIP LOCKED): claims on several
+        connections never wait for each other, and never take one item twice."""
+        if start <= 0 and hold <= 0 and not mark:
+            return [], []
+
+        def claim(cur: Cursor) -> tuple[list[Item], list[Item]]:
+            _start_held(cur, mark, now)
+            change = "state = 'active', attempts = i.attempts + 1"
+            started = _claim(cur, now, change, start, skip)
+            held = _claim(cur, now, "held = true", hold, skip)
+            return started, held
+
+        return self._write(claim)
+
+    def defer_origin(self, origin: str, until: float, now: float) -> int:
+        """Make every pending item of `origin` (host:port) due no sooner than `until`: its host
+        is cooling down, and claims should find other hosts' items. Returns how many moved."""
+        return self._write(
+            lambda cur: (
+                cur.execute(
+                    "UPDATE items SET next_attempt_at = %s, updated_at = %s WHERE origin = %s"
+                    " AND state = 'pending' AND NOT held AND next_attempt_at < %s",
+                    (until, now, origin, until),
+                ).rowcount
+            )
+        )
+
+    def start_held(self, ids: Sequence[str], now: float) -> list[int | None]:
+        """Make held items active, counting their attempt. Per id, in order: its attempt
+        number, or None when it is no longer held (handed back, or its outcome written)."""
+        if not ids:
+            return []
+        return self._write(lambda cur: _start_held(cur, ids, now))
+
+    def next_due(self, skip: Sequence[str] = ()) -> float | None:
+        """The earliest retry time among pending items not claimed (and not of the origins
+        in `skip`), or None when there is none."""
+        if not skip:
+            row = self._read_one(
+                "SELECT min(next_attempt_at) FROM items WHERE state = 'pending' AND NOT held"
+            )
+        else:  # in index order, stopping at the first
+            row = self._read_one(
+                "SELECT next_attempt_at FROM items WHERE state = 'pending' AND NOT held"
+                " AND origin <> ALL (%s) ORDER BY next_attempt_at LIMIT 1",
+                (list(skip),),
+            )
+        return None if row is None or row[0] is None else float(row[0])
+
+    def set_part(
+        self, aweme_id: str, validator: str | None, total: int | None, durable: int
+    ) -> None:
+        """Record what the .part is resumed under: the validator (ETag or Last-Modified) it was
+        written under, the file size declared, and how many of its bytes are durable."""
+        self._write(
+            lambda cur: cur.execute(
+                "UPDATE items SET validator = %s, total_bytes = %s, durable_bytes = %s"
+                " WHERE aweme_id = %s",
+                (validator, total, durable, aweme_id),
+            )
+        )
+
+    def complete_many(self, done: Sequence[Completion]) -> list[bool]:
+        """Mark items done with size, digest and relative path, in one transaction, written in
+        id order (the lock order). One flag per item, in order: True when topics arrived during
+        its download that its `linked_topics` do not cover (it needs a relink)."""
+        if not done:
+            return []
+        order = sorted(range(len(done)), key=lambda n: done[n].aweme_id)
+
+        def complete(cur: Cursor) -> list[bool]:
+            cur.executemany(
+                "UPDATE items SET state = 'done', bytes = %s, sha256 = %s, path = %s,"
+                " held = false, attempts = attempts + held::int, validator = NULL,"
+                " durable_bytes = 0, total_bytes = NULL, last_error = NULL, last_status = NULL,"
+                " completed_at = %s, updated_at = %s, relink = (topics <> %s::text[])"
+                " WHERE aweme_id = %s RETURNING relink",
+                [
+                    (
+                        c.size,
+                        c.sha256,
+                        c.path,
+                        c.now,
+                        c.now,
+                        _stored_topics(tuple(c.linked_topics)),
+                        c.aweme_id,
+                    )
+                    for c in (done[n] for n in order)
+                ],
+                returning=True,
+            )
+            flags = [False] * len(done)
+            for n in order:
+                row = cur.fetchone()
+                flags[n] = bool(row and row[0])
+                cur.nextset()
+            return flags
+
+        return self._write(complete)
+
+    def finish_failed(
+        self,
+        aweme_id: str,
+        attempted_url: str,
+        state: State,
+        reason: str,
+        status: int | None,
+        next_attempt_at: float,
+        refund_attempt: bool,
+        now: float,
+    ) -> State:
+        """Record a failed attempt. If a newer URL arrived meanwhile, the item is simply pending
+        again with fresh attempts. Returns the state the item ended in."""
+
+        def finish(cur: Cursor) -> State:
+            row = cur.execute(
+                "SELECT url, state, held FROM items WHERE aweme_id = %s FOR UPDATE", (aweme_id,)
+            ).fetchone()
+            if row is None:
+                return state
+            url, current, held = row
+            # In flight: active, or still held if its start is not written yet (then its
+            # attempt is counted here).
+            if not (current == State.ACTIVE.value or (current == State.PENDING.value and held)):
+                return State(current)
+            if url != attempted_url:
+                cur.execute(
+                    "UPDATE items SET state = 'pending', attempts = 0, next_attempt_at = 0,"
+                    " held = false, last_error = %s, last_status = %s, updated_at = %s"
+                    " WHERE aweme_id = %s",
+                    (reason, status, now, aweme_id),
+                )
+                return State.PENDING
+            cur.execute(
+                "UPDATE items SET state = %s, next_attempt_at = %s, last_error = %s,"
+                " last_status = %s, attempts = greatest(attempts + held::int - %s, 0),"
+                " held = false, updated_at = %s WHERE aweme_id = %s",
+                (state.value, next_attempt_at, reason, status, int(refund_attempt), now, aweme_id),
+            )
+            return state
+
+        return self._write(finish)
+
+    # --- hard links for further topics ----------------------------------------------------
+
+    def pending_relinks(
+        self, limit: int, skip: Sequence[str] = (), after: str = ""
+    ) -> list[Relink]:
+        """Done items that gained topics since their file was published, in id order after
+        `after` (a pass sees each once), but those in `skip`."""
+        rows = self._read(
+            "SELECT aweme_id, path, topics FROM items WHERE relink AND state = 'done'"
+            " AND aweme_id > %s AND aweme_id <> ALL (%s) ORDER BY aweme_id LIMIT %s",
+            (after, list(skip), limit),
+        )
+        return [Relink(r[0], r[1], _topics_of(r[2])) for r in rows]
+
+    def clear_relink(self, aweme_id: str, linked_topics: Sequence[str | None]) -> bool:
+        """Mark an item's links as made, unless topics arrived that `linked_topics` (the topics
+        it was linked for) do not cover: then it stays due. True when cleared."""
+        stored = _stored_topics(tuple(linked_topics))
+        return self._write(
+            lambda cur: (
+                cur.execute(
+                    "UPDATE items SET relink = false WHERE aweme_id = %s AND topics = %s::text[]",
+                    (aweme_id, stored),
+                ).rowcount
+                > 0
+            )
+        )
+
+    # --- reporting ------------------------------------------------------------------------
+
+    def counts(self) -> Counts:
+        """Items by state, extracts by outcome, bytes downloaded: the sums of item_totals'
+        few rows, and a count of the extracts' (one row per file seen)."""
+        row = self._read_one(
+            "SELECT coalesce(sum(pending), 0)::bigint, coalesce(sum(active), 0)::bigint,"
+            " coalesce(sum(done), 0)::bigint, coalesce(sum(expired), 0)::bigint,"
+            " coalesce(sum(failed), 0)::bigint, coalesce(sum(done_bytes), 0)::bigint"
+            " FROM item_totals"
+        )
+        assert row is not None  # an aggregate always has its row
+        states = (State.PENDING, State.ACTIVE, State.DONE, State.EXPIRED, State.FAILED)
+        items = {s.value: int(n) for s, n in zip(states, row, strict=False)}
+        extracts = {"merged": 0, "rejected": 0, "duplicate": 0}
+        for status, n in self._read("SELECT status, count(*) FROM extracts GROUP BY status"):
+            extracts[status] = int(n)
+        return Counts(items, extracts, int(row[5]))
+
+    def list_items(
+        self,
+        state: str | None = None,
+        topic: str | None = None,
+        limit: int | None = 1000,
+        *,
+        full: bool = False,
+    ) -> list[ItemSummary]:
+        """Items for `ingestd list`, most recently updated first (see iter_items)."""
+        return list(self.iter_items(state, topic, limit, full=full))
+
+    def iter_items(
+        self,
+        state: str | None = None,
+        topic: str | None = None,
+        limit: int | None = 1000,
+        *,
+        full: bool = False,
+    ) -> Iterator[ItemSummary]:
+        """Items, most recently updated first, at most `limit` (None: all); with `full`, their
+        digest, path and raw record too. Streamed: the ids are sorted alone, by the server, in
+        a cursor WITH HOLD (no transaction stays open between two reads); the rows are read
+        `_CHUNK` at a time."""
+        where, args = _item_filter(state, topic)
+        query = f"SELECT aweme_id FROM items{where} ORDER BY updated_at DESC"
+        if limit is not None:
+            query += " LIMIT %s"
+            args.append(limit)
+        columns = "aweme_id, topics, state, attempts, last_error, last_status, bytes, updated_at"
+        if full:
+            columns += ", sha256, path, record"
+        fetch = f"SELECT {columns} FROM items WHERE aweme_id = ANY (%s)"
+        try:
+            conn = self._connection()
+            with conn.cursor(name=f"ingestd_items_{next(self._cursors)}", withhold=True) as keys:
+                keys.execute(query, args)
+                while chunk := [str(r[0]) for r in keys.fetchmany(_CHUNK)]:
+                    rows = {r[0]: r for r in conn.execute(fetch, (chunk,))}
+                    for aweme_id in chunk:
+                        r = rows.get(aweme_id)
+                        if r is None:  # items are never deleted: only for safety
+                            continue
+                        yield ItemSummary(
+                            r[0], _topics_of(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], *r[8:]
+                        )
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+
+    def count_items(self, state: str | None = None, topic: str | None = None) -> int:
+        """How many items `iter_items` would give without a limit."""
+        where, args = _item_filter(state, topic)
+        row = self._read_one(f"SELECT count(*) FROM items{where}", args)
+        return 0 if row is None else int(row[0])
+
+    def retry(
+        self, states: Iterable[str], ids: Iterable[str], now: float
+    ) -> tuple[list[str], dict[str, str]]:
+        """Put items back to pending with fresh attempts, due now. Returns (requeued, refused):
+        refused maps each id refused, in the order given, to why: `unknown`
+        (not in the manifest), `done` (never downloaded again) or `active` (in flight now)."""
+        states, ids = list(states), list(ids)
+        requeue = (
+            "UPDATE items SET state = 'pending', attempts = 0, next_attempt_at = 0,"
+            " last_error = NULL, last_status = NULL, updated_at = %s"
+        )
+
+        def retry(cur: Cursor) -> tuple[list[str], dict[str, str]]:
+            requeued: list[str] = []
+            refused: dict[str, str] = {}
+            if states:
+                cur.execute(requeue + " WHERE state = ANY (%s) RETURNING aweme_id", (now, states))
+                requeued += [r[0] for r in cur]
+            for aweme_id in ids:
+                row = cur.execute(
+                    requeue + " WHERE aweme_id = %s AND state IN ('pending', 'expired', 'failed')"
+                    " RETURNING aweme_id",
+                    (now, aweme_id),
+                ).fetchone()
+                if row is not None:
+                    requeued.append(aweme_id)
+                    continue
+                found = cur.execute(
+                    "SELECT state FROM items WHERE aweme_id = %s", (aweme_id,)
+                ).fetchone()
+                refused[aweme_id] = "unknown" if found is None else str(found[0])
+            return requeued, refused
+
+        return self._write(retry)
+
+    # --- verify ---------------------------------------------------------------------------
+    # Reads are one short statement each; each repair is one short transaction that locks the
+    # item first (FOR UPDATE). Its callback runs inside it, so no daemon can claim or change
+    # the item meanwhile: it must be a quick filesystem step, never a download or a hash.
+
+    def done_items(self, after: str = "", limit: int = _CHUNK) -> list[DoneItem]:
+        """Done items in id order after `after`: page through them with the last id seen."""
+        rows = self._read(
+            "SELECT aweme_id, path, topics, bytes, sha256 FROM items"
+            " WHERE state = 'done' AND aweme_id > %s ORDER BY aweme_id LIMIT %s",
+            (after, limit),
+        )
+        return [DoneItem(r[0], r[1], _topics_of(r[2]), r[3], r[4]) for r in rows]
+
+    def places(self, ids: Iterable[str]) -> dict[str, ItemPlace]:
+        """State, path and topics of the known ones among `ids`."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, ItemPlace] = {}
+        for start in range(0, len(wanted), _IDS_PER_READ):
+            for r in self._read(
+                "SELECT aweme_id, state, path, topics FROM items WHERE aweme_id = ANY (%s)",
+                (wanted[start : start + _IDS_PER_READ],),
+            ):
+                found[r[0]] = ItemPlace(r[0], r[1], r[2], _topics_of(r[3]))
+        return found
+
+    @staticmethod
+    def _lock_done(cur: Cursor, aweme_id: str, sha256: str | None) -> bool:
+        row = cur.execute(
+            "SELECT 1 FROM items WHERE aweme_id = %s AND state = 'done'"
+            " AND sha256 IS NOT DISTINCT FROM %s FOR UPDATE",
+            (aweme_id, sha256),
+        ).fetchone()
+        return row is not None
+
+    def while_done(self, aweme_id: str, sha256: str | None, action: Callable[[], T]) -> T | None:
+        """Run `action` in a transaction in which the item is still done with `sha256`, its
+        row locked; None (without running it) when it is not."""
+
+        def run(cur: Cursor) -> T | None:
+            if not self._lock_done(cur, aweme_id, sha256):
+                return None
+            return action()
+
+        return self._write(run, retry=False)
+
+    def requeue_done(
+        self,
+        aweme_id: str,
+        sha256: str | None,
+        reason: str,
+        now: float,
+        before: Callable[[], None],
+    ) -> bool:
+        """Put a done item whose file is missing or corrupt back to pending, with fresh attempts,
+        due now, so that it is downloaded again; `reason` is shown by `ingestd list`. In one
+        transaction: the item must still be done with `sha256` (else False, nothing done), then
+        `before` runs (it removes the broken files: if it raises, nothing changes)."""
+
+        def requeue(cur: Cursor) -> bool:
+            if not self._lock_done(cur, aweme_id, sha256):
+                return False
+            before()
+            cur.execute(
+                "UPDATE items SET state = 'pending', attempts = 0, next_attempt_at = 0,"
+                " held = false, bytes = NULL, sha256 = NULL, path = NULL, completed_at = NULL,"
+                " relink = false, validator = NULL, durable_bytes = 0, total_bytes = NULL,"
+                " last_error = %s, last_status = NULL, updated_at = %s WHERE aweme_id = %s",
+                (reason, now, aweme_id),
+            )
+            return True
+
+        return self._write(requeue, retry=False)
+
+    def drop_part(self, aweme_id: str, remove: Callable[[], None]) -> bool:
+        """Remove an orphan `.part` (by `remove`) in a transaction in which its item is unknown
+        or neither pending nor active: no download of it can be writing that file, and none can
+        start until the removal is done (a known item's row is locked; for an unknown one, the
+        merge lock keeps merges from bringing it). Its item's resume point is forgotten with it.
+        False (nothing removed) when the item is pending or active."""
+        lock = "SELECT state FROM items WHERE aweme_id = %s FOR UPDATE"
+
+        def drop(cur: Cursor) -> bool:
+            row = cur.execute(lock, (aweme_id,)).fetchone()
+            if row is None:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MERGE_LOCK,))
+                row = cur.execute(lock, (aweme_id,)).fetchone()
+            if row is not None and row[0] in (State.PENDING.value, State.ACTIVE.value):
+                return False
+            remove()
+            if row is not None:
+                cur.execute(
+                    "UPDATE items SET validator = NULL, durable_bytes = 0, total_bytes = NULL"
+                    " WHERE aweme_id = %s",
+                    (aweme_id,),
+                )
+            return True
+
+        return self._write(drop, retry=False)
+
+    def oldest_pending(self) -> float | None:
+        """Creation time of the oldest item still pending (for the queue-age metric)."""
+        row = self._read_one("SELECT min(created_at) FROM items WHERE state = 'pending'")
+        return None if row is None or row[0] is None else float(row[0])
+
+    def record(self, aweme_id: str) -> str | None:
+        """An item's raw record (the JSON text of the latest extract that had it), or None."""
+        row = self._read_one("SELECT record FROM items WHERE aweme_id = %s", (aweme_id,))
+        return None if row is None else str(row[0])
+
+    def item(self, aweme_id: str) -> dict[str, object] | None:
+        """One item's row as a dict (for the CLI and tests), valued as the SQLite store's:
+        topics, sources and extract_ids as JSON array text, held and relink 0 or 1."""
+        try:
+            cur = self._connection().execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE aweme_id = %s", (aweme_id,)
+            )
+            row = cur.fetchone()
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+        if row is None:
+            return None
+        names = [d.name for d in cur.description or ()]
+        fields: dict[str, object] = dict(zip(names, row, strict=True))
+        fields["topics"] = "[" + ", ".join(row[3]) + "]"
+        fields["extract_ids"] = json.dumps(fields["extract_ids"])
+        fields["held"] = int(bool(fields["held"]))
+        fields["relink"] = int(bool(fields["relink"]))
+        return fields
+
+
+# --- statements shared by several writes ----------------------------------------------------------
+
+
+def _claim(cur: Cursor, now: float, change: str, limit: int, skip: Sequence[str]) -> list[Item]:
+    """Apply `change` to up to `limit` due, unclaimed items, earliest due first, passing over
+    rows other transactions hold; the claimed items in that order."""
+    if limit <= 0:
+        return []
+    skipping = " AND origin <> ALL (%s)" if skip else ""
+    cur.execute(
+        "WITH due AS (SELECT aweme_id FROM items WHERE state = 'pending' AND NOT held"
+        f" AND next_attempt_at <= %s{skipping} ORDER BY next_attempt_at LIMIT %s"
+        " FOR UPDATE SKIP LOCKED)"
+        f" UPDATE items AS i SET {change}, updated_at = %s FROM due"
+        " WHERE i.aweme_id = due.aweme_id RETURNING i.aweme_id, i.url, i.topics, i.attempts,"
+        " i.validator, i.durable_bytes, i.total_bytes, i.next_attempt_at",
+        (now, *((list(skip),) if skip else ()), limit, now),
+    )
+    rows = sorted(cur.fetchall(), key=lambda r: r[7])
+    return [Item(r[0], r[1], _topics_of(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+
+
+def _start_held(cur: Cursor, ids: Sequence[str], now: float) -> list[int | None]:
+    """One statement for all of `ids`: held -> active, attempt counted."""
+    if not ids:
+        return []
+    cur.execute(
+        _MINE.format("held AND state = 'pending'")
+        + " UPDATE items AS i SET state = 'active', held = false, attempts = i.attempts + 1,"
+        " updated_at = %s FROM mine WHERE i.aweme_id = mine.aweme_id"
+        " RETURNING i.aweme_id, i.attempts",
+        (list(ids), now),
+    )
+    started = {r[0]: r[1] for r in cur.fetchall()}
+    return [started.get(aweme_id) for aweme_id in ids]
+
+
+def _item_filter(state: str | None, topic: str | None) -> tuple[str, list[object]]:
+    where: list[str] = []
+    args: list[object] = []
+    if state is not None:
+        where.append("state = %s")
+        args.append(state)
+    if topic is not None:
+        # The raw topic or its folder name (see policy.naming.topic_folder); text no folder
+        # name can be is sent as NULL, as PostgreSQL could not take it.
+        where.append("(%s = ANY (topics) OR %s = ANY (folders))")
+        args += [json.dumps(topic), topic if _storable(topic) else None]
+    return (" WHERE " + " AND ".join(where) if where else ""), args
+
+
+def _open_extract(cur: Cursor, path: str, sha256: str, now: float) -> int | None:
+    """The extract_progress row of this version of the extract, made on its first merge
+    (a merge that was interrupted goes on with its row). None when it completed already."""
+    cur.execute(
+        "INSERT INTO extract_progress (path, sha256, started_at) VALUES (%s, %s, %s)"
+        " ON CONFLICT (path, sha256) DO NOTHING",
+        (path, sha256, now),
+    )
+    row = cur.execute(
+        "SELECT id, completed_at FROM extract_progress WHERE path = %s AND sha256 = %s",
+        (path, sha256),
+    ).fetchone()
+    assert row is not None  # inserted, or there already
+    return None if row[1] is not None else int(row[0])
+
+
+def _merge_chunk(
+    cur: Cursor, chunk: Sequence[Record], source: str, now: float, extract_id: int | None
+) -> ChunkPlan:
+    """One transaction of a merge: under the merge lock, the known items of the chunk locked
+    in id order and read, the plan made (store.merging), new items copied in, known ones
+    rewritten from a temp table, and the counts' deltas of the new rows and the new links
+    appended (the trigger moves the rest)."""
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MERGE_LOCK,))
+    cur.execute(
+        "SELECT aweme_id, url, topics, sources, state, extract_ids, bytes FROM items"
+        " WHERE aweme_id = ANY (%s) ORDER BY aweme_id FOR UPDATE",
+        (sorted({r.aweme_id for r in chunk}),),
+    )
+    known: dict[str, Known] = {}
+    urls: dict[str, str] = {}  # as stored: origin_of only for those that change
+    links: dict[str, tuple[int, ...]] = {}  # the extracts each known item is linked to
+    sizes: dict[str, int | None] = {}
+    for aweme_id, url, topics, sources, st, extract_ids, size in cur.fetchall():
+        known[aweme_id] = Known(url, _topics_of(topics), _sources(sources), State(st))
+        urls[aweme_id] = url
+        links[aweme_id] = tuple(extract_ids)
+        sizes[aweme_id] = size
+    plan = plan_chunk(chunk, known, source, now)
+    known = plan.known
+    fresh, lists = _link(cur, extract_id, plan.dirty, links)
+    alive, dead = plan.new_rows()
+    if plan.inserted:
+        linked = "{}" if extract_id is None else _id_literal((extract_id,))
+        with cur.copy(f"COPY items ({_INSERT_COLUMNS}) FROM STDIN") as copy:
+            for rows, state, error in ((alive, "pending", None), (dead, "expired", _URL_EXPIRED)):
+                for i in rows:
+                    k = known[i]
+                    topics, folders = _topic_literals(k.topics)
+                    copy.write_row(
+                        (
+                            i,
+                            k.url,
+                            origin_of(k.url),
+                            topics,
+                            folders,
+                            _json_array(k.sources),
+                            plan.raw[i],
+                            state,
+                            error,
+                            linked,
+                            now,
+                            now,
+                        )
+                    )
+        cur.execute(
+            "INSERT INTO item_totals (pending, expired) VALUES (%s, %s)", (len(alive), len(dead))
+        )
+    if plan.dirty:
+        cur.execute(_MERGE_ROWS)
+        with cur.copy("COPY merge_rows FROM STDIN") as copy:
+            for i in plan.dirty:
+                k = known[i]
+                topics, folders = _topic_literals(k.topics)
+                expired = i in plan.expired
+                copy.write_row(
+                    (
+                        i,
+                        k.url,
+                        None if k.url == urls[i] else origin_of(k.url),
+                        topics,
+                        folders,
+                        _json_array(k.sources),
+                        k.state.value,
+                        plan.raw[i],
+                        _id_literal(lists[i]),
+                        i in plan.reset,
+                        _URL_EXPIRED if expired else None,
+                        expired,
+                        i in plan.relink,
+                    )
+                )
+        cur.execute(_MERGE_UPDATE, (now, sorted(plan.dirty)))
+    if extract_id is not None and (plan.inserted or fresh):
+        linked_known = [(known[i].state, sizes.get(i)) for i in fresh]
+        cur.execute(
+            "INSERT INTO extract_moves (extract_id, items, outstanding, done, expired, failed,"
+            " bytes) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (extract_id, *link_counts(len(alive), len(dead), linked_known)),
+        )
+    return plan
+
+
+def _link(
+    cur: Cursor, extract_id: int | None, dirty: set[str], links: dict[str, tuple[int, ...]]
+) -> tuple[list[str], dict[str, tuple[int, ...]]]:
+    """The extract list of each known item of a chunk, with this extract added (completed
+    ones dropped, see merging.relinked), and the items not linked to it yet."""
+    if extract_id is None:
+        return [], {i: links[i] for i in dirty}
+    open_ids: set[int] = set()
+    if seen := other_extracts(extract_id, dirty, links):
+        cur.execute(
+            "SELECT id FROM extract_progress WHERE id = ANY (%s) AND completed_at IS NULL",
+            (sorted(seen),),
+        )
+        open_ids.update(row[0] for row in cur)
+    return relinked(extract_id, dirty, links, open_ids)
+
+
+# --- connecting and migrating ---------------------------------------------------------------------
+
+
+def _connect(dsn: str, readonly: bool) -> psycopg.Connection[TupleRow]:
+    """A connection in autocommit (a write opens its own transaction), with a bounded lock
+    wait, read-only for every transaction when `readonly`."""
+    try:
+        conn = psycopg.connect(
+            dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT, application_name="ingestd"
+        )
+    except psycopg.Error as exc:
+        # Not chained: the driver's message, shown in a traceback, may quote the DSN.
+        raise ManifestError(f"{redact_dsn(dsn)}: {_scrub(str(exc), dsn)}") from None
+    try:
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, false),"
+            " set_config('default_transaction_read_only', %s, false)",
+            (f"{_LOCK_TIMEOUT_MS}ms", "on" if readonly else "off"),
+        )
+    except psycopg.Error as exc:
+        conn.close()
+        raise ManifestError(f"{redact_dsn(dsn)}: {_scrub(str(exc), dsn)}") from None
+    return conn
+
+
+def _schema_version(conn: psycopg.Connection[TupleRow]) -> int | None:
+    """The newest migration recorded, 0 for none, None when there is no record at all."""
+    row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return None
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _newer(version: int) -> ManifestError:
+    return ManifestError(
+        f"manifest schema version {version} is newer than this ingestd ({SCHEMA_VERSION})"
+    )
+
+
+def _check_version(conn: psycopg.Connection[TupleRow]) -> None:
+    """For a reader: the schema must be there, and be this code's."""
+    version = _schema_version(conn)
+    if not version:
+        raise ManifestError("no manifest in this database yet (the daemon creates it)")
+    if version > SCHEMA_VERSION:
+        raise _newer(version)
+
+
+def _migrate(conn: psycopg.Connection[TupleRow]) -> None:
+    """Apply the migrations this database lacks, each in a transaction of its own that records
+    it, under an advisory lock: daemons starting together apply each one once."""
+    while True:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(_MIGRATIONS_TABLE)
+            version = _schema_version(conn) or 0
+            if version > SCHEMA_VERSION:
+                raise _newer(version)
+            if version == SCHEMA_VERSION:
+                return
+            conn.execute(_MIGRATIONS[version + 1])
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version + 1,))
+
+
+if TYPE_CHECKING:
+    _: type[ManifestStore] = PostgresManifest  # mypy proves that it meets the contract

@@ -1,0 +1,420 @@
+"""The PostgreSQL manifest beyond the contract (tests/contract runs that on it too): its schema
+migrations, several connections at once, the counts it keeps by deltas, and its DSN's password,
+which no error may show."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ingestd.policy.extract import Record
+from ingestd.policy.merge import State
+from ingestd.store.base import Completion, ManifestError
+from ingestd.store.manifest import Manifest
+from ingestd.store.open import open_manifest, redact_dsn
+from ingestd.store.postgres import SCHEMA_VERSION, PostgresManifest
+from support.postgres import PostgresCluster
+
+URL = "https://{}.example/v/{}.mp4?expire=9999999999"
+PASSWORD = "s3cr%40t-pw"  # as written in a URL; libpq reads it as "s3cr@t-pw"
+
+
+def rec(aweme_id: str, host: str = "a", topic: str | None = "t") -> Record:
+    return Record(aweme_id, URL.format(host, aweme_id), topic, f'{{"aweme_id":"{aweme_id}"}}')
+
+
+@pytest.fixture
+def manifest(postgres_url: str) -> Iterator[PostgresManifest]:
+    m = PostgresManifest.open(postgres_url)
+    yield m
+    m.close()
+
+
+def migrations(url: str) -> list[int]:
+    with psycopg.connect(url) as conn:
+        return [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
+
+
+def full_counts(url: str) -> tuple[dict[str, int], int]:
+    """Items by state and bytes done, counted over the items themselves."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT state, count(*), sum(bytes) FROM items GROUP BY state")
+        items = {s.value: 0 for s in State}
+        done = 0
+        for state, n, size in rows:
+            items[state] = n
+            done = int(size or 0) if state == "done" else done
+    return items, done
+
+
+# --- schema --------------------------------------------------------------------------------------
+
+
+def test_migrations_are_recorded_and_applied_once(postgres_url: str) -> None:
+    first = PostgresManifest.open(postgres_url)
+    first.merge([rec("1")], "e.json", 1.0)
+    first.close()
+    assert migrations(postgres_url) == list(range(1, SCHEMA_VERSION + 1))
+    again = PostgresManifest.open(postgres_url)
+    try:
+        assert again.counts().items["pending"] == 1
+    finally:
+        again.close()
+    assert migrations(postgres_url) == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_daemons_starting_together_migrate_once(postgres_url: str) -> None:
+    opened: list[PostgresManifest] = []
+    failures: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            opened.append(PostgresManifest.open(postgres_url))
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for m in opened:
+        m.close()
+    assert failures == [] and len(opened) == 6
+    assert migrations(postgres_url) == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_a_newer_schema_is_refused(postgres_url: str) -> None:
+    PostgresManifest.open(postgres_url).close()
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
+    for readonly in (False, True):
+        with pytest.raises(ManifestError, match="newer than this ingestd"):
+            PostgresManifest.open(postgres_url, readonly=readonly)
+
+
+def test_a_reader_neither_creates_nor_writes(postgres_url: str) -> None:
+    with pytest.raises(ManifestError, match="no manifest in this database"):
+        PostgresManifest.open(postgres_url, readonly=True)
+    writer = PostgresManifest.open(postgres_url)
+    writer.merge([rec("1"), rec("2")], "e.json", 1.0)
+    writer.close()
+    reader = open_manifest(postgres_url, readonly=True)
+    try:
+        assert reader.counts().items["pending"] == 2
+        assert [i.aweme_id for i in reader.iter_items(limit=None)] in (["1", "2"], ["2", "1"])
+        with pytest.raises(ManifestError, match="read-only"):
+            reader.claim_due(now=2.0, limit=1)
+        assert reader.counts().items["active"] == 0
+    finally:
+        reader.close()
+
+
+def test_the_backend_is_chosen_by_the_location(tmp_path: Path, postgres_url: str) -> None:
+    sqlite = open_manifest(tmp_path / "state" / "manifest.sqlite3")
+    server = open_manifest(postgres_url)
+    try:
+        assert isinstance(sqlite, Manifest) and isinstance(server, PostgresManifest)
+    finally:
+        sqlite.close()
+        server.close()
+    # A path, even one spelled like a URL, is a SQLite file.
+    odd = open_manifest(tmp_path / "postgresql:" / "x.sqlite3")
+    odd.close()
+    assert (tmp_path / "postgresql:" / "x.sqlite3").exists()
+
+
+def test_the_sqlite_side_never_imports_psycopg() -> None:
+    code = (
+        "import sys, ingestd.cli, ingestd.service.daemon, ingestd.store.open;"
+        " assert not [m for m in sys.modules if m.startswith('psycopg')], 'psycopg imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+# --- several connections -------------------------------------------------------------------------
+
+
+def test_concurrent_claims_never_hand_out_an_item_twice(postgres_url: str) -> None:
+    setup = PostgresManifest.open(postgres_url)
+    setup.merge([rec(f"{i:05d}", host="abcd"[i % 4]) for i in range(2_000)], "e.json", 1.0)
+    setup.close()
+    started: list[list[str]] = [[] for _ in range(4)]
+    failures: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def worker(n: int) -> None:
+        rng = random.Random(n)
+        m = PostgresManifest.open(postgres_url)
+        try:
+            barrier.wait()
+            held: list[str] = []
+            while True:
+                # Start some of what this worker holds with its next claim, as the pool does.
+                k = rng.randrange(3)
+                mark, held = held[:k], held[k:]
+                skip = rng.sample(["a.example:443", "b.example:443"], rng.randrange(2))
+                now, hold = 10.0, rng.randrange(4)
+                go, ahead = m.claim(now, start=rng.randrange(1, 6), hold=hold, skip=skip, mark=mark)
+                started[n] += mark + [i.aweme_id for i in go]
+                held += [i.aweme_id for i in ahead]
+                if not go and not ahead and not skip:
+                    break
+            for aweme_id, attempt in zip(held, m.start_held(held, 11.0), strict=True):
+                assert attempt == 1, aweme_id
+                started[n].append(aweme_id)
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            m.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    claims = Counter(aweme_id for ids in started for aweme_id in ids)
+    assert len(claims) == 2_000 and set(claims.values()) == {1}, claims.most_common(3)
+    assert all(started), "every worker got some"
+    check = PostgresManifest.open(postgres_url)
+    try:
+        assert check.counts().items["active"] == 2_000
+        assert full_counts(postgres_url)[0]["active"] == 2_000
+    finally:
+        check.close()
+
+
+def test_a_claim_passes_over_items_locked_elsewhere(
+    manifest: PostgresManifest, postgres_url: str
+) -> None:
+    manifest.merge([rec("1"), rec("2")], "e.json", 1.0)
+    with psycopg.connect(postgres_url) as other, other.transaction():
+        other.execute("SELECT 1 FROM items WHERE aweme_id = '1' FOR UPDATE")
+        assert [i.aweme_id for i in manifest.claim_due(2.0, 2)] == ["2"], "without waiting"
+    assert [i.aweme_id for i in manifest.claim_due(2.0, 2)] == ["1"]
+
+
+def test_a_deadlock_victim_runs_again_unless_it_ran_a_callback(
+    manifest: PostgresManifest,
+) -> None:
+    runs: list[int] = []
+
+    def body(cur: psycopg.Cursor[tuple[object, ...]]) -> int:
+        runs.append(1)
+        if len(runs) == 1:
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return len(runs)
+
+    assert manifest._write(body) == 2
+    runs.clear()
+    with pytest.raises(ManifestError, match="deadlock"):
+        manifest._write(body, retry=False)
+    assert runs == [1]
+
+
+def test_counts_stay_exact_under_concurrent_writers(postgres_url: str) -> None:
+    setup = PostgresManifest.open(postgres_url)
+    setup.merge([rec(str(i)) for i in range(600)], "e1.json", 1.0, "sha-1")
+    setup.record_extract("e1.json", "sha-1", 1, "merged", 1.0)
+    setup.close()
+    failures: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        rng = random.Random(n)
+        m = PostgresManifest.open(postgres_url)
+        try:
+            for step in range(60):
+                m._fold_due = 0.0  # fold after every write: folds race with writers
+                now = 10.0 + step
+                for item in m.claim_due(now, rng.randrange(1, 8)):
+                    outcome = rng.random()
+                    if outcome < 0.4:
+                        completion = Completion(item.aweme_id, 10, "x", "p", ["t"], now)
+                        m.complete_many([completion])
+                    elif outcome < 0.7:
+                        state = rng.choice([State.PENDING, State.FAILED, State.EXPIRED])
+                        m.finish_failed(item.aweme_id, item.url, state, "e", 500, now, False, now)
+                    else:
+                        m.release([item.aweme_id], now)
+                if rng.random() < 0.2:
+                    m.retry(["failed"], [], now)
+                if rng.random() < 0.2:
+                    m.merge([rec(str(rng.randrange(700)), topic="u")], f"w{n}.json", now)
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            m.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    check = PostgresManifest.open(postgres_url)
+    try:
+        counts = check.counts()
+        assert (counts.items, counts.bytes_done) == full_counts(postgres_url)
+        progress = check.extract_progress("e1.json", "sha-1")
+        assert progress is not None
+        with psycopg.connect(postgres_url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE state IN ('pending', 'active')),"
+                " count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state = 'failed')"
+                " FROM items WHERE aweme_id::int < 600"
+            ).fetchone()
+        assert (progress.items, progress.outstanding, progress.done, progress.failed) == (
+            600,
+            *(row or ()),
+        )
+    finally:
+        check.close()
+
+
+def test_folding_moves_no_count(manifest: PostgresManifest, postgres_url: str) -> None:
+    manifest.merge([rec(str(i)) for i in range(20)], "e1.json", 1.0, "sha-1")
+    manifest.record_extract("e1.json", "sha-1", 1, "merged", 1.0)
+    manifest.merge([rec(str(i)) for i in range(10, 30)], "e2.json", 1.0, "sha-2")
+    for step, item in enumerate(manifest.claim_due(2.0, 25)):
+        if step % 3 == 0:
+            manifest.complete_many([Completion(item.aweme_id, step, "x", "p", ["t"], 3.0)])
+        elif step % 3 == 1:
+            manifest.finish_failed(item.aweme_id, item.url, State.FAILED, "e", 404, 0, False, 3.0)
+
+    def seen() -> tuple[object, ...]:
+        return (
+            manifest.extract_progress("e1.json", "sha-1"),
+            manifest.extract_progress("e2.json", "sha-2"),
+            manifest.settled_extracts(),
+        )
+
+    counts, before = manifest.counts(), seen()
+    assert (counts.items, counts.bytes_done) == full_counts(postgres_url)
+    manifest._fold()
+    assert (manifest.counts(), seen()) == (counts, before)
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM item_totals").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM extract_moves").fetchone() == (0,)
+
+
+def test_a_deleted_item_leaves_the_counts(manifest: PostgresManifest, postgres_url: str) -> None:
+    # The store never deletes an item; the trigger covers it anyway, as SQLite's does.
+    manifest.merge([rec("1"), rec("2"), rec("3")], "e1.json", 1.0, "sha-1")
+    manifest.claim_due(2.0, 1)
+    manifest.complete_many([Completion("1", 7, "x", "p", ["t"], 3.0)])
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("DELETE FROM items WHERE aweme_id IN ('1', '2')")
+    counts = manifest.counts()
+    assert (counts.items, counts.bytes_done) == full_counts(postgres_url)
+    progress = manifest.extract_progress("e1.json", "sha-1")
+    assert progress is not None
+    assert (progress.items, progress.outstanding, progress.done, progress.bytes) == (1, 1, 0, 0)
+
+
+def test_a_listing_streams_while_the_store_is_written(manifest: PostgresManifest) -> None:
+    manifest.merge([rec(f"{i:04d}") for i in range(1_200)], "e.json", 1.0)
+    listed = manifest.iter_items(limit=None)
+    first = [next(listed).aweme_id for _ in range(600)]
+    manifest.claim_due(2.0, 1_200)  # between two reads of the listing
+    rest = [i.aweme_id for i in listed]
+    assert sorted(first + rest) == [f"{i:04d}" for i in range(1_200)]
+
+
+def test_a_broken_connection_fails_one_call_and_is_made_again(
+    manifest: PostgresManifest, postgres_url: str
+) -> None:
+    manifest.merge([rec("1")], "e.json", 1.0)
+    pid = manifest._conn.info.backend_pid
+    with psycopg.connect(postgres_url) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(ManifestError):
+        manifest.counts()
+    assert manifest.counts().items["pending"] == 1
+    assert [i.aweme_id for i in manifest.claim_due(2.0, 1)] == ["1"]
+
+
+# --- the password --------------------------------------------------------------------------------
+
+
+def with_password(cluster: PostgresCluster, dbname: str) -> str:
+    return cluster.url(dbname).replace("postgres@", f"postgres:{PASSWORD}@", 1)
+
+
+def shown(exc: BaseException) -> str:
+    """All a log would show of an error: its message and its traceback, chained ones too."""
+    return "".join(traceback.format_exception(exc))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda c: with_password(c, "nope"), id="unknown-database"),
+        pytest.param(lambda c: f"postgresql://u:{PASSWORD}@[::1/db", id="malformed-url"),
+        pytest.param(
+            lambda c: f"postgresql://u:{PASSWORD}@/db?host={c.dir}/nowhere&port=1",
+            id="no-server",
+        ),
+        pytest.param(
+            lambda c: f"postgresql:///nope?host={c.dir}&password={PASSWORD}&bogus=1",
+            id="query-password",
+        ),
+        pytest.param(
+            lambda c: f"host={c.dir} dbname=nope password='{PASSWORD} x' oops", id="keywords"
+        ),
+    ],
+)
+def test_the_password_never_appears_in_an_error(
+    postgres_cluster: PostgresCluster, make: object
+) -> None:
+    dsn = make(postgres_cluster)  # type: ignore[operator]
+    with pytest.raises(ManifestError) as raised:
+        PostgresManifest.open(dsn)
+    text = shown(raised.value)
+    for secret in (PASSWORD, "s3cr@t-pw", "s3cr"):
+        assert secret not in text, text
+    assert "***" in text or "password" not in dsn
+
+
+def test_the_password_never_appears_in_a_later_error(postgres_cluster: PostgresCluster) -> None:
+    url = postgres_cluster.new_database()
+    try:
+        m = PostgresManifest.open(with_password(postgres_cluster, url.split("/")[3].split("?")[0]))
+        try:
+            with psycopg.connect(url) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (m._conn.info.backend_pid,))
+                admin.execute("DROP TABLE items, item_totals CASCADE")
+            calls = (m.counts, m.counts, lambda: m.claim_due(1.0, 1), lambda: m.item("1"))
+            for call in calls:
+                with pytest.raises(ManifestError) as raised:
+                    call()
+                assert "s3cr" not in shown(raised.value)
+        finally:
+            m.close()
+    finally:
+        postgres_cluster.drop_database(url)
+
+
+def test_redact_dsn() -> None:
+    assert redact_dsn("postgresql://u:p%40ss@h:5/db?sslmode=require") == (
+        "postgresql://u:***@h:5/db?sslmode=require"
+    )
+    assert redact_dsn("postgres://h/db?user=u&password=x&port=5") == (
+        "postgres://h/db?user=u&password=***&port=5"
+    )
+    assert redact_dsn("host=h password='a b\\' c' user=u") == "host=h password=*** user=u"
+    assert redact_dsn("host=h password = secret user=u") == "host=h password = *** user=u"
+    assert redact_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert redact_dsn("postgresql://h:5432/db") == "postgresql://h:5432/db"
