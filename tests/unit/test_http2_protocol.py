@@ -451,6 +451,29 @@ async def test_a_silent_connection_is_dropped_when_a_stream_times_out() -> None:
     assert peer.transport.closed and not peer.client.can_open(100)  # presumed half-open
 
 
+async def test_a_response_head_that_never_comes_times_out_and_frees_the_stream() -> None:
+    peer = Peer()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(StreamTimedOut, match=r"no response headers for 0\.1 s"):
+        await asyncio.wait_for(request(pool_of(peer), connect=1, read=0.1), 2)
+    assert loop.time() - start < 1
+    assert peer.client.open_streams == 0  # released: its slot is free again
+    assert peer.transport.closed  # nothing at all came: presumed half-open
+
+
+async def test_a_head_that_arrives_in_time_cancels_its_timer() -> None:
+    peer = Peer()
+    task = asyncio.create_task(request(pool_of(peer), connect=1, read=0.2))
+    await asyncio.sleep(0.05)
+    (sid,) = peer.client._streams
+    peer.to_server()
+    peer.respond(sid, [(":status", "204")], end=True)
+    await asyncio.wait_for(task, 2)
+    await asyncio.sleep(0.3)  # past the head's timeout: nothing fires on the stream any more
+    assert not peer.transport.closed
+
+
 async def test_waiting_for_a_free_stream_honours_the_timeout() -> None:
     peer = Peer()
     peer.client.data_received(frame(SETTINGS, 0, 0, struct.pack(">HI", 0x3, 0)))  # no streams

@@ -243,11 +243,11 @@ class H2Pool:
             except StreamFailed:
                 continue  # closed between the choice and the request: retry_safe by nature
             try:
-                status, fields = await asyncio.wait_for(asyncio.shield(stream.head), read_timeout)
-            except TimeoutError:
+                status, fields = await connection.response_head(stream, read_timeout)
+            except StreamTimedOut:
                 connection.release(stream)
                 connection.timed_out(read_timeout)
-                raise StreamTimedOut(f"no response headers for {read_timeout} s") from None
+                raise
             except StreamFailed as exc:
                 connection.release(stream)
                 if exc.retry_safe:

@@ -58,11 +58,25 @@ class Stream:
         self.unacked = 0  # body bytes delivered here, not yet acknowledged by the consumer
         self.ended = False
         self.error: H2Error | None = None
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiter: asyncio.Future[bool] | None = None  # True: woken; False: timed out
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
+            self.waiter.set_result(True)
+
+
+# Timeouts are one timer per wait, set by hand: asyncio.wait_for (and the shield it needs for
+# the head) costs several times as much, and runs three times per file.
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
+def _head_late(head: asyncio.Future[tuple[int, list[tuple[bytes, bytes]]]], timeout: float) -> None:
+    if not head.done():
+        head.set_exception(StreamTimedOut(f"no response headers for {timeout} s"))
 
 
 class H2Protocol(asyncio.BufferedProtocol):
@@ -263,6 +277,21 @@ class H2Protocol(asyncio.BufferedProtocol):
         self._flush_soon()
         return stream
 
+    async def response_head(
+        self, stream: Stream, timeout: float | None
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """The stream's response head: status and regular fields. Raises StreamTimedOut when
+        none arrives within `timeout` (the stream stays the caller's to release), and the
+        stream's error if it failed first."""
+        head = stream.head
+        if head.done() or timeout is None:
+            return await head
+        timer = asyncio.get_running_loop().call_later(timeout, _head_late, head, timeout)
+        try:
+            return await head
+        finally:
+            timer.cancel()
+
     async def next_chunks(
         self, stream: Stream, timeout: float | None
     ) -> list[memoryview | bytes] | None:
@@ -280,14 +309,17 @@ class H2Protocol(asyncio.BufferedProtocol):
             if remaining is not None and remaining <= 0:
                 self.timed_out(timeout)
                 raise StreamTimedOut(f"no data for {timeout} s")
-            stream.waiter = loop.create_future()
+            stream.waiter = waiter = loop.create_future()
+            timer = None if remaining is None else loop.call_later(remaining, _expire, waiter)
             try:
-                await asyncio.wait_for(stream.waiter, remaining)
-            except TimeoutError:
-                self.timed_out(timeout)
-                raise StreamTimedOut(f"no data for {timeout} s") from None
+                woken = await waiter
             finally:
                 stream.waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if not woken:
+                self.timed_out(timeout)
+                raise StreamTimedOut(f"no data for {timeout} s")
         taken = list(stream.chunks)
         stream.chunks.clear()
         return taken
