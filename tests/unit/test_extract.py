@@ -56,6 +56,21 @@ def test_unusable_records_are_counted_not_fatal() -> None:
     assert parsed.total == 12 and parsed.unusable == 10
 
 
+def test_a_url_with_control_characters_is_unusable_at_merge() -> None:
+    # Never sendable (check_url refuses it), and PostgreSQL text cannot hold a NUL: kept, one
+    # such record failed the merge of its whole extract there, on every retry.
+    doc = [
+        rec("1"),
+        rec("2", url="https://h/v.mp4\u0000"),
+        rec("3", url="https://h/a b.mp4"),
+        rec("4", url="https://h/v.mp4\n"),
+        rec("5", url="https://h/v\x7f.mp4"),
+    ]
+    parsed = parse_extract(dumps(doc))
+    assert [r.aweme_id for r in parsed.records] == ["1"]
+    assert parsed.unusable == 4
+
+
 def test_topic_handling() -> None:
     parsed = parse_extract(
         dumps([rec("1", topic=None), rec("2", topic=7), rec("3", topic="x" * 5000)])

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from ingestd.policy.naming import is_valid_id
-from ingestd.policy.urls import MAX_URL_LENGTH
+from ingestd.policy.urls import MAX_URL_LENGTH, sendable
 
 MAX_DEPTH = 32
 MAX_TOPIC_CHARS = 512
@@ -93,7 +93,9 @@ def _record(raw_id: object, media: object, topic: object, raw: str) -> Record | 
     if not is_valid_id(aweme_id) or not isinstance(media, dict):
         return None
     url = media.get("source_url")
-    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH or not encodable(url):
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
+        return None
+    if not encodable(url) or not sendable(url):  # never requested; no store need hold it
         return None
     if not isinstance(topic, str):
         topic = None

@@ -93,7 +93,7 @@ def check_url(url: str, allowed_hosts: tuple[str, ...]) -> UrlVerdict:
         return UrlVerdict(False, "no_host")
     if parts.username is not None or parts.password is not None:
         return UrlVerdict(False, "credentials_in_url")
-    if _CONTROL.search(url):
+    if not sendable(url):
         return UrlVerdict(False, "control_characters")
     host = normalize_host(host)
     if allowed_hosts:
@@ -105,6 +105,12 @@ def check_url(url: str, allowed_hosts: tuple[str, ...]) -> UrlVerdict:
     if _literal_ip(host) and not address_is_public(host):
         return UrlVerdict(False, "non_public_address", host=host)
     return UrlVerdict(True, check_addresses=True, host=host)
+
+
+def sendable(url: str) -> bool:
+    """Whether `url` is free of control characters and spaces (a request line cannot carry
+    them; check_url refuses such a URL as `control_characters`)."""
+    return _CONTROL.search(url) is None
 
 
 def url_expiry(url: str) -> int | None:
