@@ -22,7 +22,7 @@ from ingestd.config import Config, ConfigError, load_config, load_cookies
 from ingestd.events import EVENTS, LEVELS
 from ingestd.fs.lock import FileLock, LockError, LockHeld
 from ingestd.store.base import ItemSummary, ManifestError, ManifestStore, WrongLibrary
-from ingestd.store.manifest import Manifest
+from ingestd.store.open import open_manifest
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NO_MATCH, EXIT_LOCKED = 0, 1, 2, 3, 4
 STATES = ("pending", "active", "done", "expired", "failed")
@@ -42,7 +42,7 @@ class NoManifest(Exception):
     """A reading command found no manifest for this data dir."""
 
     def __init__(self, config: Config) -> None:
-        super().__init__(f"no manifest for {config.data_dir} (looked in {config.manifest_path})")
+        super().__init__(f"no manifest for {config.data_dir} (looked in {config.manifest_label})")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -209,11 +209,16 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides={k: v for k, v in overrides.items() if v is not None})
 
 
+def _existing(config: Config, *, readonly: bool) -> ManifestStore:
+    """This data dir's manifest, which only `run` creates: NoManifest when there is none."""
+    if not config.manifest_url and not config.manifest_path.exists():
+        raise NoManifest(config)
+    return open_manifest(config.manifest_location, readonly=readonly)
+
+
 def _read(config: Config, query: Callable[[ManifestStore], T]) -> T:
     """Run a read-only query on this data dir's manifest."""
-    if not config.manifest_path.exists():
-        raise NoManifest(config)
-    manifest = Manifest.open(config.manifest_path, readonly=True)
+    manifest = _existing(config, readonly=True)
     try:
         manifest.check_data_dir(config.data_dir)
         return query(manifest)
@@ -224,9 +229,7 @@ def _read(config: Config, query: Callable[[ManifestStore], T]) -> T:
 @contextlib.contextmanager
 def _writable(config: Config) -> Iterator[ManifestStore]:
     """This data dir's manifest, open for writing; it must exist."""
-    if not config.manifest_path.exists():
-        raise NoManifest(config)
-    manifest = Manifest.open(config.manifest_path)
+    manifest = _existing(config, readonly=False)
     try:
         yield manifest
     finally:
@@ -256,7 +259,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status_document(counts)))
     else:
-        print(status_table(counts, str(config.manifest_path)))
+        print(status_table(counts, config.manifest_label))
     return EXIT_OK
 
 
@@ -400,10 +403,8 @@ def _verify(config: Config, args: argparse.Namespace) -> int:
     from ingestd.fs.library import Library
     from ingestd.ops.verify import print_report, progress_for, verify
 
-    if not config.manifest_path.exists():
-        raise NoManifest(config)
     # Without --repair nothing is written: read-only, so group members can verify too.
-    manifest = Manifest.open(config.manifest_path, readonly=not args.repair)
+    manifest = _existing(config, readonly=not args.repair)
     try:
         manifest.check_data_dir(config.data_dir)
         with Library(config.media_dir) as library:
@@ -425,12 +426,12 @@ def _rebind(config: Config, args: argparse.Namespace) -> int:
     if not config.data_dir.is_dir():
         print(f"ingestd: the data dir {config.data_dir} does not exist", file=sys.stderr)
         return EXIT_USAGE
-    if not config.manifest_path.exists():
+    if not config.manifest_url and not config.manifest_path.exists():
         raise NoManifest(config)  # before the locks, which would create the state dir
     with _library_locked(config), _writable(config) as manifest:
         before = manifest.bind_data_dir(config.data_dir, replace=True)
         after = manifest.recorded_data_dir()
-    print(f"{config.manifest_path} now belongs to {after} (was {before or 'not recorded'})")
+    print(f"{config.manifest_label} now belongs to {after} (was {before or 'not recorded'})")
     return EXIT_OK
 
 
@@ -445,7 +446,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     # The locks come first: a second daemon must not touch the manifest or the shared log file.
     with _library_locked(config):
-        manifest = Manifest.open(config.manifest_path)
+        manifest = open_manifest(config.manifest_location)
         try:
             manifest.bind_data_dir(config.data_dir)  # the first run records it
         finally:
@@ -465,7 +466,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
 def _wrong_library(config: Config, exc: WrongLibrary) -> str:
     return (
-        f"the manifest {config.manifest_path} belongs to the data dir {exc.recorded}, not"
+        f"the manifest {config.manifest_label} belongs to the data dir {exc.recorded}, not"
         f" {exc.wanted}. Use the --state-dir (or state_dir) that holds {exc.wanted}'s own"
         f" manifest, or none for its default one; or move this manifest to {exc.recorded}'s"
         f" state dir; or, if the library itself moved here, run `ingestd rebind` with this"

@@ -16,6 +16,7 @@ import platformdirs
 from ingestd.policy.urls import parse_loopback_address
 from ingestd.store.base import ManifestError, library_path, same_dir
 from ingestd.store.manifest import Manifest
+from ingestd.store.open import is_database_url, redact_dsn
 
 if TYPE_CHECKING:  # http.cookiejar pulls in urllib.request: only `run` needs it
     from http.cookiejar import MozillaCookieJar
@@ -79,6 +80,9 @@ class Config:
     write_info_json: bool = False
     # A Netscape cookies.txt; its cookies go to the hosts they match (see net.cookies).
     cookies_file: Path | None = None
+    # A libpq URL (postgresql://...): the manifest lives in PostgreSQL (the postgres extra);
+    # empty: the SQLite file in state_dir.
+    manifest_url: str = ""
 
     @property
     def host_slots(self) -> int:
@@ -97,8 +101,18 @@ class Config:
 
     @property
     def manifest_path(self) -> Path:
-        """The SQLite manifest."""
+        """The SQLite manifest (used unless manifest_url is set)."""
         return self.state_dir / MANIFEST_NAME
+
+    @property
+    def manifest_location(self) -> str | Path:
+        """Where the manifest is: the PostgreSQL URL, or the SQLite file."""
+        return self.manifest_url or self.manifest_path
+
+    @property
+    def manifest_label(self) -> str:
+        """The manifest's location for messages and logs: never a password."""
+        return redact_dsn(self.manifest_url) if self.manifest_url else str(self.manifest_path)
 
 
 # How each key is read from a string (environment) and what values it accepts.
@@ -140,6 +154,7 @@ _ENV_PARSERS: dict[str, Callable[[str], object]] = {
     "log_format": str,
     "http2_client": str,
     "metrics_address": str,
+    "manifest_url": str,
 }
 KEYS = frozenset(f.name for f in fields(Config))
 assert frozenset(_ENV_PARSERS) == KEYS
@@ -208,6 +223,9 @@ def _coerce(key: str, value: object, base: Path, label: str | None = None) -> ob
             parse_loopback_address(value)
         except ValueError as exc:
             raise ConfigError(f"{label}: {exc}") from exc
+    elif key == "manifest_url" and value and not is_database_url(value):
+        shown = redact_dsn(value)[:200]
+        raise ConfigError(f"{label}: expected a postgresql:// URL, got {shown!r}")
     if key in _RANGES:
         low, high = _RANGES[key]
         number = cast(float, value)

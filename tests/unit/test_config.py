@@ -192,6 +192,19 @@ def test_write_info_json_and_cookies_file_keys(tmp_path: Path) -> None:
         load_config(path, env={}, cwd=tmp_path)
 
 
+def test_manifest_url_picks_postgresql_and_never_shows_its_password(tmp_path: Path) -> None:
+    config = load_config(env={"INGESTD_DATA_DIR": "d"}, cwd=tmp_path)
+    assert config.manifest_url == "" and config.manifest_location == config.manifest_path
+    url = "postgresql://ingestd:hunter2@db.internal/ingestd"
+    config = load_config(env={"INGESTD_DATA_DIR": "d", "INGESTD_MANIFEST_URL": url}, cwd=tmp_path)
+    assert config.manifest_location == url
+    assert config.manifest_label == "postgresql://ingestd:***@db.internal/ingestd"
+    bad = "mysql://ingestd:hunter2@db.internal/ingestd"
+    with pytest.raises(ConfigError, match="expected a postgresql:// URL") as refused:
+        load_config(env={"INGESTD_DATA_DIR": "d", "INGESTD_MANIFEST_URL": bad}, cwd=tmp_path)
+    assert "hunter2" not in str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("name", "text", "key", "in_file", "problem"),
     [

@@ -43,7 +43,7 @@ STATUS_PERIOD = 5.0  # seconds between STATUS= updates for `systemctl status`
 # Keys that name places or the TLS/HTTP setup of the shared client: changing them needs a restart.
 RESTART_ONLY = frozenset(
     {"data_dir", "state_dir", "http2", "ca_bundle", "metrics_address", "connections_per_host"}
-    | {"idle_timeout", "http2_client"}
+    | {"idle_timeout", "http2_client", "manifest_url"}
 )
 
 
@@ -132,6 +132,7 @@ class Daemon:
             pid=os.getpid(),
             data_dir=str(config.data_dir),
             state_dir=str(config.state_dir),
+            manifest=config.manifest_label,
             concurrency=config.concurrency,
             http2=config.http2,
             http2_client=config.http2_client,
@@ -189,7 +190,7 @@ class Daemon:
     async def _open(self, config: Config) -> _Parts:
         for folder in (config.raw_dir, config.media_dir):
             await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-        db = await Db.open(config.manifest_path)
+        db = await Db.open(config.manifest_location)
         try:
             fetcher = Fetcher(http_settings(config), self._cookies)
         except SetupError:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Generic, ParamSpec, TypeVar
 
 from ingestd.store.base import ManifestError, ManifestStore
-from ingestd.store.manifest import Manifest
+from ingestd.store.open import open_manifest
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -25,12 +25,13 @@ class Db:
         self.manifest = manifest
 
     @classmethod
-    async def open(cls, path: Path) -> Db:
-        """Open the manifest on a fresh single worker thread (SQLite objects stay on it)."""
+    async def open(cls, location: str | Path) -> Db:
+        """Open the manifest at `location` (a SQLite file or a PostgreSQL URL) on a fresh
+        single worker thread (its connection stays on it)."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest")
         loop = asyncio.get_running_loop()
         try:
-            manifest = await loop.run_in_executor(executor, Manifest.open, path)
+            manifest = await loop.run_in_executor(executor, open_manifest, location)
         except BaseException:
             executor.shutdown(wait=False)
             raise

@@ -34,7 +34,7 @@ class Ingestor:
         # extract_merged (and its expired items) is logged before the extract can complete.
         self._order = order if order is not None else EventOrder()
         self._db = db
-        self._merger = Merger(db, config.manifest_path, config.max_extract_bytes)
+        self._merger = Merger(db, config.manifest_location, config.max_extract_bytes)
         self._log = log
         self._on_merged = on_merged
         self._dirty: set[Path] = set()

@@ -24,7 +24,7 @@ from ingestd.fs.files import ExtractBytes, read_extract
 from ingestd.policy.extract import ExtractError, ParsedExtract, RejectReason, parse_extract
 from ingestd.service.db import Db
 from ingestd.store.base import ExpiredAtMerge
-from ingestd.store.manifest import Manifest
+from ingestd.store.open import is_database_url, open_manifest
 
 IN_PROCESS_MAX_BYTES = 4 * 1024 * 1024
 
@@ -75,7 +75,7 @@ def _merge_in_child(
             out.send(("changed",))
             return
         parsed_at = time.monotonic()
-        store = Manifest.open(Path(manifest))
+        store = open_manifest(manifest if is_database_url(manifest) else Path(manifest))
         try:
             counts = store.merge(parsed.records, source, time.time(), sha256)
         finally:
@@ -104,9 +104,9 @@ def _merge_in_child(
 class Merger:
     """Turns an extract's bytes into manifest rows, wherever that is cheapest."""
 
-    def __init__(self, db: Db, manifest_path: Path, max_bytes: int) -> None:
+    def __init__(self, db: Db, manifest: str | Path, max_bytes: int) -> None:
         self._db = db
-        self._manifest_path = manifest_path
+        self._manifest = str(manifest)  # what the child opens: a path or a URL
         self.max_bytes = max_bytes
         self._children: set[multiprocessing.process.BaseProcess] = set()
 
@@ -135,7 +135,7 @@ class Merger:
         receiver, sender = context.Pipe(duplex=False)
         child = context.Process(
             target=_merge_in_child,
-            args=(sender, str(self._manifest_path), str(path), sha256, self.max_bytes, path.name),
+            args=(sender, self._manifest, str(path), sha256, self.max_bytes, path.name),
             name="ingestd-merge",
             daemon=True,
         )

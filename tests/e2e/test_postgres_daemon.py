@@ -1,0 +1,55 @@
+"""The daemon, a real process, with its manifest in PostgreSQL (`manifest_url`): the sample
+extract becomes the same library as on SQLite, the operator commands read the database, a
+restart resumes from it, and the URL's password is never shown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from support.daemon import by_id
+from support.extracts import SAMPLE_FIRST, load_sample, localize, samples_dir
+from support.origin import OriginServer
+
+pytestmark = pytest.mark.skipif(samples_dir() is None, reason="shared sample extracts not found")
+
+SECRET = "not-a-real-password-7a1c"
+
+
+def with_password(url: str) -> str:
+    """The test server trusts local connections, so a password is accepted and unused."""
+    return url.replace("postgresql://postgres@", f"postgresql://postgres:{SECRET}@", 1)
+
+
+def test_the_daemon_runs_on_postgresql(
+    daemon_factory: Any, origin: OriginServer, prefix: str, postgres_url: str
+) -> None:
+    extract, items = localize(load_sample(SAMPLE_FIRST), origin, prefix)
+    url = with_password(postgres_url)
+    daemon = daemon_factory(manifest_url=url)
+    daemon.start()
+    started = daemon.events("daemon_started")[0]
+    assert SECRET not in started["manifest"] and "***" in started["manifest"]
+    daemon.drop_atomic(SAMPLE_FIRST, extract)
+    daemon.wait_for_count("download_completed", len(items), timeout=60)
+    for item in items:
+        assert daemon.media_path(item.topic, item.aweme_id).read_bytes() == item.content()
+    assert not (daemon.state_dir / "manifest.sqlite3").exists()  # nothing went to SQLite
+
+    status = daemon.status_json()
+    assert status["items"] == {"pending": 0, "active": 0, "done": 24, "expired": 0, "failed": 0}
+    listed = daemon.cli("list", "--state", "done", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert SECRET not in listed.stdout + listed.stderr
+    daemon.terminate()
+
+    ready = daemon.start()  # the manifest is the database's: nothing is fetched again
+    assert ready is not None and ready["items"]["done"] == 24
+    daemon.drop_atomic("extract_again.json", extract)  # its content is known there too
+    skipped = daemon.wait_for("extract_skipped", lambda e: e["path"].endswith("again.json"))
+    assert skipped["reason"] == "duplicate_content"
+    daemon.terminate()
+    assert len(by_id(daemon.events("download_completed"))) == 0  # this run's events only
+    assert not any(SECRET in line for line in daemon.log_lines_containing("postgresql"))
+    assert not daemon.log_lines_containing(SECRET)
