@@ -42,9 +42,10 @@ def open_parts(under: Path) -> list[str]:
     return found
 
 
-async def test_a_stopped_transfer_closes_and_checkpoints_its_part(
-    tmp_path: Path, origin: OriginServer
-) -> None:
+async def _slow_transfer(
+    tmp_path: Path, origin: OriginServer, name: str
+) -> tuple[Config, Db, Fetcher, Transfers, str, str]:
+    """A manifest holding one item whose origin sends 3 MiB slowly, and what transfers it."""
     config = Config(data_dir=tmp_path, state_dir=tmp_path, allowed_hosts=("localhost",))
     settings = HttpSettings(
         http2=True,
@@ -57,12 +58,25 @@ async def test_a_stopped_transfer_closes_and_checkpoints_its_part(
     )
     db = await Db.open(tmp_path / "manifest.sqlite3")
     fetcher = Fetcher(settings)
-    url = origin.url("stopped", "slow", SIZE, chunk=64 * 1024, delay=0.05)
+    url = origin.url(name, "slow", SIZE, chunk=64 * 1024, delay=0.05)
     aweme_id = "7000000000000000001"
     await db.run(db.manifest.merge, [Record(aweme_id, url, "cats", "{}")], "e.json", time.time())
-    (item,) = await db.run(db.manifest.claim_due, time.time(), 1)
-    transfers = Transfers(config, db, fetcher, Publisher(config.media_dir))
+    return (
+        config,
+        db,
+        fetcher,
+        Transfers(config, db, fetcher, Publisher(config.media_dir)),
+        aweme_id,
+        url,
+    )
+
+
+async def test_a_stopped_transfer_closes_and_checkpoints_its_part(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    config, db, fetcher, transfers, aweme_id, _ = await _slow_transfer(tmp_path, origin, "stopped")
     try:
+        (item,) = await db.run(db.manifest.claim_due, time.time(), 1)
         task = asyncio.create_task(transfers.attempt(item, structlog.get_logger()))
         part = config.media_dir / "cats" / f"{aweme_id}.mp4.part"
         deadline = time.monotonic() + 10
@@ -80,34 +94,6 @@ async def test_a_stopped_transfer_closes_and_checkpoints_its_part(
     finally:
         await fetcher.aclose()
         await db.close()
-
-
-async def _slow_transfer(
-    tmp_path: Path, origin: OriginServer, name: str
-) -> tuple[Config, Db, Fetcher, Transfers, str, str]:
-    config = Config(data_dir=tmp_path, state_dir=tmp_path, allowed_hosts=("localhost",))
-    settings = HttpSettings(
-        http2=True,
-        timeout=5.0,
-        user_agent="test",
-        referer="https://example.test/",
-        ca_bundle=Path(origin.ca_pem_path),
-        max_connections=4,
-        allowed_hosts=("localhost",),
-    )
-    db = await Db.open(tmp_path / "manifest.sqlite3")
-    fetcher = Fetcher(settings)
-    url = origin.url(name, "slow", SIZE, chunk=64 * 1024, delay=0.05)
-    aweme_id = "7000000000000000002"
-    await db.run(db.manifest.merge, [Record(aweme_id, url, "cats", "{}")], "e.json", time.time())
-    return (
-        config,
-        db,
-        fetcher,
-        Transfers(config, db, fetcher, Publisher(config.media_dir)),
-        aweme_id,
-        url,
-    )
 
 
 async def test_a_resume_point_is_recorded_only_with_durable_bytes(
