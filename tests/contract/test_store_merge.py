@@ -21,7 +21,7 @@ def done(
     m: ManifestStore, aweme_id: str, size: int, sha256: str, path: str, topics: Any, now: float
 ) -> bool:
     """Complete one item; True when it needs a relink."""
-    return m.complete_many([Completion(aweme_id, size, sha256, path, topics, now)])[0]
+    return bool(m.complete_many([Completion(aweme_id, size, sha256, path, topics, now)])[0])
 
 
 def test_merge_inserts_dedups_and_counts(store: ManifestStore) -> None:

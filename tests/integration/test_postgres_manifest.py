@@ -4,13 +4,15 @@ which no error may show."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import subprocess
 import sys
 import threading
 import traceback
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -18,7 +20,7 @@ import pytest
 
 from ingestd.policy.extract import Record
 from ingestd.policy.merge import State
-from ingestd.store.base import Completion, ManifestError
+from ingestd.store.base import Completion, LapsedClaim, ManifestError, OwnerLoad
 from ingestd.store.manifest import Manifest
 from ingestd.store.open import open_manifest, redact_dsn
 from ingestd.store.postgres import SCHEMA_VERSION, PostgresManifest
@@ -344,6 +346,167 @@ def test_a_broken_connection_fails_one_call_and_is_made_again(
         manifest.counts()
     assert manifest.counts().items["pending"] == 1
     assert [i.aweme_id for i in manifest.claim_due(2.0, 1)] == ["1"]
+
+
+@dataclass
+class Claimed:
+    """One claim of an item by an owner, as that owner saw it."""
+
+    owner: str
+    at: float  # the claim's now
+    until: float  # the latest lease end the store granted it (claim or renewal)
+
+
+def test_an_owner_that_stops_renewing_loses_its_claims_to_the_other(postgres_url: str) -> None:
+    # Two owners on two connections claim one queue with leases, on a shared logical clock.
+    # "a" stops after a few rounds, its items claimed; "b" renews its own every round and
+    # reclaims what lapsed, so it gets a's items once their leases end, and finishes all.
+    # When a wakes, every outcome it writes is refused. No claim of an item begins before the
+    # last lease granted to the previous one ended: never two owners at once.
+    total, lease = 200, 30.0
+    setup = PostgresManifest.open(postgres_url)
+    setup.merge([rec(f"{i:04d}", host="abcd"[i % 4]) for i in range(total)], "e.json", 1.0)
+    setup.close()
+    ticks = itertools.count(2)
+    clock = threading.Lock()
+    record = threading.Lock()
+    history: dict[str, list[Claimed]] = defaultdict(list)
+    completed: Counter[str] = Counter()
+    reclaimed: list[LapsedClaim] = []
+    stalled: dict[str, Claimed] = {}
+    b_done = threading.Event()
+    failures: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def tick() -> float:
+        with clock:
+            return float(next(ticks))
+
+    def work(owner: str, rounds: int | None) -> None:
+        m = PostgresManifest.open(postgres_url)
+        mine: dict[str, Claimed] = {}  # claimed, as far as this owner knows
+        held: list[str] = []
+        try:
+            barrier.wait()
+            for step in itertools.count():
+                if rounds is not None and step == rounds:
+                    stalled.update(mine)
+                    b_done.wait(120)
+                    break
+                assert step < 5_000, "never finished"
+                now = tick()
+                if owner == "b":
+                    lapsed = m.reclaim_lapsed(now)
+                    reclaimed.extend(lapsed)
+                    for gone in lapsed:
+                        mine.pop(gone.aweme_id, None)
+                for aweme_id in set(mine) - set(m.renew_leases(owner, list(mine), now + lease)):
+                    del mine[aweme_id]  # lost
+                for claim in mine.values():
+                    claim.until = now + lease
+                held = [i for i in held if i in mine]
+                started, ahead = m.claim(
+                    now, start=1, hold=1, mark=held, owner=owner, lease_until=now + lease
+                )
+                held = [i.aweme_id for i in ahead]
+                with record:
+                    for item in started + ahead:
+                        mine[item.aweme_id] = Claimed(owner, now, now + lease)
+                        history[item.aweme_id].append(mine[item.aweme_id])
+                # "a" finishes one item every other round: it keeps some claimed.
+                running = [i for i in mine if i not in held]
+                if running and (owner == "b" or step % 2 == 0):
+                    aweme_id = running[0]
+                    (flag,) = m.complete_many(
+                        [Completion(aweme_id, 1, "x", "p", ["t"], now, owner)]
+                    )
+                    del mine[aweme_id]
+                    if flag is not None:
+                        with record:
+                            completed[aweme_id] += 1
+                if owner == "b" and not mine and m.counts().items["done"] == total:
+                    b_done.set()
+                    return
+            # "a" wakes up: what it had is someone else's now, or done.
+            stale = list(mine)
+            assert stale and m.renew_leases(owner, stale, tick() + lease) == []
+            now = tick()
+            flags = m.complete_many([Completion(i, 1, "x", "p", ["t"], now, owner) for i in stale])
+            assert flags == [None] * len(stale)
+            assert m.release(stale, now, owner=owner) == []
+            assert (
+                m.finish_failed(stale[0], "u", State.FAILED, "e", 1, 0, False, now, owner=owner)
+                is None
+            )
+        except BaseException as exc:
+            failures.append(exc)
+            b_done.set()
+        finally:
+            m.close()
+
+    threads = [
+        threading.Thread(target=work, args=("a", 12)),
+        threading.Thread(target=work, args=("b", None)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert set(completed) == {f"{i:04d}" for i in range(total)}
+    assert set(completed.values()) == {1}, "each item completed once, by its owner then"
+    assert stalled and {c.aweme_id for c in reclaimed if c.owner == "a"} >= set(stalled)
+    for aweme_id in stalled:
+        assert history[aweme_id][-1].owner == "b", aweme_id
+    for aweme_id, claims in history.items():
+        for before, after in itertools.pairwise(sorted(claims, key=lambda c: c.at)):
+            assert after.at > before.until, (aweme_id, claims)
+    check = PostgresManifest.open(postgres_url)
+    try:
+        assert check.in_flight_by_owner() == {}
+        assert check.counts().items["done"] == total
+    finally:
+        check.close()
+
+
+def test_owners_and_leases_come_with_schema_2(postgres_url: str) -> None:
+    # A database of schema 1 (as the first release made it) is migrated with its claims; a
+    # reader that finds it still at 1 shows no owners rather than failing.
+    from ingestd.store import postgres
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(postgres._MIGRATIONS_TABLE)
+        conn.execute(postgres._MIGRATIONS[1])
+        conn.execute("INSERT INTO schema_migrations (version) VALUES (1)")
+        conn.execute(
+            "INSERT INTO items (aweme_id, url, origin, topics, folders, state, held, sources,"
+            " record, created_at, updated_at) VALUES"
+            " ('1', 'u', 'h:443', '{}', '{}', 'active', false, '[]', '{}', 1, 1),"
+            " ('2', 'u', 'h:443', '{}', '{}', 'pending', true, '[]', '{}', 1, 1)"
+        )
+    reader = PostgresManifest.open(postgres_url, readonly=True)
+    try:
+        assert reader.in_flight_by_owner() == {"": OwnerLoad(active=1, held=1)}
+        item = reader.item("1")
+        assert item is not None and "owner" not in item
+    finally:
+        reader.close()
+    m = PostgresManifest.open(postgres_url)
+    try:
+        assert migrations(postgres_url) == [1, 2]
+        item = m.item("1")
+        assert item is not None and (item["owner"], item["lease_until"]) == (None, None)
+        assert m.reclaim_lapsed(now=1e12) == []
+        assert m.reset_active(now=2.0, owner="") == 1
+        assert m.in_flight_by_owner() == {}
+    finally:
+        m.close()
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("SET enable_seqscan = off")  # two rows: the index must serve, not win
+        plan = conn.execute(
+            "EXPLAIN SELECT aweme_id FROM items WHERE held AND lease_until < 5"
+        ).fetchall()
+        assert "items_held" in str(plan)
 
 
 # --- the password --------------------------------------------------------------------------------

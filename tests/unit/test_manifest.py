@@ -9,6 +9,7 @@ import pytest
 
 from ingestd.policy.extract import Record
 from ingestd.policy.merge import State
+from ingestd.store.base import LapsedClaim, OwnerLoad
 from ingestd.store.manifest import (
     _MIGRATIONS,
     SCHEMA_VERSION,
@@ -29,7 +30,7 @@ def done(
     m: Manifest, aweme_id: str, size: int, sha256: str, path: str, topics: Any, now: float
 ) -> bool:
     """Complete one item; True when it needs a relink."""
-    return m.complete_many([Completion(aweme_id, size, sha256, path, topics, now)])[0]
+    return bool(m.complete_many([Completion(aweme_id, size, sha256, path, topics, now)])[0])
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ def test_version_1_manifests_are_migrated_with_their_rows(tmp_path: Path) -> Non
     assert (items["pending"], items["done"]) == (1, 1)
     m.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'items'").fetchone()[0]
     assert "WITHOUT ROWID" not in sql
     indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -151,10 +152,75 @@ def test_version_2_manifests_are_migrated_and_adopted_by_the_first_bind(tmp_path
     assert (m.counts().items["done"], m.counts().bytes_done) == (1, 99)
     m.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'meta'").fetchone()[0]
     assert "WITHOUT ROWID" in sql
     assert conn.execute("SELECT key, value FROM meta").fetchall() == [
         ("data_dir", str(tmp_path / "library"))
     ]
     conn.close()
+
+
+def test_version_6_manifests_gain_owners_and_leases(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    script = ";".join(_MIGRATIONS[v] for v in range(1, 7))
+    conn.executescript(script + "; PRAGMA user_version = 6;")
+    for aweme_id, state, held, attempts in (("1", "active", 0, 1), ("2", "pending", 1, 0)):
+        conn.execute(
+            "INSERT INTO items (aweme_id, url, topics, state, held, attempts, sources, record,"
+            " created_at, updated_at) VALUES (?, 'https://h/v', '[\"a\"]', ?, ?, ?,"
+            " '[\"e.json\"]', '{}', 1.0, 2.0)",
+            (aweme_id, state, held, attempts),
+        )
+    conn.close()
+    reader = Manifest.open(path, readonly=True)  # a CLI may read it before the daemon migrates
+    assert reader.in_flight_by_owner() == {"": OwnerLoad(active=1, held=1)}
+    assert reader.counts().items["active"] == 1
+    reader.close()
+    m = Manifest.open(path)
+    one = m.item("1")
+    assert one is not None and (one["state"], one["owner"], one["lease_until"]) == (
+        "active",
+        None,
+        None,
+    )
+    assert m.reclaim_lapsed(now=1e12) == [], "no lease: never reclaimed"
+    assert m.reset_active(now=3.0, owner="") == 1  # claimed by no one: let go
+    assert m.in_flight_by_owner() == {}
+    started, held = m.claim(now=4.0, start=1, hold=1, owner="n/1", lease_until=5.0)
+    assert len(started) == len(held) == 1
+    assert m.reclaim_lapsed(now=6.0) == [
+        LapsedClaim(started[0].aweme_id, "n/1", True),
+        LapsedClaim(held[0].aweme_id, "n/1", False),
+    ]
+    m.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'items_held'").fetchone()[0]
+    assert "WHERE held = 1" in sql
+    conn.close()
+
+
+def test_lapsed_and_owned_claims_are_found_without_reading_the_queue(
+    manifest: Manifest,
+) -> None:
+    # reclaim_lapsed, reset_active and in_flight_by_owner find active items through items_due
+    # and held ones through items_held: never a pass over every pending item.
+    manifest.merge([r(str(i)) for i in range(50)], "e", 1.0)
+    manifest.claim(2.0, 2, 2, owner="n", lease_until=3.0)
+    statements: list[str] = []
+    manifest._conn.set_trace_callback(statements.append)
+    manifest.in_flight_by_owner()
+    assert len(manifest.reclaim_lapsed(4.0)) == 4
+    manifest.claim(5.0, 2, 2, owner="n", lease_until=9.0)
+    assert manifest.reset_active(6.0, owner="n") == 2
+    manifest._conn.set_trace_callback(None)
+    queries = [q for q in statements if q.startswith(("SELECT", "UPDATE")) and "items" in q]
+    plans = [
+        step[-1]
+        for query in queries
+        for step in manifest._conn.execute(f"EXPLAIN QUERY PLAN {query}")
+    ]
+    scans = [p for p in plans if p.startswith("SCAN items") and " INDEX " not in p]
+    assert len(queries) >= 6 and "SCAN items USING INDEX items_held" in plans and not scans, plans

@@ -672,7 +672,7 @@ class DownloadPool:
         done: Published,
         duration: float,
         log: Logger,
-        recorded: asyncio.Future[bool],
+        recorded: asyncio.Future[bool | None],
     ) -> None:
         """The file's `done` is written: count it and say so."""
         if recorded.cancelled():

@@ -5,6 +5,14 @@ Times are epoch seconds. An item is `pending`, `active` (in flight, its attempt 
 `done`, `expired` or `failed` (policy.merge.State); a pending item may also be `held`: claimed
 ahead of a free slot, not in flight, no attempt counted. Its topics keep the order they came in,
 the first naming the folder its file lives in.
+
+Owners and leases. A claim may name its `owner` (a worker: `node/1`, `node/2`... for the workers
+of node `node`) and a `lease_until`. An item records both while it is claimed (active or held),
+and neither otherwise: every way out of flight clears them. The empty owner is no owner (stored
+as none). An owner renews its leases (renew_leases); claims whose lease ran out are handed back by
+reclaim_lapsed, to be claimed by others; outcomes written with an owner apply only to items still
+claimed by that owner, so that a stale worker never clobbers its successor's claim. An item
+claimed without a lease is never reclaimed that way, only by reset_active.
 """
 
 from __future__ import annotations
@@ -110,7 +118,8 @@ class ExtractProgress:
 
 
 class Completion(NamedTuple):
-    """A finished download, for `complete_many`."""
+    """A finished download, for `complete_many`. With `owner`, written only while the item is
+    still claimed by that owner (see complete_many); None: no such check."""
 
     aweme_id: str
     size: int
@@ -118,6 +127,24 @@ class Completion(NamedTuple):
     path: str  # relative to media_assets
     linked_topics: Sequence[str | None]
     now: float
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LapsedClaim:
+    """A claim whose lease ran out, handed back to the queue by `reclaim_lapsed`."""
+
+    aweme_id: str
+    owner: str  # who had it ("" for no owner)
+    was_active: bool  # started: its attempt stays spent; held: none was counted
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerLoad:
+    """What one owner has in flight (see in_flight_by_owner)."""
+
+    active: int
+    held: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,14 +304,20 @@ class ManifestStore(Protocol):
 
     # --- the download queue ------------------------------------------------------------------
 
-    def reset_active(self, now: float) -> int:
+    def reset_active(self, now: float, owner: str | None = None) -> int:
         """After a crash: active items are pending again (their attempt stays spent), held ones
-        let go. Returns how many were active."""
+        let go, owner and lease cleared. With `owner`, only the items claimed by `owner` or by
+        one of its workers (an owner `owner + "/..."`: not `ownerX`), "" meaning those claimed
+        with no owner; None: all. Returns how many were active."""
         ...
 
-    def release(self, ids: Iterable[str], now: float, due: float = 0.0) -> None:
-        """Return claimed items (active or held) to pending, due no sooner than `due`; an active
-        one gets its attempt back. Other ids are left alone."""
+    def release(
+        self, ids: Iterable[str], now: float, due: float = 0.0, *, owner: str | None = None
+    ) -> list[str]:
+        """Return claimed items (active or held) to pending, due no sooner than `due`, owner and
+        lease cleared; an active one gets its attempt back. With `owner`, only those claimed by
+        `owner` or by no one. Other ids are left alone. Returns the ids released, in the order
+        given (once each): an id missing is no longer claimed by the caller."""
         ...
 
     def claim_due(self, now: float, limit: int) -> list[Item]:
@@ -298,11 +331,16 @@ class ManifestStore(Protocol):
         hold: int,
         skip: Sequence[str] = (),
         mark: Sequence[str] = (),
+        *,
+        owner: str = "",
+        lease_until: float | None = None,
     ) -> tuple[list[Item], list[Item]]:
-        """In one transaction: the held items in `mark` are started (see start_held); then of
-        the pending items due at `now`, not held, whose URL's origin (policy.urls.origin_of)
-        is not in `skip`, earliest due first, `start` are made active (attempt counted, as the
-        returned Item says) and `hold` more are held. No item is claimed twice."""
+        """In one transaction: the held items in `mark` are started (see start_held; with an
+        `owner`, only those held by it or by no one); then of the pending items due at `now`,
+        not held, whose URL's origin (policy.urls.origin_of) is not in `skip`, earliest due
+        first, `start` are made active (attempt counted, as the returned Item says) and `hold`
+        more are held. Every item claimed records `owner` and `lease_until` (None: no lease).
+        No item is claimed twice."""
         ...
 
     def defer_origin(self, origin: str, until: float, now: float) -> int:
@@ -310,9 +348,31 @@ class ManifestStore(Protocol):
         many moved."""
         ...
 
-    def start_held(self, ids: Sequence[str], now: float) -> list[int | None]:
-        """Make held items active, counting their attempt. Per id, in order: its attempt
-        number, or None when it is no longer held (released, or its outcome written)."""
+    def start_held(
+        self, ids: Sequence[str], now: float, *, owner: str | None = None
+    ) -> list[int | None]:
+        """Make held items active, counting their attempt; owner and lease stay. Per id, in
+        order: its attempt number, or None when it is no longer held (released, reclaimed, or
+        its outcome written) or, with `owner`, held by another owner than `owner` (no owner
+        matches any)."""
+        ...
+
+    def renew_leases(self, owner: str, ids: Sequence[str], until: float) -> list[str]:
+        """Make the lease of those of `ids` still claimed (active or held) by `owner` end at
+        `until`. Returns those renewed, in the order given (once each): the others were lost
+        (reclaimed, released, finished) or never were the owner's. "" renews only items
+        claimed with no owner."""
+        ...
+
+    def reclaim_lapsed(self, now: float) -> list[LapsedClaim]:
+        """Hand back every claim whose lease ended before `now`: the item is pending again,
+        owner and lease cleared, due as it was; an active one keeps the attempt it was charged
+        (as after a crash), a held one was charged none. Items with no lease are never
+        reclaimed here; no other item is touched. Returns those reclaimed, in id order."""
+        ...
+
+    def in_flight_by_owner(self) -> dict[str, OwnerLoad]:
+        """Items active and held, per owner ("" for no owner); only owners with some."""
         ...
 
     def next_due(self, skip: Sequence[str] = ()) -> float | None:
@@ -327,10 +387,14 @@ class ManifestStore(Protocol):
         declared, the bytes durable. Claims return it until it is done, requeued or dropped."""
         ...
 
-    def complete_many(self, done: Sequence[Completion]) -> list[bool]:
+    def complete_many(self, done: Sequence[Completion]) -> list[bool | None]:
         """Mark items done (size, digest, path), in one transaction; a held one's attempt is
-        counted, the resume point and last error cleared. One flag per item, in order: True
-        when its topics now differ from `linked_topics` (it is due for a relink)."""
+        counted, the resume point, last error, owner and lease cleared. A completion with an
+        `owner` is written only if its item is in flight (active or held) and claimed by that
+        owner or by no one; one without is written whatever the item's state. One flag per
+        item, in order: None when it was not written for that (never without an owner), else
+        True when its topics now differ from `linked_topics` (it is due for a relink); False
+        too for an unknown id without an owner."""
         ...
 
     def finish_failed(
@@ -343,12 +407,16 @@ class ManifestStore(Protocol):
         next_attempt_at: float,
         refund_attempt: bool,
         now: float,
-    ) -> State:
+        *,
+        owner: str | None = None,
+    ) -> State | None:
         """Record a failed attempt of an item in flight (active, or held with its start not yet
         written: its attempt is counted then): `state`, due at `next_attempt_at`, `reason` and
-        `status` kept, the attempt given back with `refund_attempt`. If its URL changed since
-        `attempted_url`, it is pending again, due now, with fresh attempts. An item not in
-        flight is left alone. Returns the state the item is in (`state` for an unknown one)."""
+        `status` kept, the attempt given back with `refund_attempt`, owner and lease cleared.
+        If its URL changed since `attempted_url`, it is pending again, due now, with fresh
+        attempts. An item not in flight is left alone; returns the state the item is in
+        (`state` for an unknown one). With `owner`, an item not in flight, unknown, or claimed
+        by another owner (no owner matches any) is left alone and None is returned."""
         ...
 
     # --- hard links for further topics -------------------------------------------------------
@@ -418,7 +486,8 @@ class ManifestStore(Protocol):
     def item(self, aweme_id: str) -> dict[str, object] | None:
         """One item's fields (for the CLI and tests), or None. Keys include aweme_id, url, state,
         attempts, held (0 or 1), next_attempt_at, last_error, last_status, bytes, sha256, path,
-        validator, total_bytes, durable_bytes, created_at, updated_at, completed_at; topics and
+        validator, total_bytes, durable_bytes, owner (None for none) and lease_until (neither
+        read from a store not migrated yet), created_at, updated_at, completed_at; topics and
         sources as JSON array text."""
         ...
 

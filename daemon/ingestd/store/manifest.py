@@ -34,10 +34,12 @@ from ingestd.store.base import (
     Item,
     ItemPlace,
     ItemSummary,
+    LapsedClaim,
     ManifestError,
     ManifestStore,
     MergeCounts,
     MergeInterrupted,
+    OwnerLoad,
     Relink,
     SettledExtract,
     T,
@@ -80,13 +82,19 @@ __all__ = [  # with the values, so that importing them from here goes on working
     "same_dir",
 ]
 
-SCHEMA_VERSION = 6
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)  # the columns readers use are the same in all
+SCHEMA_VERSION = 7
+# The columns readers use are the same in all (in_flight_by_owner and item() do without owners
+# before 7, and without `held` before 5).
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 _CHUNK = 500  # ids per SELECT ... IN (...) and records per write transaction
 _URL_EXPIRED = Reason.URL_EXPIRED.value
 # Passes over the items of origins that cannot take work (their URL's host:port, worked out
 # per row scanned: only while some origin is busy or cooling, and only over due rows).
 _SKIP = " AND url_origin(url) NOT IN (SELECT value FROM json_each(?))"
+# In flight: started, or held (claimed ahead). `held` implies `pending`.
+_IN_FLIGHT = "(state = 'active' OR held = 1)"
+# An outcome written with an owner applies to an item claimed by that owner, or by no one.
+_OWNED = " AND (owner IS NULL OR owner = ?)"
 
 # Every items column after the key, in order (both versions of the table share them).
 _ITEM_FIELDS = """
@@ -256,6 +264,18 @@ _MIGRATIONS: dict[int, str] = {
             bytes = bytes - CASE OLD.state WHEN 'done' THEN coalesce(OLD.bytes, 0) ELSE 0 END
         WHERE id IN (SELECT value FROM json_each(OLD.extract_ids)) AND completed_at IS NULL;
     END;
+    """,
+    # Claims with owners and leases (several workers and hosts on one queue): an item records
+    # who claimed it and until when, while in flight only (every way out of it clears them).
+    # reclaim_lapsed finds lapsed active items through items_due (state, next_attempt_at);
+    # items_held indexes the held ones, a few per worker, for it, for reset_active and for
+    # in_flight_by_owner, which would otherwise read every pending item to find them. The cost
+    # on the hot path: one entry added when an item is held and removed when it is started,
+    # in that small index; nothing for an item claimed straight to active.
+    7: """
+    ALTER TABLE items ADD COLUMN owner TEXT;         -- NULL: not claimed, or claimed by no one
+    ALTER TABLE items ADD COLUMN lease_until REAL;   -- epoch seconds; NULL: no lease
+    CREATE INDEX items_held ON items (lease_until) WHERE held = 1;
     """,
 }
 _META_DATA_DIR = "data_dir"
@@ -614,27 +634,48 @@ class Manifest:
 
     # --- the download queue ---------------------------------------------------------------
 
-    def reset_active(self, now: float) -> int:
+    def reset_active(self, now: float, owner: str | None = None) -> int:
         """Put items left `active` (by a crash) back to pending, and let go of those that were
-        only claimed ahead. Returns how many were active: a crash costs those their attempt."""
+        only claimed ahead: all of them, or with `owner` those of `owner` and of its workers
+        (`owner/...`). Returns how many were active: a crash costs those their attempt. Held
+        items are found through items_held, active ones through items_due."""
+        where, args = _owned_by(owner)
         with self._write() as db:
-            db.execute("UPDATE items SET held = 0 WHERE held = 1")
+            db.execute(
+                "UPDATE items SET held = 0, owner = NULL, lease_until = NULL"
+                f" WHERE held = 1{where}",
+                args,
+            )
             cur = db.execute(
-                "UPDATE items SET state = 'pending', updated_at = ? WHERE state = 'active'", (now,)
+                "UPDATE items SET state = 'pending', owner = NULL, lease_until = NULL,"
+                f" updated_at = ? WHERE state = 'active'{where}",
+                (now, *args),
             )
             return cur.rowcount
 
-    def release(self, ids: Iterable[str], now: float, due: float = 0.0) -> None:
+    def release(
+        self, ids: Iterable[str], now: float, due: float = 0.0, *, owner: str | None = None
+    ) -> list[str]:
         """Return claimed items (running or held) to pending, due at `due`, without using up an
-        attempt (a clean shutdown, a pause, a host cooling down)."""
+        attempt (a clean shutdown, a pause, a host cooling down); with `owner`, only those it
+        (or no one) claimed. Returns the ids released, in the order given."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return []
         with self._write() as db:
-            db.executemany(
-                "UPDATE items SET held = 0, next_attempt_at = max(next_attempt_at, ?),"
-                " attempts = CASE state WHEN 'active' THEN max(attempts - 1, 0) ELSE attempts END,"
-                " state = 'pending', updated_at = ?"
-                " WHERE aweme_id = ? AND (state = 'active' OR held = 1)",
-                [(due, now, i) for i in ids],
-            )
+            released = {
+                r[0]
+                for r in db.execute(
+                    "UPDATE items SET held = 0, owner = NULL, lease_until = NULL,"
+                    " next_attempt_at = max(next_attempt_at, ?), attempts = CASE state"
+                    " WHEN 'active' THEN max(attempts - 1, 0) ELSE attempts END,"
+                    " state = 'pending', updated_at = ?"
+                    f" WHERE aweme_id IN (SELECT value FROM json_each(?)) AND {_IN_FLIGHT}"
+                    f"{_OWNED if owner is not None else ''} RETURNING aweme_id",
+                    (due, now, json.dumps(wanted), *(() if owner is None else (owner,))),
+                )
+            }
+        return [i for i in wanted if i in released]
 
     def claim_due(self, now: float, limit: int) -> list[Item]:
         """Atomically move up to `limit` due pending items to active and return them."""
@@ -647,34 +688,45 @@ class Manifest:
         hold: int,
         skip: Sequence[str] = (),
         mark: Sequence[str] = (),
+        *,
+        owner: str = "",
+        lease_until: float | None = None,
     ) -> tuple[list[Item], list[Item]]:
         """In one transaction, the next due items: `start` of them made active (an attempt
         counted), then `hold` more claimed ahead. Held items stay `pending` (they are not in
         flight) with no attempt counted, until `start_held`; no other claim takes them. Items
         of the origins (host:port) in `skip` are passed over: they cannot take work now. The
-        held items in `mark` have started: they are made active first (see start_held)."""
+        held items in `mark` have started: they are made active first (see start_held). Every
+        item claimed records `owner` (none for "") and `lease_until`, in the same statement."""
         if start <= 0 and hold <= 0 and not mark:
             return [], []
         with self._write() as db:
-            self._start_held(db, mark, now)
+            self._start_held(db, mark, now, owner or None)
+            lease = (owner or None, lease_until)
             change = "state = 'active', attempts = attempts + 1"
-            started = self._claim(db, now, change, start, skip)
-            held = self._claim(db, now, "held = 1", hold, skip)
+            started = self._claim(db, now, change, start, skip, lease)
+            held = self._claim(db, now, "held = 1", hold, skip, lease)
         return started, held
 
     @staticmethod
     def _claim(
-        db: sqlite3.Connection, now: float, change: str, limit: int, skip: Sequence[str]
+        db: sqlite3.Connection,
+        now: float,
+        change: str,
+        limit: int,
+        skip: Sequence[str],
+        lease: tuple[str | None, float | None],
     ) -> list[Item]:
+        """Apply `change` to up to `limit` due items, recording `lease` (owner, lease_until)."""
         if limit <= 0:
             return []
         rows = db.execute(
-            f"UPDATE items SET {change}, updated_at = ?"
+            f"UPDATE items SET {change}, owner = ?, lease_until = ?, updated_at = ?"
             " WHERE aweme_id IN (SELECT aweme_id FROM items WHERE state = 'pending'"
             f" AND held = 0 AND next_attempt_at <= ?{_SKIP if skip else ''}"
             " ORDER BY next_attempt_at LIMIT ?)"
             " RETURNING aweme_id, url, topics, attempts, validator, durable_bytes, total_bytes",
-            (now, now, *((json.dumps(list(skip)),) if skip else ()), limit),
+            (*lease, now, now, *((json.dumps(list(skip)),) if skip else ()), limit),
         ).fetchall()
         return [Item(r[0], r[1], tuple(json.loads(r[2])), r[3], r[4], r[5], r[6]) for r in rows]
 
@@ -691,26 +743,89 @@ class Manifest:
             )
             return cur.rowcount
 
-    def start_held(self, ids: Sequence[str], now: float) -> list[int | None]:
+    def start_held(
+        self, ids: Sequence[str], now: float, *, owner: str | None = None
+    ) -> list[int | None]:
         """Make held items active, counting their attempt. Per id, in order: its attempt
-        number, or None when it is no longer held (handed back, or its outcome written)."""
+        number, or None when it is no longer held (handed back, reclaimed, or its outcome
+        written) or, with `owner`, held by another owner."""
         with self._write() as db:
-            return self._start_held(db, ids, now)
+            return self._start_held(db, ids, now, owner)
 
     @staticmethod
-    def _start_held(db: sqlite3.Connection, ids: Sequence[str], now: float) -> list[int | None]:
-        """One statement for all of `ids`: held -> active, attempt counted."""
+    def _start_held(
+        db: sqlite3.Connection, ids: Sequence[str], now: float, owner: str | None
+    ) -> list[int | None]:
+        """One statement for all of `ids`: held -> active, attempt counted, owner and lease
+        kept."""
         if not ids:
             return []
         started = dict(
             db.execute(
                 "UPDATE items SET state = 'active', held = 0, attempts = attempts + 1,"
                 " updated_at = ? WHERE aweme_id IN (SELECT value FROM json_each(?))"
-                " AND held = 1 AND state = 'pending' RETURNING aweme_id, attempts",
-                (now, json.dumps(list(ids))),
+                f" AND held = 1 AND state = 'pending'{_OWNED if owner is not None else ''}"
+                " RETURNING aweme_id, attempts",
+                (now, json.dumps(list(ids)), *(() if owner is None else (owner,))),
             ).fetchall()
         )
         return [started.get(aweme_id) for aweme_id in ids]
+
+    def renew_leases(self, owner: str, ids: Sequence[str], until: float) -> list[str]:
+        """Make the leases of those of `ids` still claimed by `owner` end at `until`; returns
+        those renewed, in the order given. `updated_at` stays: a renewal is no change."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return []
+        with self._write() as db:
+            renewed = {
+                r[0]
+                for r in db.execute(
+                    "UPDATE items SET lease_until = ?"
+                    " WHERE aweme_id IN (SELECT value FROM json_each(?))"
+                    f" AND {_IN_FLIGHT} AND owner IS ? RETURNING aweme_id",
+                    (until, json.dumps(wanted), owner or None),
+                )
+            }
+        return [i for i in wanted if i in renewed]
+
+    def reclaim_lapsed(self, now: float) -> list[LapsedClaim]:
+        """Hand back the claims whose lease ended before `now` (see the contract). Lapsed
+        active items are found through items_due, held ones through items_held: no pass over
+        the pending items."""
+        with self._write() as db:
+            lapsed = [
+                LapsedClaim(r[0], r[1] or "", bool(r[2]))
+                for r in db.execute(
+                    "SELECT aweme_id, owner, 1 FROM items"
+                    " WHERE state = 'active' AND lease_until < ?1"
+                    " UNION ALL SELECT aweme_id, owner, 0 FROM items"
+                    " WHERE held = 1 AND lease_until < ?1",
+                    (now,),
+                )
+            ]
+            if lapsed:
+                db.execute(
+                    "UPDATE items SET state = 'pending', held = 0, owner = NULL,"
+                    " lease_until = NULL, updated_at = ?"
+                    " WHERE aweme_id IN (SELECT value FROM json_each(?))",
+                    (now, json.dumps([c.aweme_id for c in lapsed])),
+                )
+        return sorted(lapsed, key=lambda c: c.aweme_id)
+
+    def in_flight_by_owner(self) -> dict[str, OwnerLoad]:
+        """Items active and held per owner: two reads, of the active items (items_due) and of
+        the held ones (items_held). A manifest read before its migration to 7 (or 5) has no
+        owners (or no held items) to tell."""
+        owner = "coalesce(owner, '')" if self._version >= 7 else "''"
+        counts: dict[str, list[int]] = {}
+        queries = ["state = 'active'"] + (["held = 1"] if self._version >= 5 else [])
+        for n, where in enumerate(queries):
+            for name, count in self._conn.execute(
+                f"SELECT {owner}, count(*) FROM items WHERE {where} GROUP BY 1"
+            ):
+                counts.setdefault(name, [0, 0])[n] = count
+        return {name: OwnerLoad(*pair) for name, pair in sorted(counts.items())}
 
     def next_due(self, skip: Sequence[str] = ()) -> float | None:
         """The earliest retry time among pending items not claimed (and not of the origins
@@ -739,19 +854,21 @@ class Manifest:
                 (validator, total, durable, aweme_id),
             )
 
-    def complete_many(self, done: Sequence[Completion]) -> list[bool]:
+    def complete_many(self, done: Sequence[Completion]) -> list[bool | None]:
         """Mark items done with size, digest and relative path, in one transaction. One flag per
         item, in order: True when topics arrived during its download that its `linked_topics`
-        do not cover (it needs a relink)."""
-        flags = []
+        do not cover (it needs a relink); None when its `owner` lost it (nothing written)."""
+        flags: list[bool | None] = []
         with self._write() as db:
             for c in done:
+                guard = "" if c.owner is None else f" AND {_IN_FLIGHT}{_OWNED}"
                 row = db.execute(
                     "UPDATE items SET state = 'done', bytes = ?, sha256 = ?, path = ?, held = 0,"
                     " attempts = attempts + held, validator = NULL, durable_bytes = 0,"
-                    " total_bytes = NULL,"
+                    " total_bytes = NULL, owner = NULL, lease_until = NULL,"
                     " last_error = NULL, last_status = NULL, completed_at = ?,"
-                    " updated_at = ?, relink = (topics != ?) WHERE aweme_id = ? RETURNING relink",
+                    f" updated_at = ?, relink = (topics != ?) WHERE aweme_id = ?{guard}"
+                    " RETURNING relink",
                     (
                         c.size,
                         c.sha256,
@@ -760,9 +877,13 @@ class Manifest:
                         c.now,
                         _json_array(tuple(c.linked_topics)),
                         c.aweme_id,
+                        *(() if c.owner is None else (c.owner,)),
                     ),
                 ).fetchone()
-                flags.append(bool(row and row[0]))
+                if row is None and c.owner is not None:
+                    flags.append(None)
+                else:
+                    flags.append(bool(row and row[0]))
         return flags
 
     def finish_failed(
@@ -775,32 +896,38 @@ class Manifest:
         next_attempt_at: float,
         refund_attempt: bool,
         now: float,
-    ) -> State:
+        *,
+        owner: str | None = None,
+    ) -> State | None:
         """Record a failed attempt. If a newer URL arrived meanwhile, the item is simply pending
-        again with fresh attempts. Returns the state the item ended in."""
+        again with fresh attempts. Returns the state the item ended in; with `owner`, None
+        (nothing written) when the item is not in flight, or not its (or no one's)."""
         with self._write() as db:
             row = db.execute(
-                "SELECT url, state, held FROM items WHERE aweme_id = ?", (aweme_id,)
+                "SELECT url, state, held, owner FROM items WHERE aweme_id = ?", (aweme_id,)
             ).fetchone()
             # In flight: active, or still held if its start is not written yet (then its
             # attempt is counted here).
             started = row is not None and (
                 row[1] == State.ACTIVE.value or (row[1] == State.PENDING.value and row[2])
             )
+            if owner is not None and not (started and row[3] in (None, owner)):
+                return None
             if not started:
                 return State(row[1]) if row else state
             if row[0] != attempted_url:
                 state, next_attempt_at, refund_attempt = State.PENDING, 0.0, False
                 db.execute(
                     "UPDATE items SET state = 'pending', attempts = 0, next_attempt_at = 0,"
-                    " held = 0, last_error = ?, last_status = ?, updated_at = ? WHERE aweme_id = ?",
+                    " held = 0, owner = NULL, lease_until = NULL, last_error = ?,"
+                    " last_status = ?, updated_at = ? WHERE aweme_id = ?",
                     (reason, status, now, aweme_id),
                 )
                 return state
             db.execute(
                 "UPDATE items SET state = ?, next_attempt_at = ?, last_error = ?, last_status = ?,"
-                " attempts = max(attempts + held - ?, 0), held = 0, updated_at = ?"
-                " WHERE aweme_id = ?",
+                " attempts = max(attempts + held - ?, 0), held = 0, owner = NULL,"
+                " lease_until = NULL, updated_at = ? WHERE aweme_id = ?",
                 (state.value, next_attempt_at, reason, status, int(refund_attempt), now, aweme_id),
             )
         return state
@@ -1059,6 +1186,18 @@ class Manifest:
         if row is None:
             return None
         return {d[0]: v for d, v in zip(cur.description, row, strict=True)}
+
+
+def _owned_by(owner: str | None) -> tuple[str, tuple[object, ...]]:
+    """A condition (to follow a WHERE) for the items of `owner` and its workers (`owner/...`,
+    compared as a prefix: LIKE would read `_` and `%` in a name as wildcards); "" for those of
+    no owner; None: no condition."""
+    if owner is None:
+        return "", ()
+    if not owner:
+        return " AND owner IS NULL", ()
+    prefix = owner + "/"
+    return " AND (owner = ? OR substr(owner, 1, ?) = ?)", (owner, len(prefix), prefix)
 
 
 def _open_readonly(path: Path) -> sqlite3.Connection:

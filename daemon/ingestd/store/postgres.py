@@ -49,10 +49,12 @@ from ingestd.store.base import (
     Item,
     ItemPlace,
     ItemSummary,
+    LapsedClaim,
     ManifestError,
     ManifestStore,
     MergeCounts,
     MergeInterrupted,
+    OwnerLoad,
     Relink,
     SettledExtract,
     T,
@@ -77,7 +79,7 @@ if TYPE_CHECKING:
 Cursor = psycopg.Cursor[TupleRow]
 R = TypeVar("R")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _CHUNK = 500  # ids per listing fetch, done items per verify page
 _MERGE_CHUNK = 5_000  # records per merge transaction: its rows stay locked until it commits
 _IDS_PER_READ = 10_000  # ids bound in one `= ANY(%s)`
@@ -266,6 +268,18 @@ _MIGRATIONS: dict[int, str] = {
     CREATE TRIGGER items_deleted AFTER DELETE ON items FOR EACH ROW
         EXECUTE FUNCTION ingestd_item_moved();
     """,
+    # Claims with owners and leases, as SQLite's schema 7: an item records who claimed it and
+    # until when while in flight, and neither otherwise. Lapsed active items are found through
+    # items_due; items_held indexes the held ones (a few per worker) for reclaim_lapsed,
+    # reset_active and in_flight_by_owner. Adding a column with no default rewrites nothing.
+    # On the hot path: an entry in items_held per item held, removed by vacuum once started;
+    # and a hold, now changing an indexed column, is never a HOT update (it seldom was: rows
+    # copied in by a merge fill their pages).
+    2: """
+    ALTER TABLE items ADD COLUMN owner text,            -- NULL: not claimed, or by no one
+        ADD COLUMN lease_until double precision;        -- epoch seconds; NULL: no lease
+    CREATE INDEX items_held ON items (lease_until) WHERE held;
+    """,
 }
 
 # Folding (under _FOLD_LOCK): the deltas become one row; those of completed extracts go, their
@@ -329,6 +343,10 @@ _MINE = (
     "WITH mine AS (SELECT aweme_id FROM items WHERE aweme_id = ANY (%s) AND {}"
     " ORDER BY aweme_id FOR UPDATE)"
 )
+# In flight: started, or held (claimed ahead). `held` implies `pending`.
+_IN_FLIGHT = "(state = 'active' OR held)"
+# An outcome written with an owner applies to an item claimed by that owner, or by no one.
+_OWNED = " AND (owner IS NULL OR owner = %s)"
 
 # What item() gives: SQLite's columns (as `SELECT *` there), and the origin.
 _ITEM_COLUMNS = (
@@ -336,6 +354,7 @@ _ITEM_COLUMNS = (
     " last_status, bytes, sha256, path, validator, total_bytes, durable_bytes, relink, sources,"
     " record, extract_ids, created_at, updated_at, completed_at"
 )
+_OWNER_COLUMNS = ", owner, lease_until"  # from schema 2
 
 
 def _scrub(message: str, dsn: str) -> str:
@@ -417,10 +436,18 @@ class PostgresManifest:
     """The manifest in a PostgreSQL database. One connection: use from one thread at a time
     (the daemon gives it its own). Many stores, in one process or many, may share a database."""
 
-    def __init__(self, conn: psycopg.Connection[TupleRow], dsn: str, *, readonly: bool) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[TupleRow],
+        dsn: str,
+        *,
+        readonly: bool,
+        version: int = SCHEMA_VERSION,
+    ) -> None:
         self._conn = conn
         self._dsn = dsn  # never shown: redact_dsn
         self._readonly = readonly
+        self._version = version  # a reader may find an older schema, not migrated yet
         self._cursors = itertools.count(1)
         self._fold_due = time.monotonic() + _FOLD_EVERY
         self._wrote = False  # since the last fold
@@ -433,9 +460,10 @@ class PostgresManifest:
         manifest's schema there. A schema newer than this code, or none when `readonly`,
         raises ManifestError."""
         conn = _connect(dsn, readonly)
+        version = SCHEMA_VERSION
         try:
             if readonly:
-                _check_version(conn)
+                version = _check_version(conn)
             else:
                 _migrate(conn)
         except psycopg.Error as exc:
@@ -444,7 +472,7 @@ class PostgresManifest:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, dsn, readonly=readonly)
+        return cls(conn, dsn, readonly=readonly, version=version)
 
     def close(self) -> None:
         """Fold the counts this store moved, and disconnect."""
@@ -653,36 +681,53 @@ class PostgresManifest:
 
     # --- the download queue ---------------------------------------------------------------
 
-    def reset_active(self, now: float) -> int:
+    def reset_active(self, now: float, owner: str | None = None) -> int:
         """Put items left `active` (by a crash) back to pending, and let go of those that were
-        only claimed ahead. Returns how many were active: a crash costs those their attempt."""
+        only claimed ahead: all of them, or with `owner` those of `owner` and of its workers
+        (`owner/...`). Returns how many were active: a crash costs those their attempt. Held
+        items are found through items_held, active ones through items_due."""
+        where, args = _owned_by(owner)
 
         def reset(cur: Cursor) -> int:
-            cur.execute("UPDATE items SET held = false WHERE held")
             cur.execute(
-                "UPDATE items SET state = 'pending', updated_at = %s WHERE state = 'active'",
-                (now,),
+                "UPDATE items SET held = false, owner = NULL, lease_until = NULL"
+                f" WHERE held{where}",
+                args,
+            )
+            cur.execute(
+                "UPDATE items SET state = 'pending', owner = NULL, lease_until = NULL,"
+                f" updated_at = %s WHERE state = 'active'{where}",
+                (now, *args),
             )
             return cur.rowcount
 
         return self._write(reset)
 
-    def release(self, ids: Iterable[str], now: float, due: float = 0.0) -> None:
+    def release(
+        self, ids: Iterable[str], now: float, due: float = 0.0, *, owner: str | None = None
+    ) -> list[str]:
         """Return claimed items (running or held) to pending, due at `due`, without using up an
-        attempt (a clean shutdown, a pause, a host cooling down)."""
-        wanted = list(ids)
+        attempt (a clean shutdown, a pause, a host cooling down); with `owner`, only those it
+        (or no one) claimed. Returns the ids released, in the order given."""
+        wanted = list(dict.fromkeys(ids))
         if not wanted:
-            return
-        self._write(
-            lambda cur: cur.execute(
-                _MINE.format("(state = 'active' OR held)") + " UPDATE items AS i SET held = false,"
+            return []
+        owned = "" if owner is None else _OWNED
+
+        def release(cur: Cursor) -> set[str]:
+            cur.execute(
+                _MINE.format(_IN_FLIGHT + owned) + " UPDATE items AS i SET held = false,"
+                " owner = NULL, lease_until = NULL,"
                 " next_attempt_at = greatest(i.next_attempt_at, %s),"
                 " attempts = CASE i.state WHEN 'active' THEN greatest(i.attempts - 1, 0)"
                 " ELSE i.attempts END, state = 'pending', updated_at = %s"
-                " FROM mine WHERE i.aweme_id = mine.aweme_id",
-                (wanted, due, now),
+                " FROM mine WHERE i.aweme_id = mine.aweme_id RETURNING i.aweme_id",
+                (wanted, *(() if owner is None else (owner,)), due, now),
             )
-        )
+            return {r[0] for r in cur.fetchall()}
+
+        released = self._write(release)
+        return [i for i in wanted if i in released]
 
     def claim_due(self, now: float, limit: int) -> list[Item]:
         """Atomically move up to `limit` due pending items to active and return them."""
@@ -695,20 +740,25 @@ class PostgresManifest:
         hold: int,
         skip: Sequence[str] = (),
         mark: Sequence[str] = (),
+        *,
+        owner: str = "",
+        lease_until: float | None = None,
     ) -> tuple[list[Item], list[Item]]:
         """In one transaction, the next due items: `start` of them made active (an attempt
         counted), then `hold` more claimed ahead (held: pending, no attempt counted). Items of
         the origins in `skip` are passed over; the held items in `mark` are started first.
         Rows another claim has locked are passed over too (SKIP LOCKED): claims on several
-        connections never wait for each other, and never take one item twice."""
+        connections never wait for each other, and never take one item twice. Every item
+        claimed records `owner` (none for "") and `lease_until`, in the same statement."""
         if start <= 0 and hold <= 0 and not mark:
             return [], []
+        lease = (owner or None, lease_until)
 
         def claim(cur: Cursor) -> tuple[list[Item], list[Item]]:
-            _start_held(cur, mark, now)
+            _start_held(cur, mark, now, owner or None)
             change = "state = 'active', attempts = i.attempts + 1"
-            started = _claim(cur, now, change, start, skip)
-            held = _claim(cur, now, "held = true", hold, skip)
+            started = _claim(cur, now, change, start, skip, lease)
+            held = _claim(cur, now, "held = true", hold, skip, lease)
             return started, held
 
         return self._write(claim)
@@ -726,12 +776,71 @@ class PostgresManifest:
             )
         )
 
-    def start_held(self, ids: Sequence[str], now: float) -> list[int | None]:
+    def start_held(
+        self, ids: Sequence[str], now: float, *, owner: str | None = None
+    ) -> list[int | None]:
         """Make held items active, counting their attempt. Per id, in order: its attempt
-        number, or None when it is no longer held (handed back, or its outcome written)."""
+        number, or None when it is no longer held (handed back, reclaimed, or its outcome
+        written) or, with `owner`, held by another owner."""
         if not ids:
             return []
-        return self._write(lambda cur: _start_held(cur, ids, now))
+        return self._write(lambda cur: _start_held(cur, ids, now, owner))
+
+    def renew_leases(self, owner: str, ids: Sequence[str], until: float) -> list[str]:
+        """Make the leases of those of `ids` still claimed by `owner` end at `until` (locked
+        in id order); returns those renewed, in the order given. `updated_at` stays."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return []
+
+        def renew(cur: Cursor) -> set[str]:
+            cur.execute(
+                _MINE.format(_IN_FLIGHT + " AND owner IS NOT DISTINCT FROM %s")
+                + " UPDATE items AS i SET lease_until = %s FROM mine"
+                " WHERE i.aweme_id = mine.aweme_id RETURNING i.aweme_id",
+                (wanted, owner or None, until),
+            )
+            return {r[0] for r in cur.fetchall()}
+
+        renewed = self._write(renew)
+        return [i for i in wanted if i in renewed]
+
+    def reclaim_lapsed(self, now: float) -> list[LapsedClaim]:
+        """Hand back the claims whose lease ended before `now` (see the contract): lapsed
+        active items are found through items_due, held ones through items_held. Rows another
+        transaction has locked are passed over (SKIP LOCKED): their owner is writing them (a
+        renewal, an outcome), and a later reclaim sees them if they are still lapsed."""
+
+        def reclaim(cur: Cursor) -> list[LapsedClaim]:
+            cur.execute(
+                "WITH lapsed AS (SELECT aweme_id FROM items"
+                " WHERE state = 'active' AND lease_until < %s"
+                " UNION ALL SELECT aweme_id FROM items WHERE held AND lease_until < %s),"
+                # Checked again as locked: the row may have moved since the snapshot.
+                " mine AS (SELECT aweme_id, owner, state = 'active' AS was_active FROM items"
+                " WHERE aweme_id IN (SELECT aweme_id FROM lapsed)"
+                f" AND {_IN_FLIGHT} AND lease_until < %s FOR UPDATE SKIP LOCKED)"
+                " UPDATE items AS i SET state = 'pending', held = false, owner = NULL,"
+                " lease_until = NULL, updated_at = %s FROM mine"
+                " WHERE i.aweme_id = mine.aweme_id"
+                " RETURNING i.aweme_id, mine.owner, mine.was_active",
+                (now, now, now, now),
+            )
+            return [LapsedClaim(r[0], r[1] or "", r[2]) for r in cur.fetchall()]
+
+        return sorted(self._write(reclaim), key=lambda c: c.aweme_id)
+
+    def in_flight_by_owner(self) -> dict[str, OwnerLoad]:
+        """Items active and held per owner: active ones read through items_due, held ones
+        through items_held. A schema before 2 has no owners to tell."""
+        owner = "coalesce(owner, '')" if self._version >= 2 else "''"
+        counts: dict[str, list[int]] = {}
+        for n, where in enumerate(("state = 'active'", "held")):
+            for name, count in self._read(
+                f"SELECT {owner}, count(*) FROM items WHERE {where} GROUP BY 1"
+            ):
+                counts.setdefault(name, [0, 0])[n] = int(count)
+        return {name: OwnerLoad(*pair) for name, pair in sorted(counts.items())}
 
     def next_due(self, skip: Sequence[str] = ()) -> float | None:
         """The earliest retry time among pending items not claimed (and not of the origins
@@ -761,21 +870,24 @@ class PostgresManifest:
             )
         )
 
-    def complete_many(self, done: Sequence[Completion]) -> list[bool]:
+    def complete_many(self, done: Sequence[Completion]) -> list[bool | None]:
         """Mark items done with size, digest and relative path, in one transaction, written in
         id order (the lock order). One flag per item, in order: True when topics arrived during
-        its download that its `linked_topics` do not cover (it needs a relink)."""
+        its download that its `linked_topics` do not cover (it needs a relink); None when its
+        `owner` no longer had it (not written). One statement for all: the owner check is a
+        bound NULL for a completion without one."""
         if not done:
             return []
         order = sorted(range(len(done)), key=lambda n: done[n].aweme_id)
 
-        def complete(cur: Cursor) -> list[bool]:
+        def complete(cur: Cursor) -> list[bool | None]:
             cur.executemany(
                 "UPDATE items SET state = 'done', bytes = %s, sha256 = %s, path = %s,"
                 " held = false, attempts = attempts + held::int, validator = NULL,"
-                " durable_bytes = 0, total_bytes = NULL, last_error = NULL, last_status = NULL,"
-                " completed_at = %s, updated_at = %s, relink = (topics <> %s::text[])"
-                " WHERE aweme_id = %s RETURNING relink",
+                " durable_bytes = 0, total_bytes = NULL, owner = NULL, lease_until = NULL,"
+                " last_error = NULL, last_status = NULL, completed_at = %s, updated_at = %s,"
+                " relink = (topics <> %s::text[]) WHERE aweme_id = %s"
+                f" AND (%s::text IS NULL OR ({_IN_FLIGHT}{_OWNED})) RETURNING relink",
                 [
                     (
                         c.size,
@@ -785,15 +897,19 @@ class PostgresManifest:
                         c.now,
                         _stored_topics(tuple(c.linked_topics)),
                         c.aweme_id,
+                        c.owner,
+                        c.owner,
                     )
                     for c in (done[n] for n in order)
                 ],
                 returning=True,
             )
-            flags = [False] * len(done)
+            flags: list[bool | None] = [False] * len(done)
             for n in order:
                 row = cur.fetchone()
-                flags[n] = bool(row and row[0])
+                flags[n] = (
+                    None if row is None and done[n].owner is not None else bool(row and row[0])
+                )
                 cur.nextset()
             return flags
 
@@ -809,33 +925,39 @@ class PostgresManifest:
         next_attempt_at: float,
         refund_attempt: bool,
         now: float,
-    ) -> State:
+        *,
+        owner: str | None = None,
+    ) -> State | None:
         """Record a failed attempt. If a newer URL arrived meanwhile, the item is simply pending
-        again with fresh attempts. Returns the state the item ended in."""
+        again with fresh attempts. Returns the state the item ended in; with `owner`, None
+        (nothing written) when the item is not in flight, or not its (or no one's)."""
 
-        def finish(cur: Cursor) -> State:
+        def finish(cur: Cursor) -> State | None:
             row = cur.execute(
-                "SELECT url, state, held FROM items WHERE aweme_id = %s FOR UPDATE", (aweme_id,)
+                "SELECT url, state, held, owner FROM items WHERE aweme_id = %s FOR UPDATE",
+                (aweme_id,),
             ).fetchone()
-            if row is None:
-                return state
-            url, current, held = row
+            url, current, held, claimed_by = row if row is not None else (None, None, None, None)
             # In flight: active, or still held if its start is not written yet (then its
             # attempt is counted here).
-            if not (current == State.ACTIVE.value or (current == State.PENDING.value and held)):
-                return State(current)
+            started = current == State.ACTIVE.value or (current == State.PENDING.value and held)
+            if owner is not None and not (started and claimed_by in (None, owner)):
+                return None
+            if not started:
+                return state if current is None else State(current)
             if url != attempted_url:
                 cur.execute(
                     "UPDATE items SET state = 'pending', attempts = 0, next_attempt_at = 0,"
-                    " held = false, last_error = %s, last_status = %s, updated_at = %s"
-                    " WHERE aweme_id = %s",
+                    " held = false, owner = NULL, lease_until = NULL, last_error = %s,"
+                    " last_status = %s, updated_at = %s WHERE aweme_id = %s",
                     (reason, status, now, aweme_id),
                 )
                 return State.PENDING
             cur.execute(
                 "UPDATE items SET state = %s, next_attempt_at = %s, last_error = %s,"
                 " last_status = %s, attempts = greatest(attempts + held::int - %s, 0),"
-                " held = false, updated_at = %s WHERE aweme_id = %s",
+                " held = false, owner = NULL, lease_until = NULL, updated_at = %s"
+                " WHERE aweme_id = %s",
                 (state.value, next_attempt_at, reason, status, int(refund_attempt), now, aweme_id),
             )
             return state
@@ -1092,8 +1214,9 @@ class PostgresManifest:
         """One item's row as a dict (for the CLI and tests), valued as the SQLite store's:
         topics, sources and extract_ids as JSON array text, held and relink 0 or 1."""
         try:
+            columns = _ITEM_COLUMNS + (_OWNER_COLUMNS if self._version >= 2 else "")
             cur = self._connection().execute(
-                f"SELECT {_ITEM_COLUMNS} FROM items WHERE aweme_id = %s", (aweme_id,)
+                f"SELECT {columns} FROM items WHERE aweme_id = %s", (aweme_id,)
             )
             row = cur.fetchone()
         except psycopg.Error as exc:
@@ -1112,9 +1235,17 @@ class PostgresManifest:
 # --- statements shared by several writes ----------------------------------------------------------
 
 
-def _claim(cur: Cursor, now: float, change: str, limit: int, skip: Sequence[str]) -> list[Item]:
+def _claim(
+    cur: Cursor,
+    now: float,
+    change: str,
+    limit: int,
+    skip: Sequence[str],
+    lease: tuple[str | None, float | None],
+) -> list[Item]:
     """Apply `change` to up to `limit` due, unclaimed items, earliest due first, passing over
-    rows other transactions hold; the claimed items in that order."""
+    rows other transactions hold, recording `lease` (owner, lease_until); the claimed items
+    in that order."""
     if limit <= 0:
         return []
     skipping = " AND origin <> ALL (%s)" if skip else ""
@@ -1122,28 +1253,41 @@ def _claim(cur: Cursor, now: float, change: str, limit: int, skip: Sequence[str]
         "WITH due AS (SELECT aweme_id FROM items WHERE state = 'pending' AND NOT held"
         f" AND next_attempt_at <= %s{skipping} ORDER BY next_attempt_at LIMIT %s"
         " FOR UPDATE SKIP LOCKED)"
-        f" UPDATE items AS i SET {change}, updated_at = %s FROM due"
-        " WHERE i.aweme_id = due.aweme_id RETURNING i.aweme_id, i.url, i.topics, i.attempts,"
-        " i.validator, i.durable_bytes, i.total_bytes, i.next_attempt_at",
-        (now, *((list(skip),) if skip else ()), limit, now),
+        f" UPDATE items AS i SET {change}, owner = %s, lease_until = %s, updated_at = %s"
+        " FROM due WHERE i.aweme_id = due.aweme_id RETURNING i.aweme_id, i.url, i.topics,"
+        " i.attempts, i.validator, i.durable_bytes, i.total_bytes, i.next_attempt_at",
+        (now, *((list(skip),) if skip else ()), limit, *lease, now),
     )
     rows = sorted(cur.fetchall(), key=lambda r: r[7])
     return [Item(r[0], r[1], _topics_of(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
 
 
-def _start_held(cur: Cursor, ids: Sequence[str], now: float) -> list[int | None]:
-    """One statement for all of `ids`: held -> active, attempt counted."""
+def _start_held(cur: Cursor, ids: Sequence[str], now: float, owner: str | None) -> list[int | None]:
+    """One statement for all of `ids`: held -> active, attempt counted, owner and lease
+    kept; with `owner`, only items held by it or by no one."""
     if not ids:
         return []
+    owned = "" if owner is None else _OWNED
     cur.execute(
-        _MINE.format("held AND state = 'pending'")
+        _MINE.format("held AND state = 'pending'" + owned)
         + " UPDATE items AS i SET state = 'active', held = false, attempts = i.attempts + 1,"
         " updated_at = %s FROM mine WHERE i.aweme_id = mine.aweme_id"
         " RETURNING i.aweme_id, i.attempts",
-        (list(ids), now),
+        (list(ids), *(() if owner is None else (owner,)), now),
     )
     started = {r[0]: r[1] for r in cur.fetchall()}
     return [started.get(aweme_id) for aweme_id in ids]
+
+
+def _owned_by(owner: str | None) -> tuple[str, tuple[object, ...]]:
+    """A condition (to follow a WHERE) for the items of `owner` and its workers (`owner/...`,
+    compared as a prefix: LIKE would read `_` and `%` in a name as wildcards); "" for those of
+    no owner; None: no condition."""
+    if owner is None:
+        return "", ()
+    if not owner:
+        return " AND owner IS NULL", ()
+    return " AND (owner = %s OR starts_with(owner, %s))", (owner, owner + "/")
 
 
 def _item_filter(state: str | None, topic: str | None) -> tuple[str, list[object]]:
@@ -1320,13 +1464,15 @@ def _newer(version: int) -> ManifestError:
     )
 
 
-def _check_version(conn: psycopg.Connection[TupleRow]) -> None:
-    """For a reader: the schema must be there, and be this code's."""
+def _check_version(conn: psycopg.Connection[TupleRow]) -> int:
+    """For a reader: the schema must be there, and not newer than this code's. Returns its
+    version."""
     version = _schema_version(conn)
     if not version:
         raise ManifestError("no manifest in this database yet (the daemon creates it)")
     if version > SCHEMA_VERSION:
         raise _newer(version)
+    return version
 
 
 def _migrate(conn: psycopg.Connection[TupleRow]) -> None:
