@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -28,6 +29,17 @@ from support.postgres import PostgresCluster
 
 URL = "https://{}.example/v/{}.mp4?expire=9999999999"
 PASSWORD = "s3cr%40t-pw"  # as written in a URL; libpq reads it as "s3cr@t-pw"
+
+
+def run_all(threads: list[threading.Thread], timeout: float = 120.0) -> None:
+    """Start the threads and wait for them, each wait bounded: a hung one fails the test."""
+    for t in threads:
+        t.daemon = True  # a hung one must not keep pytest from exiting
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(deadline - time.monotonic(), 0))
+    assert not any(t.is_alive() for t in threads), f"threads still running after {timeout} s"
 
 
 def rec(aweme_id: str, host: str = "a", topic: str | None = "t") -> Record:
@@ -87,10 +99,7 @@ def test_daemons_starting_together_migrate_once(postgres_url: str) -> None:
             failures.append(exc)
 
     threads = [threading.Thread(target=start) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_all(threads)
     for m in opened:
         m.close()
     assert failures == [] and len(opened) == 6
@@ -183,10 +192,7 @@ def test_concurrent_claims_never_hand_out_an_item_twice(postgres_url: str) -> No
             m.close()
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_all(threads)
     assert failures == []
     claims = Counter(aweme_id for ids in started for aweme_id in ids)
     assert len(claims) == 2_000 and set(claims.values()) == {1}, claims.most_common(3)
@@ -261,10 +267,7 @@ def test_counts_stay_exact_under_concurrent_writers(postgres_url: str) -> None:
             m.close()
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_all(threads)
     assert failures == []
     check = PostgresManifest.open(postgres_url)
     try:
@@ -448,10 +451,7 @@ def test_an_owner_that_stops_renewing_loses_its_claims_to_the_other(postgres_url
         threading.Thread(target=work, args=("a", 12)),
         threading.Thread(target=work, args=("b", None)),
     ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_all(threads)
     assert failures == []
     assert set(completed) == {f"{i:04d}" for i in range(total)}
     assert set(completed.values()) == {1}, "each item completed once, by its owner then"
