@@ -423,7 +423,13 @@ class IngestdProcess:
     """A real `ingestd run` with its JSON events read in a thread."""
 
     def __init__(
-        self, root: Path, ca: Path, ns: list[str], extra: dict[str, Any], host: str = "localhost"
+        self,
+        root: Path,
+        ca: Path,
+        ns: list[str],
+        extra: dict[str, Any],
+        host: str = "localhost",
+        source: Path | None = None,
     ) -> None:
         self.root = root
         config = {
@@ -447,6 +453,8 @@ class IngestdProcess:
             stderr=subprocess.PIPE,
             text=True,
             preexec_fn=_die_with_parent,
+            # Another checkout's source root (--baseline): its ingestd, this benchmark.
+            env=None if source is None else {**os.environ, "PYTHONPATH": str(source)},
         )
         self.events: dict[str, int] = {}
         self.first: dict[str, float] = {}
@@ -517,13 +525,15 @@ def run_ingestd(
     timeout: float,
     extra: dict[str, Any],
     host: str = "localhost",
+    source: Path | None = None,
+    tool: str = "ingestd",
 ) -> Run:
-    daemon = IngestdProcess(out, ca, ns, extra, host)
+    daemon = IngestdProcess(out, ca, ns, extra, host, source)
     try:
         if not daemon.wait("daemon_ready", 1, 30):
             daemon.stop()
             err = daemon.proc.stderr.read() if daemon.proc.stderr else ""
-            return Run("ingestd", 0, 0, 0, 0, False, "not ready: " + err[-500:])
+            return Run(tool, 0, 0, 0, 0, False, "not ready: " + err[-500:])
         pid = daemon.pid  # under `ip netns exec` too: ip execs the daemon
         profiler = None
         if PROFILE_TO:
@@ -558,7 +568,7 @@ def run_ingestd(
         note = f"failed={failed} retried={daemon.events.get('download_retry_scheduled', 0)}"
     finally:
         daemon.stop()
-    return Run("ingestd", t1 - t0, cpu, rss, _output_bytes(out / "data"), ok, note)
+    return Run(tool, t1 - t0, cpu, rss, _output_bytes(out / "data"), ok, note)
 
 
 # --- the suite ----------------------------------------------------------------------------
@@ -589,6 +599,7 @@ def bench_workloads(
     scratch: Path,
     network: Network,
     ingestd_extra: dict[str, Any],
+    baseline: Path | None = None,
 ) -> list[Summary]:
     ns = network.client_ns
     (scratch / "origin").mkdir(parents=True, exist_ok=True)
@@ -613,8 +624,17 @@ def bench_workloads(
                         elif tool == "aria2c":
                             run = run_aria2c(urls, out, origin.ca_path, ns, timeout)
                         else:
+                            source = baseline if tool == "baseline" else None
                             run = run_ingestd(
-                                urls, out, origin.ca_path, ns, timeout, ingestd_extra, network.host
+                                urls,
+                                out,
+                                origin.ca_path,
+                                ns,
+                                timeout,
+                                ingestd_extra,
+                                network.host,
+                                source,
+                                tool,
                             )
                         expected = workload.files * workload.size
                         if run.bytes != expected:
@@ -630,6 +650,8 @@ def bench_workloads(
                     finally:
                         shutil.rmtree(out, ignore_errors=True)
             rows = [summarize(workload, results[t]) for t in tools]
+            if "baseline" in results and "ingestd" in results:
+                print_pairs(workload.name, results["ingestd"], results["baseline"])
             curl = next((r for r in rows if r.tool == "curl"), None)
             for row in rows:
                 if curl is not None and curl.wall_s:
@@ -639,6 +661,23 @@ def bench_workloads(
         finally:
             origin.stop()
     return summaries
+
+
+def print_pairs(workload: str, runs: list[Run], baseline: list[Run]) -> None:
+    """ingestd against --baseline run by run: each pair ran back to back, so the machine's
+    drift cancels out of the ratio; the median of the pairs is the figure to quote."""
+    diffs = [
+        (new.wall_s / old.wall_s - 1) * 100
+        for new, old in zip(runs, baseline, strict=True)
+        if new.ok and old.ok and old.wall_s
+    ]
+    if diffs:
+        listed = " ".join(f"{d:+.1f}" for d in diffs)
+        print(
+            f"  {workload} ingestd vs baseline, wall: median {statistics.median(diffs):+.1f} %"
+            f" over {len(diffs)} pairs ({listed})",
+            flush=True,
+        )
 
 
 def print_table(title: str, rows: list[Summary]) -> None:
@@ -677,6 +716,13 @@ def main() -> int:
     parser.add_argument("--scratch", default="/dev/shm" if Path("/dev/shm").is_dir() else None)
     parser.add_argument("--json", default="bench-results.json", help="where to write results")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also run the ingestd of another checkout (a git worktree), alternating with this"
+        " one, and print the paired wall-time differences",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -697,13 +743,19 @@ def main() -> int:
             report["backlog"] = run_backlog(scratch)
         else:
             tools = args.tools.split(",")
+            baseline = None
+            if args.baseline is not None:
+                baseline = (args.baseline / "daemon").resolve()
+                if not (baseline / "ingestd").is_dir():
+                    parser.error(f"--baseline {args.baseline}: no daemon/ingestd there")
+                tools.append("baseline")
             if args.smoke:
                 workloads, runs = list(SMOKE.values()), 1
             else:
                 workloads, runs = [WORKLOADS[w] for w in args.workloads], args.runs
             context = wan_network(40, 0.5, 200) if args.wan else contextlib.nullcontext(LOOPBACK)
             with context as network:
-                rows = bench_workloads(workloads, runs, tools, scratch, network, extra)
+                rows = bench_workloads(workloads, runs, tools, scratch, network, extra, baseline)
             print_table(f"{network.title}; median of {runs}; {report['machine']['date']}", rows)
             report["network"] = network.title
             report["profile"] = "wan" if args.wan else "loopback"
