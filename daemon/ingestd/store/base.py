@@ -525,3 +525,22 @@ class ManifestStore(Protocol):
         of it can start meanwhile. Its resume point is forgotten. False, nothing run, when the
         item is pending or active; an unknown item is removed too."""
         ...
+
+
+class DerivedMethods:
+    """The methods of the contract that follow from others, written once for every backend."""
+
+    def claim_due(self: ManifestStore, now: float, limit: int) -> list[Item]:
+        """Atomically move up to `limit` due pending items to active and return them."""
+        return self.claim(now, limit, 0)[0]
+
+    def list_items(
+        self: ManifestStore,
+        state: str | None = None,
+        topic: str | None = None,
+        limit: int | None = 1000,
+        *,
+        full: bool = False,
+    ) -> list[ItemSummary]:
+        """Items for `ingestd list`, most recently updated first (see iter_items)."""
+        return list(self.iter_items(state, topic, limit, full=full))

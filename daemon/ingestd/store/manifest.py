@@ -28,6 +28,7 @@ from ingestd.store.base import (
     EXPIRED_IDS_KEPT,
     Completion,
     Counts,
+    DerivedMethods,
     DoneItem,
     ExpiredAtMerge,
     ExtractProgress,
@@ -292,7 +293,7 @@ def _id_array(values: tuple[int, ...]) -> str:
     return json.dumps(values)
 
 
-class Manifest:
+class Manifest(DerivedMethods):
     """The SQLite manifest store. Use from one thread at a time (the daemon gives it its own)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -677,10 +678,6 @@ class Manifest:
             }
         return [i for i in wanted if i in released]
 
-    def claim_due(self, now: float, limit: int) -> list[Item]:
-        """Atomically move up to `limit` due pending items to active and return them."""
-        return self.claim(now, limit, 0)[0]
-
     def claim(
         self,
         now: float,
@@ -976,17 +973,6 @@ class Manifest:
         ):
             extracts[status] = n
         return Counts(items, extracts, int(bytes_done))
-
-    def list_items(
-        self,
-        state: str | None = None,
-        topic: str | None = None,
-        limit: int | None = 1000,
-        *,
-        full: bool = False,
-    ) -> list[ItemSummary]:
-        """Items for `ingestd list`, most recently updated first (see iter_items)."""
-        return list(self.iter_items(state, topic, limit, full=full))
 
     def iter_items(
         self,

@@ -44,6 +44,7 @@ from ingestd.policy.urls import origin_of
 from ingestd.store.base import (
     Completion,
     Counts,
+    DerivedMethods,
     DoneItem,
     ExtractProgress,
     Item,
@@ -432,7 +433,7 @@ def _storable(text: str) -> bool:
 # --- the store -----------------------------------------------------------------------------------
 
 
-class PostgresManifest:
+class PostgresManifest(DerivedMethods):
     """The manifest in a PostgreSQL database. One connection: use from one thread at a time
     (the daemon gives it its own). Many stores, in one process or many, may share a database."""
 
@@ -729,10 +730,6 @@ class PostgresManifest:
         released = self._write(release)
         return [i for i in wanted if i in released]
 
-    def claim_due(self, now: float, limit: int) -> list[Item]:
-        """Atomically move up to `limit` due pending items to active and return them."""
-        return self.claim(now, limit, 0)[0]
-
     def claim(
         self,
         now: float,
@@ -1010,17 +1007,6 @@ class PostgresManifest:
         for status, n in self._read("SELECT status, count(*) FROM extracts GROUP BY status"):
             extracts[status] = int(n)
         return Counts(items, extracts, int(row[5]))
-
-    def list_items(
-        self,
-        state: str | None = None,
-        topic: str | None = None,
-        limit: int | None = 1000,
-        *,
-        full: bool = False,
-    ) -> list[ItemSummary]:
-        """Items for `ingestd list`, most recently updated first (see iter_items)."""
-        return list(self.iter_items(state, topic, limit, full=full))
 
     def iter_items(
         self,
