@@ -6,6 +6,7 @@ tests that use neither pay nothing; support.postgres (and psycopg) is imported o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -18,8 +19,14 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresCluster]:
     """One PostgreSQL server for the session, reachable only through its Unix socket."""
-    from support.postgres import PostgresCluster, PostgresError
+    from support.postgres import PostgresCluster, PostgresError, find_bindir
 
+    try:
+        find_bindir()
+    except PostgresError as exc:
+        if not os.environ.get("CI"):  # as for tmux and systemd-nspawn: CI has them installed
+            pytest.skip(f"PostgreSQL's server is not installed ({exc})")
+        pytest.fail(f"cannot start the test PostgreSQL server: {exc}", pytrace=False)
     error: PostgresError | None = None
     try:
         cluster = PostgresCluster()
