@@ -44,7 +44,7 @@ def open_parts(under: Path) -> list[str]:
 
 async def _slow_transfer(
     tmp_path: Path, origin: OriginServer, name: str
-) -> tuple[Config, Db, Fetcher, Transfers, str, str]:
+) -> tuple[Config, Db, Fetcher, Transfers, str]:
     """A manifest holding one item whose origin sends 3 MiB slowly, and what transfers it."""
     config = Config(data_dir=tmp_path, state_dir=tmp_path, allowed_hosts=("localhost",))
     settings = HttpSettings(
@@ -67,22 +67,31 @@ async def _slow_transfer(
         fetcher,
         Transfers(config, db, fetcher, Publisher(config.media_dir)),
         aweme_id,
-        url,
     )
+
+
+async def _running(
+    config: Config, db: Db, transfers: Transfers, aweme_id: str, at_least: int
+) -> tuple[asyncio.Task[object], Path]:
+    """Claim the item and start its transfer; return once its part holds `at_least` bytes."""
+    (item,) = await db.run(db.manifest.claim_due, time.time(), 1)
+    task: asyncio.Task[object] = asyncio.create_task(
+        transfers.attempt(item, structlog.get_logger())
+    )
+    part = config.media_dir / "cats" / f"{aweme_id}.mp4.part"
+    deadline = time.monotonic() + 10
+    while not (part.exists() and part.stat().st_size > at_least):
+        assert time.monotonic() < deadline, "no bytes arrived"
+        await asyncio.sleep(0.05)
+    return task, part
 
 
 async def test_a_stopped_transfer_closes_and_checkpoints_its_part(
     tmp_path: Path, origin: OriginServer
 ) -> None:
-    config, db, fetcher, transfers, aweme_id, _ = await _slow_transfer(tmp_path, origin, "stopped")
+    config, db, fetcher, transfers, aweme_id = await _slow_transfer(tmp_path, origin, "stopped")
     try:
-        (item,) = await db.run(db.manifest.claim_due, time.time(), 1)
-        task = asyncio.create_task(transfers.attempt(item, structlog.get_logger()))
-        part = config.media_dir / "cats" / f"{aweme_id}.mp4.part"
-        deadline = time.monotonic() + 10
-        while not (part.exists() and part.stat().st_size > 1024 * 1024):
-            assert time.monotonic() < deadline, "no bytes arrived"
-            await asyncio.sleep(0.05)
+        task, part = await _running(config, db, transfers, aweme_id, 1024 * 1024)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -101,15 +110,9 @@ async def test_a_resume_point_is_recorded_only_with_durable_bytes(
 ) -> None:
     # A fresh download has nothing to resume until its first checkpoint: the manifest is not
     # written before then (one write a file less), and never names a version without bytes.
-    config, db, fetcher, transfers, aweme_id, _ = await _slow_transfer(tmp_path, origin, "fresh")
+    config, db, fetcher, transfers, aweme_id = await _slow_transfer(tmp_path, origin, "fresh")
     try:
-        (item,) = await db.run(db.manifest.claim_due, time.time(), 1)
-        task = asyncio.create_task(transfers.attempt(item, structlog.get_logger()))
-        part = config.media_dir / "cats" / f"{aweme_id}.mp4.part"
-        deadline = time.monotonic() + 10
-        while not (part.exists() and part.stat().st_size > 512 * 1024):
-            assert time.monotonic() < deadline, "no bytes arrived"
-            await asyncio.sleep(0.05)
+        task, part = await _running(config, db, transfers, aweme_id, 512 * 1024)
         row = await db.run(db.manifest.item, aweme_id)  # within the first checkpoint's 2 s
         assert row is not None
         assert (row["validator"], row["total_bytes"], row["durable_bytes"]) == (None, None, 0)
@@ -130,7 +133,7 @@ async def test_a_part_restarted_under_a_new_version_is_recorded_before_its_bytes
     # The manifest says the part holds 1 MiB of another version: if the origin answers the
     # resume with the whole new version, the record must change before new bytes land, or a
     # crash would resume the new bytes as the old version's (a splice).
-    config, db, fetcher, transfers, aweme_id, _ = await _slow_transfer(tmp_path, origin, "moved")
+    config, db, fetcher, transfers, aweme_id = await _slow_transfer(tmp_path, origin, "moved")
     try:
         part = config.media_dir / "cats" / f"{aweme_id}.mp4.part"
         part.parent.mkdir(parents=True)
