@@ -1,27 +1,11 @@
 """Merging through the store: what a record does to the item known under its id, and what a
 merge reports."""
 
-from typing import Any
-
 import pytest
 
-from ingestd.policy.extract import Record
 from ingestd.policy.merge import State
-from ingestd.store.base import Completion, ManifestStore, MergeInterrupted
-
-OLD = "https://h/v?expire=100"
-NEW = "https://h/v?expire=200"
-
-
-def r(aweme_id: str, url: str = OLD, topic: str | None = "a", raw: str | None = None) -> Record:
-    return Record(aweme_id, url, topic, raw or f'{{"aweme_id":"{aweme_id}"}}')
-
-
-def done(
-    m: ManifestStore, aweme_id: str, size: int, sha256: str, path: str, topics: Any, now: float
-) -> bool:
-    """Complete one item; True when it needs a relink."""
-    return bool(m.complete_many([Completion(aweme_id, size, sha256, path, topics, now)])[0])
+from ingestd.store.base import ManifestStore, MergeInterrupted
+from support.store import NEW, OLD, done, r
 
 
 def test_merge_inserts_dedups_and_counts(store: ManifestStore) -> None:

@@ -7,26 +7,14 @@ from typing import Any
 from ingestd.policy.extract import Record
 from ingestd.policy.merge import State
 from ingestd.store.base import Completion, ManifestStore
+from support.store import NEW, OLD, done, r
 
-OLD = "https://h/v?expire=100"
-NEW = "https://h/v?expire=200"
 A, B, C = "a.example:443", "b.example:8443", "c.example:80"  # as policy.urls.origin_of says
-
-
-def r(aweme_id: str, url: str = OLD, topic: str | None = "a") -> Record:
-    return Record(aweme_id, url, topic, f'{{"aweme_id":"{aweme_id}"}}')
 
 
 def at(aweme_id: str, origin: str) -> Record:
     """A record whose URL goes to `origin` (scheme://host[:port])."""
     return r(aweme_id, f"{origin}/v/{aweme_id}.mp4?expire=9999999999")
-
-
-def done(
-    m: ManifestStore, aweme_id: str, size: int, sha256: str, path: str, topics: Any, now: float
-) -> bool:
-    """Complete one item; True when it needs a relink."""
-    return bool(m.complete_many([Completion(aweme_id, size, sha256, path, topics, now)])[0])
 
 
 def ids(items: Any) -> list[str]:

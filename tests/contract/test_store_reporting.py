@@ -2,26 +2,11 @@
 `ingestd retry`, the queue's age and raw records."""
 
 import random
-from typing import Any
 
-from ingestd.policy.extract import Record
 from ingestd.policy.merge import State
 from ingestd.policy.naming import UNTAGGED, topic_folder
-from ingestd.store.base import Completion, ManifestStore
-
-OLD = "https://h/v?expire=100"
-NEW = "https://h/v?expire=200"
-
-
-def r(aweme_id: str, url: str = OLD, topic: str | None = "a") -> Record:
-    return Record(aweme_id, url, topic, f'{{"aweme_id":"{aweme_id}"}}')
-
-
-def done(
-    m: ManifestStore, aweme_id: str, size: int, sha256: str, path: str, topics: Any, now: float
-) -> bool:
-    """Complete one item; True when it needs a relink."""
-    return bool(m.complete_many([Completion(aweme_id, size, sha256, path, topics, now)])[0])
+from ingestd.store.base import ManifestStore
+from support.store import NEW, OLD, done, r
 
 
 def test_status_totals_follow_every_change(store: ManifestStore) -> None:

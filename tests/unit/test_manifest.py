@@ -3,34 +3,19 @@ status totals kept by triggers. What every backend must do is in tests/contract.
 
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from ingestd.policy.extract import Record
 from ingestd.policy.merge import State
 from ingestd.store.base import LapsedClaim, OwnerLoad
 from ingestd.store.manifest import (
     _MIGRATIONS,
     SCHEMA_VERSION,
-    Completion,
     Manifest,
     ManifestError,
     WrongLibrary,
 )
-
-OLD = "https://h/v?expire=100"
-
-
-def r(aweme_id: str, url: str = OLD, topic: str | None = "a") -> Record:
-    return Record(aweme_id, url, topic, f'{{"aweme_id":"{aweme_id}"}}')
-
-
-def done(
-    m: Manifest, aweme_id: str, size: int, sha256: str, path: str, topics: Any, now: float
-) -> bool:
-    """Complete one item; True when it needs a relink."""
-    return bool(m.complete_many([Completion(aweme_id, size, sha256, path, topics, now)])[0])
+from support.store import OLD, done, r
 
 
 @pytest.fixture
