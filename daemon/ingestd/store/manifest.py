@@ -754,14 +754,15 @@ class Manifest(DerivedMethods):
         db: sqlite3.Connection, ids: Sequence[str], now: float, owner: str | None
     ) -> list[int | None]:
         """One statement for all of `ids`: held -> active, attempt counted, owner and lease
-        kept."""
+        kept. The ids are looked up by key: `+state` keeps the planner from items_due, which
+        for `state = 'pending'` is every pending item (it reads a backlog per call)."""
         if not ids:
             return []
         started = dict(
             db.execute(
                 "UPDATE items SET state = 'active', held = 0, attempts = attempts + 1,"
                 " updated_at = ? WHERE aweme_id IN (SELECT value FROM json_each(?))"
-                f" AND held = 1 AND state = 'pending'{_OWNED if owner is not None else ''}"
+                f" AND +held = 1 AND +state = 'pending'{_OWNED if owner is not None else ''}"
                 " RETURNING aweme_id, attempts",
                 (now, json.dumps(list(ids)), *(() if owner is None else (owner,))),
             ).fetchall()
