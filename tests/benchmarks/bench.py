@@ -89,6 +89,7 @@ class Summary:
     cpu_vs_curl: float | None = None
     failures: int = 0
     walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
 
 
 # --- tools ------------------------------------------------------------------------------
@@ -589,6 +590,7 @@ def summarize(workload: Workload, runs: list[Run]) -> Summary:
         peak_rss_mib=round(max(r.peak_rss_kib for r in good) / 1024, 1),
         failures=sum(not r.ok for r in runs),
         walls=[round(r.wall_s, 3) for r in runs],
+        cpus=[round(r.cpu_s, 3) for r in runs],
     )
 
 
@@ -665,19 +667,20 @@ def bench_workloads(
 
 def print_pairs(workload: str, runs: list[Run], baseline: list[Run]) -> None:
     """ingestd against --baseline run by run: each pair ran back to back, so the machine's
-    drift cancels out of the ratio; the median of the pairs is the figure to quote."""
-    diffs = [
-        (new.wall_s / old.wall_s - 1) * 100
-        for new, old in zip(runs, baseline, strict=True)
-        if new.ok and old.ok and old.wall_s
-    ]
-    if diffs:
-        listed = " ".join(f"{d:+.1f}" for d in diffs)
-        print(
-            f"  {workload} ingestd vs baseline, wall: median {statistics.median(diffs):+.1f} %"
-            f" over {len(diffs)} pairs ({listed})",
-            flush=True,
-        )
+    drift cancels out of the ratio; the median of the pairs is the figure to quote. CPU time
+    (the daemon's own, user and system) is printed beside wall time: on a shared machine it
+    moves less from run to run."""
+    pairs = [(new, old) for new, old in zip(runs, baseline, strict=True) if new.ok and old.ok]
+    for label in ("wall", "cpu"):
+        values = [(getattr(new, f"{label}_s"), getattr(old, f"{label}_s")) for new, old in pairs]
+        diffs = [(new / old - 1) * 100 for new, old in values if old]
+        if diffs:
+            listed = " ".join(f"{d:+.1f}" for d in diffs)
+            print(
+                f"  {workload} ingestd vs baseline, {label}: median"
+                f" {statistics.median(diffs):+.1f} % over {len(diffs)} pairs ({listed})",
+                flush=True,
+            )
 
 
 def print_table(title: str, rows: list[Summary]) -> None:
