@@ -198,9 +198,12 @@ def test_a_stale_owner_never_clobbers_its_successors_claim(store: ManifestStore)
     assert fail(store, two, State.FAILED, 13.0, owner="a") is None
     assert store.complete_many([completion(three, "a"), completion(held, "a")]) == [None, None]
     assert store.start_held([held], now=13.0, owner="a") == [None]
+    assert store.set_part(one, '"a-tag"', 100, 50, owner="a") is False
     assert {i: store.item(i) for i in "1234"} == before
     assert store.in_flight_by_owner() == {"b": OwnerLoad(active=3, held=1)}
     # b's own go through.
+    assert store.set_part(one, '"b-tag"', 100, 40, owner="b") is True
+    assert row(store, one)["durable_bytes"] == 40
     assert store.complete_many([completion(three, "b"), completion("5", "b")]) == [False, None]
     assert fail(store, two, State.FAILED, 14.0, owner="b") is State.FAILED
     assert store.release([held, one, held], now=14.0, owner="b") == [held, one]
@@ -214,6 +217,8 @@ def test_a_stale_owner_never_clobbers_its_successors_claim(store: ManifestStore)
     assert fail(store, three, State.FAILED, 15.0, owner="b") is None
     assert store.complete_many([completion(one, "b")]) == [None]
     assert store.release([one], now=15.0, owner="b") == []
+    assert store.set_part(one, '"b-tag"', 100, 60, owner="b") is False
+    assert store.set_part(one, '"b-tag"', 100, 60) is True  # without an owner, as before
 
 
 def test_an_item_claimed_by_no_one_takes_any_owners_outcome(store: ManifestStore) -> None:

@@ -381,10 +381,19 @@ class ManifestStore(Protocol):
         ...
 
     def set_part(
-        self, aweme_id: str, validator: str | None, total: int | None, durable: int
-    ) -> None:
+        self,
+        aweme_id: str,
+        validator: str | None,
+        total: int | None,
+        durable: int,
+        *,
+        owner: str | None = None,
+    ) -> bool:
         """Record an item's resume point: the validator its .part was written under, the size
-        declared, the bytes durable. Claims return it until it is done, requeued or dropped."""
+        declared, the bytes durable. Claims return it until it is done, requeued or dropped.
+        With `owner`, written only while the item is in flight and claimed by that owner or
+        by no one (a node that lost the claim never moves its successor's resume point).
+        True when written."""
         ...
 
     def complete_many(self, done: Sequence[Completion]) -> list[bool | None]:

@@ -841,16 +841,25 @@ class Manifest(DerivedMethods):
         return None if row is None or row[0] is None else float(row[0])
 
     def set_part(
-        self, aweme_id: str, validator: str | None, total: int | None, durable: int
-    ) -> None:
+        self,
+        aweme_id: str,
+        validator: str | None,
+        total: int | None,
+        durable: int,
+        *,
+        owner: str | None = None,
+    ) -> bool:
         """Record what the .part is resumed under: the validator (ETag or Last-Modified) it was
-        written under, the file size declared, and how many of its bytes are durable."""
+        written under, the file size declared, and how many of its bytes are durable; with
+        `owner`, only while it is in flight and that owner's or no one's."""
+        guard = "" if owner is None else f" AND {_IN_FLIGHT}{_OWNED}"
         with self._write() as db:
-            db.execute(
+            cur = db.execute(
                 "UPDATE items SET validator = ?, total_bytes = ?, durable_bytes = ?"
-                " WHERE aweme_id = ?",
-                (validator, total, durable, aweme_id),
+                f" WHERE aweme_id = ?{guard}",
+                (validator, total, durable, aweme_id, *(() if owner is None else (owner,))),
             )
+            return cur.rowcount > 0
 
     def complete_many(self, done: Sequence[Completion]) -> list[bool | None]:
         """Mark items done with size, digest and relative path, in one transaction. One flag per

@@ -855,15 +855,26 @@ class PostgresManifest(DerivedMethods):
         return None if row is None or row[0] is None else float(row[0])
 
     def set_part(
-        self, aweme_id: str, validator: str | None, total: int | None, durable: int
-    ) -> None:
+        self,
+        aweme_id: str,
+        validator: str | None,
+        total: int | None,
+        durable: int,
+        *,
+        owner: str | None = None,
+    ) -> bool:
         """Record what the .part is resumed under: the validator (ETag or Last-Modified) it was
-        written under, the file size declared, and how many of its bytes are durable."""
-        self._write(
-            lambda cur: cur.execute(
-                "UPDATE items SET validator = %s, total_bytes = %s, durable_bytes = %s"
-                " WHERE aweme_id = %s",
-                (validator, total, durable, aweme_id),
+        written under, the file size declared, and how many of its bytes are durable; with
+        `owner`, only while it is in flight and that owner's or no one's."""
+        guard = "" if owner is None else f" AND {_IN_FLIGHT}{_OWNED}"
+        return self._write(
+            lambda cur: (
+                cur.execute(
+                    "UPDATE items SET validator = %s, total_bytes = %s, durable_bytes = %s"
+                    f" WHERE aweme_id = %s{guard}",
+                    (validator, total, durable, aweme_id, *(() if owner is None else (owner,))),
+                ).rowcount
+                > 0
             )
         )
 
