@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -83,6 +84,12 @@ class Config:
     # A libpq URL (postgresql://...): the manifest lives in PostgreSQL (the postgres extra);
     # empty: the SQLite file in state_dir.
     manifest_url: str = ""
+    # This node's name on a shared manifest: its claims carry it, `status` shows in-flight
+    # items by it. Default: the host name, sanitized. Unique per host of one manifest.
+    node_name: str = ""
+    # How long a claim stays this node's without a renewal (renewed every third of it): a
+    # node that dies has its items back in the queue this long after its last renewal.
+    lease_seconds: float = 120.0
 
     @property
     def host_slots(self) -> int:
@@ -142,7 +149,7 @@ _INT_KEYS = frozenset(
 ) | {"log_max_bytes", "log_backups", "connections_per_host", "per_host_concurrency", "min_rate"}
 _FLOAT_KEYS = frozenset(
     {"timeout", "backoff_base", "backoff_max", "settle_seconds", "rescan_seconds"}
-) | {"progress_seconds", "host_backoff_max", "min_rate_window", "idle_timeout"}
+) | {"progress_seconds", "host_backoff_max", "min_rate_window", "idle_timeout", "lease_seconds"}
 _ENV_PARSERS: dict[str, Callable[[str], object]] = {
     **dict.fromkeys(_PATH_KEYS, str),
     **dict.fromkeys(_INT_KEYS, int),
@@ -155,6 +162,7 @@ _ENV_PARSERS: dict[str, Callable[[str], object]] = {
     "http2_client": str,
     "metrics_address": str,
     "manifest_url": str,
+    "node_name": str,
 }
 KEYS = frozenset(f.name for f in fields(Config))
 assert frozenset(_ENV_PARSERS) == KEYS
@@ -179,7 +187,10 @@ _RANGES: dict[str, tuple[float, float]] = {
     "progress_seconds": (0.1, 86400),
     "log_max_bytes": (0, 2**40),
     "log_backups": (0, 100),
+    "lease_seconds": (3, 86400),
 }
+# A node's name: it becomes part of every claim's owner (`<node>` or `<node>/<worker>`).
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def _coerce(key: str, value: object, base: Path, label: str | None = None) -> object:
@@ -223,6 +234,11 @@ def _coerce(key: str, value: object, base: Path, label: str | None = None) -> ob
             parse_loopback_address(value)
         except ValueError as exc:
             raise ConfigError(f"{label}: {exc}") from exc
+    elif key == "node_name" and value and not NODE_NAME.fullmatch(value):
+        raise ConfigError(
+            f"{label}: {value[:80]!r} is not a node name (1-63 letters, digits, '.', '_', '-';"
+            " starting with a letter or digit)"
+        )
     elif key == "manifest_url" and value and not is_database_url(value):
         shown = redact_dsn(value)[:200]
         raise ConfigError(f"{label}: expected a postgresql:// URL, got {shown!r}")
@@ -353,6 +369,13 @@ def _defaults(env: Mapping[str, str], values: Mapping[str, object]) -> dict[str,
     return defaults
 
 
+def default_node_name(hostname: str) -> str:
+    """The node name when none is configured: the host's name up to its first dot, with what
+    a node name cannot hold replaced by `-` ("node" when nothing is left)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", hostname.split(".")[0]).strip("._-")[:63]
+    return name or "node"
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
@@ -415,6 +438,7 @@ def load_config(
         _check_keys("command line", overrides)
         values.update({k: _coerce(k, v, cwd) for k, v in overrides.items() if v is not None})
     merged = {**_defaults(env, values), **values}
+    merged["node_name"] = merged.get("node_name") or default_node_name(socket.gethostname())
     config = Config(**cast(dict[str, Any], merged))
     if config.backoff_max < config.backoff_base:
         raise ConfigError("backoff_max must not be smaller than backoff_base")

@@ -83,16 +83,21 @@ class Scripted:
 class Events:
     def __init__(self) -> None:
         self.names: list[str] = []
+        self.logged: list[dict[str, Any]] = []
         self.log = structlog.wrap_logger(
             None, processors=[self._keep], context_class=dict, cache_logger_on_first_use=False
         )
 
     def _keep(self, _: Any, __: str, event: dict[str, Any]) -> Any:
         self.names.append(str(event["event"]))
+        self.logged.append(event)
         raise structlog.DropEvent
 
     def count(self, name: str) -> int:
         return self.names.count(name)
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [event for event in self.logged if event["event"] == name]
 
 
 def records(n: int, host: str = "cdn.example.com", prefix: int = 7) -> list[Record]:
@@ -103,7 +108,12 @@ def records(n: int, host: str = "cdn.example.com", prefix: int = 7) -> list[Reco
 
 
 async def setup(
-    tmp: Path, recs: list[Record], attempt: Attempt, **config: Any
+    tmp: Path,
+    recs: list[Record],
+    attempt: Attempt,
+    *,
+    clock: Callable[[], float] = time.time,
+    **config: Any,
 ) -> tuple[DownloadPool, FlakyDb, Scripted, Events]:
     base = await Db.open(tmp / "manifest.sqlite3")
     db = FlakyDb(base._executor, base.manifest)
@@ -113,7 +123,7 @@ async def setup(
     cfg = Config(data_dir=tmp, state_dir=tmp, **{**settings, **config})
     cfg.media_dir.mkdir(parents=True, exist_ok=True)
     events = Events()
-    pool = DownloadPool(cfg, db, None, events.log, Metrics())  # type: ignore[arg-type]
+    pool = DownloadPool(cfg, db, None, events.log, Metrics(), clock=clock)  # type: ignore[arg-type]
     scripted = Scripted(attempt)
     pool._transfers = scripted  # type: ignore[assignment]
     return pool, db, scripted, events
@@ -437,3 +447,187 @@ async def test_a_stop_writes_the_done_of_every_published_file(tmp_path: Path) ->
     await asyncio.gather(runner, return_exceptions=True)
     await pool.shutdown()  # within STOP_WAIT the outstanding writes go in
     assert await states(db) == {("done", 0): 5}
+
+
+# --- claims and leases ------------------------------------------------------------------------
+
+
+class Clock:
+    """Wall time a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def item_rows(db: Db) -> dict[str, tuple[Any, ...]]:
+    """Per item: state, held, attempts, owner, lease_until."""
+
+    def query() -> dict[str, tuple[Any, ...]]:
+        rows = db.manifest._conn.execute(
+            "SELECT aweme_id, state, held, attempts, owner, lease_until FROM items"
+        )
+        return {row[0]: tuple(row[1:]) for row in rows}
+
+    return await asyncio.get_running_loop().run_in_executor(db._executor, query)
+
+
+async def until_started(scripted: Scripted, n: int) -> None:
+    async with asyncio.timeout(10):
+        while sum(scripted.running.values()) < n:
+            await asyncio.sleep(0.01)
+
+
+async def leased_pool(
+    tmp_path: Path, n: int, attempt: Attempt
+) -> tuple[DownloadPool, FlakyDb, Scripted, Events, Clock, asyncio.Task[None]]:
+    clock = Clock()
+    pool, db, scripted, events = await setup(
+        tmp_path, records(n), attempt, clock=clock, concurrency=2, node_name="n1", lease_seconds=30
+    )
+    runner = asyncio.create_task(pool.run())
+    await until_started(scripted, 2)
+    return pool, db, scripted, events, clock, runner
+
+
+async def test_claims_carry_the_node_and_are_renewed_while_they_run(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+
+    async def attempt(item: Item) -> Any:
+        await gate.wait()
+        return Failure(Reason.NOT_FOUND, 404)
+
+    pool, db, _, events, clock, runner = await leased_pool(tmp_path, 4, attempt)
+    claimed_at = clock.now
+    rows = await item_rows(db)
+    running = sorted(i for i, row in rows.items() if row[0] == "active")
+    ahead = sorted(i for i, row in rows.items() if row[1] == 1)
+    assert len(running) == 2 and len(ahead) == 2  # two run, two claimed ahead
+    assert {rows[i][3:] for i in running + ahead} == {("n1", claimed_at + 30)}
+    clock.now += 11
+    await pool.renew_claims()
+    rows = await item_rows(db)
+    assert {rows[i][3:] for i in running + ahead} == {("n1", clock.now + 30)}
+    assert events.count("claims_lost") == events.count("claims_reclaimed") == 0
+    gate.set()
+    async with asyncio.timeout(10):
+        while any(row[0] in ("pending", "active") for row in (await item_rows(db)).values()):
+            await asyncio.sleep(0.02)
+    assert {row[3:] for row in (await item_rows(db)).values()} == {(None, None)}
+    assert pool._leases == {}, "leases kept for items no longer claimed"
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    await pool.shutdown()
+
+
+async def test_a_claim_another_node_took_stops_its_transfer_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    async def attempt(item: Item) -> Any:
+        await asyncio.sleep(3600)
+
+    pool, db, scripted, events, clock, runner = await leased_pool(tmp_path, 2, attempt)
+    first = scripted.started[0]
+    # This node stalled past its lease: another reclaimed the item and claimed it.
+    lapsed = await db.run(db.manifest.reclaim_lapsed, clock.now + 31)
+    assert {c.aweme_id for c in lapsed} == set(scripted.started)
+    taken = await db.run(db.manifest.claim, clock.now + 31, 1, 0, owner="n2", lease_until=1e12)
+    assert [i.aweme_id for i in taken[0]] == [first]
+    clock.now += 10
+    await pool.renew_claims()
+    async with asyncio.timeout(10):
+        while scripted.cancelled < 2:
+            await asyncio.sleep(0.01)
+    (lost,) = events.named("claims_lost")
+    assert (lost["count"], lost["stopped"], lost["owner"]) == (2, 2, "n1")
+    rows = await item_rows(db)
+    assert rows[first][0] == "active" and rows[first][3:] == ("n2", 1e12), "n2's claim changed"
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    await pool.shutdown()
+    assert (await item_rows(db))[first][3] == "n2"
+
+
+async def test_a_dead_nodes_lapsed_claims_come_back_to_the_queue(tmp_path: Path) -> None:
+    async def attempt(item: Item) -> Any:
+        await asyncio.sleep(3600)
+
+    pool, db, scripted, events, clock, runner = await leased_pool(tmp_path, 2, attempt)
+    others = [
+        Record(str(9 * 10**18 + i), f"https://cdn.example.com/w/{i}.mp4", "dogs", "{}")
+        for i in range(2)
+    ]
+    await db.run(db.manifest.merge, others, "extract_2.json", clock.now)
+    await db.run(db.manifest.claim, clock.now, 1, 1, owner="dead", lease_until=clock.now - 1)
+    await pool.renew_claims()
+    (reclaimed,) = events.named("claims_reclaimed")
+    assert (reclaimed["count"], reclaimed["in_flight"], reclaimed["owners"]) == (2, 1, {"dead": 2})
+    rows = await item_rows(db)
+    assert sorted(rows[r.aweme_id][:4] for r in others) == [
+        ("pending", 0, 0, None),  # held: no attempt was spent
+        ("pending", 0, 1, None),  # running when its node died: as after a crash
+    ]
+    assert events.count("claims_lost") == 0 and scripted.cancelled == 0
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    await pool.shutdown()
+
+
+async def test_without_the_manifest_transfers_run_until_their_leases_are_at_risk(
+    tmp_path: Path,
+) -> None:
+    async def attempt(item: Item) -> Any:
+        await asyncio.sleep(3600)
+
+    pool, db, scripted, events, clock, runner = await leased_pool(tmp_path, 2, attempt)
+    db.fail["renew_leases"] = 3
+    clock.now += 10  # 20 s of lease left, a renewal every 10 s: nothing is at risk yet
+    await pool.renew_claims()
+    assert scripted.cancelled == 0 and events.count("lease_renewal_failed") == 1
+    clock.now += 10  # 10 s left: the lease could end before the next pass
+    await pool.renew_claims()
+    async with asyncio.timeout(10):
+        while scripted.cancelled < 2:
+            await asyncio.sleep(0.01)
+    (risk,) = events.named("claims_at_risk")
+    assert (risk["count"], risk["stopped"]) == (2, 2)
+    clock.now += 1
+    await pool.renew_claims()  # still failing: logged once per outage, stopped once
+    assert events.count("lease_renewal_failed") == 1 and events.count("claims_at_risk") == 1
+    await pool.renew_claims()  # the manifest is back
+    assert events.count("leases_renewed") == 1
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    await pool.shutdown()
+    # Handed back as the transfers stopped (the manifest took that write): no attempt spent.
+    assert {row[:4] for row in (await item_rows(db)).values()} == {("pending", 0, 0, None)}
+
+
+async def test_an_outcome_for_a_claim_lost_meanwhile_is_not_written(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+
+    async def attempt(item: Item) -> Any:
+        await gate.wait()
+        if item.aweme_id == scripted.started[0]:
+            return Published(
+                PurePosixPath(f"cats/{item.aweme_id}.mp4"), 10, "0" * 64, False, ("cats",)
+            )
+        return Failure(Reason.NOT_FOUND, 404)
+
+    pool, db, scripted, events, clock, runner = await leased_pool(tmp_path, 2, attempt)
+    await db.run(db.manifest.reclaim_lapsed, clock.now + 31)
+    taken, _ = await db.run(db.manifest.claim, clock.now + 31, 2, 0, owner="n2", lease_until=1e12)
+    assert len(taken) == 2
+    gate.set()
+    async with asyncio.timeout(10):
+        while events.count("claim_lost") < 2:
+            await asyncio.sleep(0.01)
+    assert sorted(e["outcome"] for e in events.named("claim_lost")) == ["completed", "failed"]
+    # n1's lapsed attempt stays spent, n2's is the second: nothing of n1's outcome is written.
+    assert {row[:4] for row in (await item_rows(db)).values()} == {("active", 0, 2, "n2")}
+    assert events.count("download_completed") == events.count("download_failed") == 0
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    await pool.shutdown()

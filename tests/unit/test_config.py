@@ -1,6 +1,7 @@
 """Configuration precedence, validation, unknown keys, and where each library's state lives."""
 
 import hashlib
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from ingestd.config import (
     ConfigError,
     default_log_file,
+    default_node_name,
     default_state_dir,
     library_dir_name,
     load_config,
@@ -203,6 +205,24 @@ def test_manifest_url_picks_postgresql_and_never_shows_its_password(tmp_path: Pa
     with pytest.raises(ConfigError, match="expected a postgresql:// URL") as refused:
         load_config(env={"INGESTD_DATA_DIR": "d", "INGESTD_MANIFEST_URL": bad}, cwd=tmp_path)
     assert "hunter2" not in str(refused.value)
+
+
+def test_node_name_defaults_to_the_host_name_and_must_be_a_plain_name(tmp_path: Path) -> None:
+    assert default_node_name("worker-3.dc1.example.com") == "worker-3"
+    assert default_node_name("Büro Rechner") == "B-ro-Rechner"
+    assert default_node_name("..") == "node" and len(default_node_name("x" * 300)) == 63
+    config = load_config(env={"INGESTD_DATA_DIR": "d"}, cwd=tmp_path)
+    assert config.node_name and config.lease_seconds == 120.0
+    config = load_config(env={"INGESTD_NODE_NAME": "", "INGESTD_DATA_DIR": "d"}, cwd=tmp_path)
+    assert config.node_name == default_node_name(socket.gethostname())
+    path = write(tmp_path / "c.toml", 'node_name = "edge-2"\nlease_seconds = 30\n')
+    config = load_config(path, env={}, cwd=tmp_path)
+    assert (config.node_name, config.lease_seconds) == ("edge-2", 30.0)
+    for bad in ("a/b", "-lead", "x" * 64, "new\nline"):
+        with pytest.raises(ConfigError, match=r"\(node_name\): .* is not a node name"):
+            load_config(env={"INGESTD_NODE_NAME": bad, "INGESTD_DATA_DIR": "d"}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match=r"\(lease_seconds\): 1.0 is outside 3..86400"):
+        load_config(env={"INGESTD_LEASE_SECONDS": "1", "INGESTD_DATA_DIR": "d"}, cwd=tmp_path)
 
 
 @pytest.mark.parametrize(

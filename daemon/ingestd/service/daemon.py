@@ -43,7 +43,7 @@ STATUS_PERIOD = 5.0  # seconds between STATUS= updates for `systemctl status`
 # Keys that name places or the TLS/HTTP setup of the shared client: changing them needs a restart.
 RESTART_ONLY = frozenset(
     {"data_dir", "state_dir", "http2", "ca_bundle", "metrics_address", "connections_per_host"}
-    | {"idle_timeout", "http2_client", "manifest_url"}
+    | {"idle_timeout", "http2_client", "manifest_url", "node_name"}
 )
 
 
@@ -133,6 +133,7 @@ class Daemon:
             data_dir=str(config.data_dir),
             state_dir=str(config.state_dir),
             manifest=config.manifest_label,
+            node=config.node_name,
             concurrency=config.concurrency,
             http2=config.http2,
             http2_client=config.http2_client,
@@ -152,7 +153,10 @@ class Daemon:
         code = 0
         tasks: list[asyncio.Task[None]] = []
         try:
-            recovered = await parts.db.run(parts.db.manifest.reset_active, time.time())
+            # A SQLite manifest is this node's alone; on a shared one, only this node's own
+            # claims (and its workers') are left over from its last run.
+            own = config.node_name if config.manifest_url else None
+            recovered = await parts.db.run(parts.db.manifest.reset_active, time.time(), own)
             if recovered:
                 logger.info("items_recovered", count=recovered, reason="left_active_by_crash")
             watcher = ExtractWatcher(config.raw_dir, parts.ingest.notify)
@@ -166,6 +170,7 @@ class Daemon:
                 asyncio.create_task(self._supervise_watcher(watcher, parts.ingest), name="watch"),
                 asyncio.create_task(parts.ingest.run(), name="ingest"),
                 asyncio.create_task(parts.pool.run(), name="pool"),
+                asyncio.create_task(parts.pool.keep_claims(), name="leases"),
                 asyncio.create_task(self._progress(parts), name="progress"),
                 asyncio.create_task(parts.completions.run(), name="completions"),
             ]

@@ -27,6 +27,7 @@ from ingestd.log import Logger
 from ingestd.metrics import Metrics
 from ingestd.net.fetch import Fetcher
 from ingestd.policy.hosts import PROBE_WAIT, HostHealth
+from ingestd.policy.lease import at_risk, lost, renewal_interval
 from ingestd.policy.merge import State
 from ingestd.policy.retry import (
     HOST_FAULTS,
@@ -60,6 +61,7 @@ BOOKKEEPING_RETRY_MAX = 30.0  # cap on the backoff while the manifest refuses an
 # Published files whose `done` may wait for the manifest before finished transfers wait too.
 UNRECORDED_MAX = 64
 BOOKKEEPING_IDS_LOGGED = 10  # ids named by one download_bookkeeping_failed
+CLAIM_IDS_LOGGED = 10  # ids named by one claims_lost, claims_at_risk or claims_reclaimed
 STOP_WAIT = 3.0  # seconds stopped transfers get to checkpoint and hand their item back
 # A connection lost under one transfer while its host served others is that item's fault,
 # unless the host turns out to be going down: judged after this long.
@@ -128,8 +130,12 @@ class DownloadPool:
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
         order: EventOrder | None = None,
+        owner: str | None = None,
     ) -> None:
         self._config = config
+        # Whose claims these are (the node's name; a worker's later): every claim and outcome
+        # carries it, and the manifest refuses outcomes of claims another owner has taken.
+        self._owner = config.node_name if owner is None else owner
         self._db = db
         self._log = log
         # Each outcome's event is logged before an extract_completed that counts it.
@@ -138,7 +144,7 @@ class DownloadPool:
         self._clock = clock
         self._jitter = jitter
         self._publisher = Publisher(config.media_dir)
-        self._transfers = Transfers(config, db, fetcher, self._publisher, clock)
+        self._transfers = Transfers(config, db, fetcher, self._publisher, clock, self._owner)
         self._hosts = HostHealth(config.backoff_base, config.host_backoff_max, config.host_slots)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Claimed ahead, in one transaction per batch, so a finishing transfer is replaced
@@ -153,6 +159,11 @@ class DownloadPool:
         # MARK_LAG): not one manifest write per file.
         self._unmarked: list[str] = []
         self._unmarked_since = 0.0
+        # This owner's claims, running, claimed ahead, or published and not yet written done:
+        # id -> the lease end last written. Renewed by keep_claims.
+        self._leases: dict[str, float] = {}
+        self._recording: set[str] = set()  # published, `done` not written yet
+        self._renewal_failed_at: float | None = None
         self._space_checked_at = -SPACE_RECHECK
         self._wake = asyncio.Event()
         self._pause: _Pause | None = None
@@ -256,7 +267,9 @@ class DownloadPool:
             launched, deferred = await self._start_ready()
             if self._unmarked and time.monotonic() - self._unmarked_since > MARK_LAG:
                 mark, self._unmarked = self._unmarked, []
-                await self._db.run(self._db.manifest.start_held, mark, self._clock())
+                await self._db.run(
+                    self._db.manifest.start_held, mark, self._clock(), owner=self._owner
+                )
             if claimed and launched and len(self._tasks) < concurrency:
                 continue  # there may be more due right now
             timeout = IDLE_RECHECK
@@ -278,11 +291,23 @@ class DownloadPool:
         now = self._clock()
         skip = self._hosts.blocked(now)
         mark, self._unmarked = self._unmarked, []
+        lease_until = now + self._config.lease_seconds
         claiming = asyncio.ensure_future(
-            self._db.run(self._db.manifest.claim, now, start, hold, skip, mark)
+            self._db.run(
+                self._db.manifest.claim,
+                now,
+                start,
+                hold,
+                skip,
+                mark,
+                owner=self._owner,
+                lease_until=lease_until,
+            )
         )
         try:
-            return await asyncio.shield(claiming)
+            started, held = await asyncio.shield(claiming)
+            self._leases.update(dict.fromkeys([i.aweme_id for i in [*started, *held]], lease_until))
+            return started, held
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 started, held = await claiming
@@ -350,11 +375,17 @@ class DownloadPool:
 
     async def _hand_back(self, ids: list[str], due: float) -> None:
         if ids:
-            await self._db.run(self._db.manifest.release, ids, self._clock(), due)
+            await self._db.run(
+                self._db.manifest.release, ids, self._clock(), due, owner=self._owner
+            )
+            for aweme_id in ids:  # not this owner's any more, whoever has them now
+                self._leases.pop(aweme_id, None)
 
     def _task_done(self, aweme_id: str, slot: _Slot, task: asyncio.Task[None]) -> None:
         if self._tasks.get(aweme_id) is task:
             self._tasks.pop(aweme_id)
+            if aweme_id not in self._recording:  # else its lease lasts until `done` is written
+                self._leases.pop(aweme_id, None)
         self._wake.set()  # a slot is free
         if slot.taken:  # ended before a verdict (cancelled, even before it ran)
             self._unslot(slot.host, aweme_id, self._clock())
@@ -391,6 +422,86 @@ class DownloadPool:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_WAIT)
+
+    # --- claims and leases --------------------------------------------------------------
+
+    async def keep_claims(self) -> None:
+        """Until cancelled, every third of a lease: renew this owner's claims and hand back
+        the lapsed claims of owners that stopped renewing theirs (see renew_claims)."""
+        while True:
+            await asyncio.sleep(renewal_interval(self._config.lease_seconds))
+            await self.renew_claims()
+
+    async def renew_claims(self) -> None:
+        """One pass: renew the leases of every claim held here; stop the transfers (and drop
+        the items claimed ahead) whose claims another owner has taken, or, while the manifest
+        cannot be reached, whose leases could end before the next pass; hand back lapsed
+        claims, an attempt counted for those that were in flight. Each finding is logged once
+        per pass, not once per item."""
+        lease = self._config.lease_seconds
+        now = self._clock()
+        claims = dict(self._leases)
+        try:
+            renewed = await self._db.run(
+                self._db.manifest.renew_leases, self._owner, list(claims), now + lease
+            )
+            lapsed = await self._db.run(self._db.manifest.reclaim_lapsed, now)
+        except ManifestError as exc:
+            if self._renewal_failed_at is None:
+                self._renewal_failed_at = now
+                self._log.error("lease_renewal_failed", error=str(exc), claims=len(claims))
+            self._stop_claims("claims_at_risk", at_risk(self._leases, self._clock(), lease))
+            return
+        if self._renewal_failed_at is not None:
+            down = round(now - self._renewal_failed_at, 3)
+            self._log.info("leases_renewed", claims=len(renewed), down_s=down)
+            self._renewal_failed_at = None
+        for aweme_id in renewed:
+            if aweme_id in self._leases:
+                self._leases[aweme_id] = now + lease
+        # A claim handed back and made again while the renewal ran is a new one: not lost.
+        self._stop_claims(
+            "claims_lost", [i for i in lost(claims, renewed) if self._leases.get(i) == claims[i]]
+        )
+        if lapsed:
+            owners = collections.Counter(claim.owner or "-" for claim in lapsed)
+            self._log.warning(
+                "claims_reclaimed",
+                count=len(lapsed),
+                in_flight=sum(claim.was_active for claim in lapsed),
+                owners=dict(owners),
+                aweme_ids=[claim.aweme_id for claim in lapsed[:CLAIM_IDS_LOGGED]],
+            )
+            self.wake()
+
+    def _stop_claims(self, event: str, ids: list[str]) -> None:
+        """Stop the transfers of `ids` (each keeps its part) and forget those claimed ahead:
+        they are not this owner's, or may soon not be. Logged as `event` when it stops
+        something it had not stopped yet."""
+        doomed = set(ids)
+        if not doomed:
+            return
+        ahead = [entry for entry in self._ready if entry[0].aweme_id in doomed]
+        if ahead:
+            self._ready = collections.deque(e for e in self._ready if e[0].aweme_id not in doomed)
+            self._unmarked = [i for i in self._unmarked if i not in doomed]
+        stopped = 0
+        for aweme_id in ids:
+            task = self._tasks.get(aweme_id)
+            if task is None:
+                if aweme_id not in self._recording:
+                    self._leases.pop(aweme_id, None)
+            elif not task.cancelling():
+                task.cancel()
+                stopped += 1
+        if stopped or ahead:
+            self._log.warning(
+                event,
+                count=stopped + len(ahead),
+                stopped=stopped,
+                owner=self._owner,
+                aweme_ids=ids[:CLAIM_IDS_LOGGED],
+            )
 
     # --- local faults: pause and resume --------------------------------------------------
 
@@ -651,6 +762,7 @@ class DownloadPool:
         """Record a published file. The slot does not wait for the manifest write unless
         UNRECORDED_MAX outcomes already wait for theirs."""
         ticket = self._order.take()
+        self._recording.add(item.aweme_id)
         recorded = self._completions.post(
             Completion(
                 item.aweme_id,
@@ -659,6 +771,7 @@ class DownloadPool:
                 str(done.path),
                 done.linked_topics,
                 self._clock(),
+                self._owner,
             )
         )
         recorded.add_done_callback(functools.partial(self._recorded, item, done, duration, log))
@@ -675,11 +788,17 @@ class DownloadPool:
         recorded: asyncio.Future[bool | None],
     ) -> None:
         """The file's `done` is written: count it and say so."""
+        self._recording.discard(item.aweme_id)
+        if item.aweme_id not in self._tasks:
+            self._leases.pop(item.aweme_id, None)
         if recorded.cancelled():
             return
         error = recorded.exception()
         if error is not None:  # not a refusal (those are retried): a bug; the item stays active
             log.error("download_bookkeeping_failed", error=repr(error)[:200])
+            return
+        if recorded.result() is None:  # its lease lapsed meanwhile and another owner has it
+            log.warning("claim_lost", outcome="completed", path=str(done.path), owner=self._owner)
             return
         if recorded.result():  # topics merged in while it downloaded, or links left to make
             self.merged()
@@ -740,7 +859,11 @@ class DownloadPool:
             due,
             not decision.count_attempt,
             now,
+            owner=self._owner,
         )
+        if state is None:  # its lease lapsed meanwhile and another owner has it
+            log.warning("claim_lost", outcome=decision.action.value, owner=self._owner)
+            return
         fields: dict[str, object] = {
             "reason": decision.reason.value,
             "status": failure.status,

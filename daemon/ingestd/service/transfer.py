@@ -88,8 +88,10 @@ class Transfers:
         fetcher: Fetcher,
         publisher: Publisher,
         clock: Callable[[], float] = time.time,
+        owner: str | None = None,
     ) -> None:
         self._db = db
+        self._owner = owner  # whose claims these transfers run: resume points are written as it
         self._fetcher = fetcher
         self._publisher = publisher
         self._clock = clock
@@ -180,6 +182,7 @@ class _Attempt:
         self._resumable = False  # the manifest knows how to resume this part
         self._recorded = (item.validator, item.total, item.durable)
         self._misrecorded = False  # the manifest describes a part this one no longer is
+        self._claim_lost = False  # a resume point was refused: another owner has the item
         self._resumed_from = 0
         self.tracked: Tracked | None = None
 
@@ -282,19 +285,31 @@ class _Attempt:
         if (validator, total, durable) == self._recorded:
             return True
         try:
-            await self._db.run(
-                self._db.manifest.set_part, self._item.aweme_id, validator, total, durable
+            written = await self._db.run(
+                self._db.manifest.set_part,
+                self._item.aweme_id,
+                validator,
+                total,
+                durable,
+                owner=self._t._owner,
             )
         except ManifestError as exc:  # the transfer goes on; a resume starts from what is known
             self._resumable = False
             self._log.warning("checkpoint_failed", error=str(exc)[:200])
             return False
+        if not written:  # the claim is another's now: the pool's lease pass stops this transfer
+            self._resumable = False
+            self._claim_lost = True
+            return True  # nothing of the part is this attempt's to change any more
         self._recorded = (validator, total, durable)
         return True
 
     async def keep_for_resume(self) -> None:
         """After a failed or stopped attempt: checkpoint the part, or empty it when the
-        manifest still describes another version of it (a resume must not splice them)."""
+        manifest still describes another version of it (a resume must not splice them). A
+        part whose claim was lost is left as it is: the manifest describes its new owner's."""
+        if self._claim_lost:
+            return
         if self._misrecorded and not self._part.closed:
             await asyncio.to_thread(self._part.truncate)
             return
