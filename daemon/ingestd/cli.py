@@ -255,11 +255,11 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
     if args.watch:
         return _watch(config, args)
-    counts = _read(config, lambda manifest: manifest.counts())
+    counts, owners = _read(config, lambda m: (m.counts(), m.in_flight_by_owner()))
     if args.json:
-        print(json.dumps(status_document(counts)))
+        print(json.dumps(status_document(counts, owners)))
     else:
-        print(status_table(counts, config.manifest_label))
+        print(status_table(counts, config.manifest_label, owners))
     return EXIT_OK
 
 

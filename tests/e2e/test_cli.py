@@ -84,6 +84,7 @@ def test_status_table_json_and_watch(
         "items": {"pending": 0, "active": 0, "done": 2, "expired": 0, "failed": 1},
         "extracts": {"merged": 1, "rejected": 0, "duplicate": 0},
         "bytes_done": 2 * SIZE,
+        "nodes": {},  # nothing in flight
     }
 
     table = _ok(daemon.cli("status"))

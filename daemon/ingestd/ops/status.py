@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from ingestd.ops.live import human_bytes
 from ingestd.policy.naming import topic_folder
-from ingestd.store.base import Counts, ItemSummary
+from ingestd.store.base import Counts, ItemSummary, OwnerLoad
 
 
-def status_document(counts: Counts) -> dict[str, object]:
-    """The stable JSON shape of `ingestd status --json`."""
+def status_document(
+    counts: Counts, owners: Mapping[str, OwnerLoad] | None = None
+) -> dict[str, object]:
+    """The stable JSON shape of `ingestd status --json`; `nodes`: the items each owner (a node,
+    or `node/worker`; "" for claims without one) has running (`active`) and claimed ahead."""
     return {
         "items": {
             k: counts.items.get(k, 0) for k in ("pending", "active", "done", "expired", "failed")
@@ -23,6 +26,10 @@ def status_document(counts: Counts) -> dict[str, object]:
             "duplicate": counts.extracts.get("duplicate", 0),
         },
         "bytes_done": counts.bytes_done,
+        "nodes": {
+            name: {"active": load.active, "held": load.held}
+            for name, load in (owners or {}).items()
+        },
     }
 
 
@@ -37,9 +44,11 @@ def status_line(counts: Counts, in_flight: int, rate_bytes_per_s: float) -> str:
     )
 
 
-def status_table(counts: Counts, manifest: str) -> str:
+def status_table(
+    counts: Counts, manifest: str, owners: Mapping[str, OwnerLoad] | None = None
+) -> str:
     """A readable summary for a terminal."""
-    doc = status_document(counts)
+    doc = status_document(counts, owners)
     items = doc["items"]
     extracts = doc["extracts"]
     assert isinstance(items, dict) and isinstance(extracts, dict)
@@ -49,6 +58,9 @@ def status_table(counts: Counts, manifest: str) -> str:
     lines += [f"  {'total':<9}{total:>10}", "", "extracts"]
     lines += [f"  {k:<9}{n:>10}" for k, n in extracts.items()]
     lines += ["", f"downloaded {human_bytes(counts.bytes_done)} ({counts.bytes_done} bytes)"]
+    if owners:
+        lines += ["", f"in flight by node {'active':>9} {'held':>6}"]
+        lines += [f"  {name or '-':<16}{o.active:>10} {o.held:>6}" for name, o in owners.items()]
     return "\n".join(lines)
 
 
