@@ -4,12 +4,17 @@ restart resumes from it, and the URL's password is never shown."""
 
 from __future__ import annotations
 
+import json
+import random
+import time
 from typing import Any
 
 import pytest
 
+from ingestd.policy.extract import Record
+from ingestd.store.postgres import PostgresManifest
 from support.daemon import by_id
-from support.extracts import SAMPLE_FIRST, load_sample, localize, samples_dir
+from support.extracts import SAMPLE_FIRST, load_sample, localize, origin_records, samples_dir
 from support.origin import OriginServer
 
 pytestmark = pytest.mark.skipif(samples_dir() is None, reason="shared sample extracts not found")
@@ -53,3 +58,42 @@ def test_the_daemon_runs_on_postgresql(
     assert len(by_id(daemon.events("download_completed"))) == 0  # this run's events only
     assert not any(SECRET in line for line in daemon.log_lines_containing("postgresql"))
     assert not daemon.log_lines_containing(SECRET)
+
+
+def test_a_node_lets_go_of_its_own_claims_only_and_takes_back_lapsed_ones(
+    daemon_factory: Any, origin: OriginServer, prefix: str, postgres_url: str
+) -> None:
+    # Three claims left in the database: this node's own from its last run, a live node's,
+    # and a dead node's whose lease has ended.
+    records, names = origin_records(origin, prefix, random.Random(12), 3, "cats", 4096)
+    store = PostgresManifest.open(postgres_url)
+    try:
+        now = time.time()
+        store.merge(
+            [
+                Record(r["aweme_id"], r["media"]["source_url"], "cats", json.dumps(r))
+                for r in records
+            ],
+            "seed.json",
+            now,
+        )
+        owners = {}
+        for owner, lease in (("edge-a", now + 3600), ("edge-b", now + 3600), ("gone", now - 1)):
+            (item,), _ = store.claim(now, 1, 0, owner=owner, lease_until=lease)
+            owners[owner] = item.aweme_id
+    finally:
+        store.close()
+    daemon = daemon_factory(manifest_url=postgres_url, node_name="edge-a", lease_seconds=3)
+    daemon.start()
+    assert daemon.events("items_recovered")[0]["count"] == 1  # its own, not edge-b's
+    reclaimed = daemon.wait_for("claims_reclaimed", timeout=15)
+    assert (reclaimed["owners"], reclaimed["in_flight"]) == ({"gone": 1}, 1)
+    daemon.wait_for_count("download_completed", 2, timeout=30)
+    done = {e["aweme_id"] for e in daemon.events("download_completed")}
+    assert done == {owners["edge-a"], owners["gone"]}
+    status = daemon.status_json()
+    assert status["items"]["active"] == 1 and status["nodes"] == {
+        "edge-b": {"active": 1, "held": 0}
+    }
+    assert origin.request_count(names[owners["edge-b"]]) == 0, "edge-b's claim was taken"
+    daemon.terminate()
