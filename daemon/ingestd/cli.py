@@ -1,8 +1,9 @@
-"""Command line: run, status, list, retry, rebind, logs, verify.
+"""Command line: run, status, list, retry, rebind, logs, verify, migrate.
 
-Exit codes: 0 success, 1 runtime failure (including no manifest for this data dir, and problems
-left by `verify`), 2 usage or configuration error (including a manifest that belongs to another
-data dir), 3 nothing matched (`retry` refused every id, `list` found nothing when asked with
+Exit codes: 0 success, 1 runtime failure (including no manifest for this data dir, problems
+left by `verify`, and a copy by `migrate` whose counts differ), 2 usage or configuration error
+(including a manifest that belongs to another data dir, and a `migrate` target holding another
+manifest), 3 nothing matched (`retry` refused every id, `list` found nothing when asked with
 --fail-empty), 4 another ingestd runs on this data dir or state dir.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -21,8 +23,14 @@ from ingestd import __version__
 from ingestd.config import Config, ConfigError, load_config, load_cookies
 from ingestd.events import EVENTS, LEVELS
 from ingestd.fs.lock import FileLock, LockError, LockHeld
-from ingestd.store.base import ItemSummary, ManifestError, ManifestStore, WrongLibrary
-from ingestd.store.open import open_manifest
+from ingestd.store.base import (
+    ForeignManifest,
+    ItemSummary,
+    ManifestError,
+    ManifestStore,
+    WrongLibrary,
+)
+from ingestd.store.open import is_database_url, open_manifest, redact_dsn
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NO_MATCH, EXIT_LOCKED = 0, 1, 2, 3, 4
 STATES = ("pending", "active", "done", "expired", "failed")
@@ -195,6 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
         " missing links from a good copy, remove orphan .part files; strays are kept",
     )
     verify.add_argument("--json", action="store_true", help="machine-readable output")
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="copy this library's SQLite manifest into PostgreSQL (daemon stopped)",
+        description="Copy the SQLite manifest of this library into a PostgreSQL database, in"
+        " one transaction, and check the copy's counts; then set manifest_url to that URL.",
+        epilog="Exit codes: 0 copied and checked, 1 failure (the database cannot be used, or the"
+        " counts differ), 2 usage error or a database holding another manifest (left as it"
+        " was), 4 another ingestd runs on this data dir or state dir.",
+    )
+    _common(migrate)
+    migrate.add_argument(
+        "--to",
+        required=True,
+        metavar="URL",
+        help="the database: postgresql://user@host/db (the password is never shown)",
+    )
     return parser
 
 
@@ -435,6 +460,52 @@ def _rebind(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _migrate(config: Config, args: argparse.Namespace) -> int:
+    from ingestd.ops.migrate import migrate, summary
+    from ingestd.store.manifest import Manifest
+    from ingestd.store.open import open_postgres
+
+    target = redact_dsn(args.to)
+    if not is_database_url(args.to):
+        print(f"ingestd: --to takes a postgresql:// URL, not {target!r}", file=sys.stderr)
+        return EXIT_USAGE
+    sqlite = dataclasses.replace(config, manifest_url="")  # the source, whatever is configured
+    if not sqlite.manifest_path.exists():
+        raise NoManifest(sqlite)  # before the locks, which would create the state dir
+    name = os.path.realpath(sqlite.manifest_path)  # recorded in the copy: see replace_with
+    with (
+        _library_locked(config),
+        contextlib.closing(Manifest.open(sqlite.manifest_path)) as source,
+    ):
+        try:
+            source.check_data_dir(config.data_dir)
+        except WrongLibrary as exc:
+            print(f"ingestd: configuration error: {_wrong_library(sqlite, exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        with contextlib.closing(open_postgres(args.to)) as manifest:
+            try:
+                done = migrate(source, manifest, config.data_dir, name)
+            except ForeignManifest as exc:
+                print(
+                    f"ingestd: {target} cannot take this library's manifest: {exc}. Nothing was"
+                    " changed; migrate into an empty database",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
+            except KeyboardInterrupt:
+                # The copy is one transaction: made whole, or not at all.
+                print("ingestd: migrate interrupted; run it again to finish", file=sys.stderr)
+                return EXIT_FAILURE
+    print(summary(done, name, target))
+    if problems := done.mismatches():
+        print(f"ingestd: the copy in {target} does not match its source:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    print("counts checked: the copy matches its source")
+    return EXIT_OK
+
+
 def _run(config: Config, args: argparse.Namespace) -> int:
     from ingestd import log
     from ingestd.service.daemon import run
@@ -490,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rebind": _rebind,
         "logs": _logs,
         "verify": _verify,
+        "migrate": _migrate,
     }
     try:
         return commands[args.command](config, args)

@@ -625,7 +625,10 @@ def test_invalid_config_exits_2_naming_the_key(
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        ((), ["run", "status", "list", "retry", "rebind", "logs", "verify", "--version"]),
+        (
+            (),
+            ["run", "status", "list", "retry", "rebind", "logs", "verify", "migrate", "--version"],
+        ),
         (("run",), ["--config", "--data-dir", "--state-dir", "--concurrency", "--log-file"]),
         (("status",), ["--json", "--watch", "--interval", "--count"]),
         (("list",), ["--state", "--topic", "--limit", "--all", "--json", "--fail-empty"]),
@@ -636,6 +639,7 @@ def test_invalid_config_exits_2_naming_the_key(
         ),
         (("rebind",), ["--data-dir", "--state-dir"]),
         (("verify",), ["--repair", "--json", "--data-dir", "--state-dir", "Exit codes"]),
+        (("migrate",), ["--to", "--config", "--data-dir", "--state-dir", "Exit codes"]),
     ],
 )
 def test_help_for_every_command(command: tuple[str, ...], options: list[str]) -> None:

@@ -50,6 +50,11 @@ class MergeInterrupted(ManifestError):
     """A merge stopped early on request. What was merged stays; merging again is idempotent."""
 
 
+class ForeignManifest(ManifestError):
+    """A store `ingestd migrate` must not replace: it holds a manifest that is not an untouched
+    copy of the one being migrated (another library's, its own, or one written since)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
     """An item claimed for download."""
@@ -201,6 +206,75 @@ class ItemPlace:
     state: str
     path: str | None
     topics: tuple[str | None, ...]
+
+
+class StoredItem(NamedTuple):
+    """An item with every field both backends keep, as `ingestd migrate` carries it from one to
+    the other. No claim (held, owner, lease): a copy carries items as a restart finds them."""
+
+    aweme_id: str
+    url: str
+    topics: tuple[str | None, ...]
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    last_status: int | None
+    bytes: int | None
+    sha256: str | None
+    path: str | None
+    validator: str | None
+    durable_bytes: int
+    total_bytes: int | None
+    relink: bool
+    sources: tuple[str, ...]
+    record: str
+    extract_ids: tuple[int, ...]  # ids of StoredProgress
+    created_at: float
+    updated_at: float
+    completed_at: float | None
+
+
+class StoredExtract(NamedTuple):
+    """How one version of an extract was handled, as record_extract recorded it."""
+
+    id: int
+    path: str
+    sha256: str
+    size: int
+    status: str
+    reason: str | None
+    records: int
+    new: int
+    updated: int
+    unusable: int
+    processed_at: float
+
+
+class StoredProgress(NamedTuple):
+    """One merged extract's progress (see ExtractProgress), as kept."""
+
+    id: int
+    path: str
+    sha256: str
+    started_at: float
+    merged_at: float | None
+    completed_at: float | None
+    items: int | None  # these six None: merged before the manifest followed its items
+    outstanding: int | None
+    done: int | None
+    expired: int | None
+    failed: int | None
+    bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestCopy:
+    """A whole manifest, read to be written into another backend (`ingestd migrate`)."""
+
+    extracts: list[StoredExtract]
+    progress: list[StoredProgress]
+    items: Iterator[list[StoredItem]]  # a chunk at a time, streamed: read once
 
 
 def library_path(data_dir: str | Path) -> str:

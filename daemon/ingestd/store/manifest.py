@@ -15,10 +15,10 @@ import functools
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ingestd.policy.merge import Known, State
 from ingestd.policy.naming import topic_folder
@@ -36,6 +36,7 @@ from ingestd.store.base import (
     ItemPlace,
     ItemSummary,
     LapsedClaim,
+    ManifestCopy,
     ManifestError,
     ManifestStore,
     MergeCounts,
@@ -43,6 +44,9 @@ from ingestd.store.base import (
     OwnerLoad,
     Relink,
     SettledExtract,
+    StoredExtract,
+    StoredItem,
+    StoredProgress,
     T,
     WrongLibrary,
     library_path,
@@ -87,7 +91,7 @@ SCHEMA_VERSION = 7
 # The columns readers use are the same in all (in_flight_by_owner and item() do without owners
 # before 7, and without `held` before 5).
 READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
-_CHUNK = 500  # ids per SELECT ... IN (...) and records per write transaction
+_CHUNK = 500  # ids per SELECT ... IN (...), records per write transaction, rows per export chunk
 _URL_EXPIRED = Reason.URL_EXPIRED.value
 # Passes over the items of origins that cannot take work (their URL's host:port, worked out
 # per row scanned: only while some origin is busy or cooling, and only over due rows).
@@ -280,6 +284,15 @@ _MIGRATIONS: dict[int, str] = {
     """,
 }
 _META_DATA_DIR = "data_dir"
+# An item as a restart finds it (reset_active): an active one is pending again, the attempt it
+# was charged spent; a held one is let go (held, owner and lease are not read). Its updated_at
+# stays: exporting twice gives the very same rows.
+_EXPORT_ITEMS = """
+SELECT aweme_id, url, topics, CASE state WHEN 'active' THEN 'pending' ELSE state END, attempts,
+    next_attempt_at, last_error, last_status, bytes, sha256, path, validator, durable_bytes,
+    total_bytes, relink, sources, record, extract_ids, created_at, updated_at, completed_at
+FROM items
+"""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -291,6 +304,12 @@ def _json_array(values: tuple[str | None, ...]) -> str:
 @functools.lru_cache(maxsize=4096)
 def _id_array(values: tuple[int, ...]) -> str:
     return json.dumps(values)
+
+
+@functools.lru_cache(maxsize=4096)
+def _json_tuple(text: str) -> tuple[Any, ...]:
+    # An export decodes the same few topic, source and extract lists over and over.
+    return tuple(json.loads(text))
 
 
 class Manifest(DerivedMethods):
@@ -344,6 +363,61 @@ class Manifest(DerivedMethods):
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise ManifestError(str(exc)) from exc
+
+    @contextmanager
+    def export(self) -> Iterator[ManifestCopy]:
+        """The whole manifest, to be written into another backend (`ingestd migrate`), read in
+        one read transaction: the other reads of this store inside the block (counts...) see
+        the same state, whatever `retry` writes meanwhile. Items are read `_CHUNK` at a time, as
+        a restart finds them (see _EXPORT_ITEMS)."""
+        try:
+            self._conn.execute("BEGIN")
+            items = self._export_items()
+            try:
+                extracts = [
+                    StoredExtract(*r)
+                    for r in self._conn.execute(
+                        "SELECT id, path, sha256, size, status, reason, records, new, updated,"
+                        " unusable, processed_at FROM extracts ORDER BY id"
+                    )
+                ]
+                progress = [
+                    StoredProgress(*r)
+                    for r in self._conn.execute(
+                        "SELECT id, path, sha256, started_at, merged_at, completed_at, items,"
+                        " outstanding, done, expired, failed, bytes FROM extract_progress"
+                        " ORDER BY id"
+                    )
+                ]
+                yield ManifestCopy(extracts, progress, items)
+            finally:
+                items.close()
+                self._conn.execute("COMMIT")  # it only read
+        except sqlite3.Error as exc:
+            raise ManifestError(str(exc)) from exc
+
+    def _export_items(self) -> Generator[list[StoredItem], None, None]:
+        cur = self._conn.execute(_EXPORT_ITEMS)
+        try:
+            while rows := cur.fetchmany(_CHUNK):
+                # StoredItem's fields, in order: the JSON lists decoded, relink a bool.
+                yield [
+                    StoredItem._make(
+                        (
+                            *r[:2],
+                            _json_tuple(r[2]),
+                            *r[3:14],
+                            bool(r[14]),
+                            _json_tuple(r[15]),
+                            r[16],
+                            _json_tuple(r[17]),
+                            *r[18:],
+                        )
+                    )
+                    for r in rows
+                ]
+        finally:
+            cur.close()
 
     # --- the library it belongs to ---------------------------------------------------------
 

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from ingestd.store.base import ManifestError, ManifestStore
 from ingestd.store.manifest import Manifest
+
+if TYPE_CHECKING:
+    from ingestd.store.postgres import PostgresManifest
 
 _SCHEMES = ("postgresql", "postgres")
 # A password in a libpq URL (user:password@, up to the `@` before the first `/`, as libpq
@@ -55,12 +59,18 @@ def open_manifest(location: str | Path, *, readonly: bool = False) -> ManifestSt
     """Open the manifest at `location` (see the module docstring), creating and migrating it
     unless `readonly`. Raises ManifestError, also when the PostgreSQL extra is missing."""
     if is_database_url(location):
-        try:
-            from ingestd.store.postgres import PostgresManifest
-        except ImportError as exc:
-            raise ManifestError(
-                f"{redact_dsn(str(location))}: a PostgreSQL manifest needs psycopg"
-                f" (install ingestd[postgres]): {exc}"
-            ) from None
-        return PostgresManifest.open(str(location), readonly=readonly)
+        return open_postgres(str(location), readonly=readonly)
     return Manifest.open(Path(location), readonly=readonly)
+
+
+def open_postgres(url: str, *, readonly: bool = False) -> PostgresManifest:
+    """The manifest in the PostgreSQL database `url` names (see open_manifest). Raises
+    ManifestError, also when the PostgreSQL extra is missing."""
+    try:
+        from ingestd.store.postgres import PostgresManifest
+    except ImportError as exc:
+        raise ManifestError(
+            f"{redact_dsn(url)}: a PostgreSQL manifest needs psycopg"
+            f" (install ingestd[postgres]): {exc}"
+        ) from None
+    return PostgresManifest.open(url, readonly=readonly)

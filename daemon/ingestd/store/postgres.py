@@ -47,10 +47,12 @@ from ingestd.store.base import (
     DerivedMethods,
     DoneItem,
     ExtractProgress,
+    ForeignManifest,
     Item,
     ItemPlace,
     ItemSummary,
     LapsedClaim,
+    ManifestCopy,
     ManifestError,
     ManifestStore,
     MergeCounts,
@@ -90,6 +92,7 @@ _LOCK_TIMEOUT_MS = 30_000  # a lock wait this long is a stuck session elsewhere:
 _CONNECT_TIMEOUT = 10
 _URL_EXPIRED = Reason.URL_EXPIRED.value
 _META_DATA_DIR = "data_dir"
+_META_SOURCE = "migrated_from"  # the manifest `replace_with` copied in (see _check_replaceable)
 # Advisory lock keys (bigint): "ingestd" in ASCII, then a number.
 _MIGRATION_LOCK = 0x696E6765737464_01
 _MERGE_LOCK = 0x696E6765737464_02
@@ -357,6 +360,28 @@ _ITEM_COLUMNS = (
 )
 _OWNER_COLUMNS = ", owner, lease_until"  # from schema 2
 
+# What `replace_with` writes of an item: every column, origin and folders derived as a merge
+# derives them. Not its claim (held, owner, lease_until): a copy is made with no daemon running,
+# and carries items as a restart finds them (see Manifest.export), claimed by no one.
+_COPY_COLUMNS = (
+    "aweme_id, url, origin, topics, folders, state, attempts, next_attempt_at, last_error,"
+    " last_status, bytes, sha256, path, validator, durable_bytes, total_bytes, relink, sources,"
+    " record, extract_ids, created_at, updated_at, completed_at"
+)
+# The tables a copy replaces (meta: only the keys it writes). The counts kept as deltas
+# (item_totals, extract_moves) are not copied: the copy's are counted from its rows.
+_COPY_TABLES = "items, extracts, extract_progress, extract_moves, item_totals"
+# item_totals of a copy: its rows counted, so that checking `counts` against the source's
+# checks the rows themselves.
+_COUNT_COPY = """
+INSERT INTO item_totals (pending, active, done, expired, failed, done_bytes)
+SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'active'),
+    count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state = 'expired'),
+    count(*) FILTER (WHERE state = 'failed'),
+    coalesce(sum(bytes) FILTER (WHERE state = 'done'), 0)
+FROM items
+"""
+
 
 def _scrub(message: str, dsn: str) -> str:
     """A message about `dsn` without its password, in any spelling (libpq's parse too)."""
@@ -572,6 +597,78 @@ class PostgresManifest(DerivedMethods):
             return recorded
 
         return self._write(bind)
+
+    def replace_with(self, copy: ManifestCopy, data_dir: Path, source: str) -> None:
+        """Make this manifest a copy of `copy`, the manifest of the library `data_dir` read from
+        `source` (`ingestd migrate`), bound to `data_dir`. One transaction, the tables locked:
+        on any error or interruption nothing changes. What this manifest held is replaced only
+        if it is empty, or the copy of `source` that a former call left and nobody wrote since
+        (so a second call gives the same state); else ForeignManifest, nothing changed. The
+        ids of extracts and their progress are kept: the items' extract_ids name them."""
+
+        def load(cur: Cursor) -> None:
+            cur.execute(f"LOCK TABLE meta, {_COPY_TABLES} IN ACCESS EXCLUSIVE MODE")
+            _check_replaceable(cur, data_dir, source)
+            cur.execute(f"TRUNCATE {_COPY_TABLES} RESTART IDENTITY")
+            # COPY writes the ids given, even into GENERATED ALWAYS columns.
+            with cur.copy(
+                "COPY extracts (id, path, sha256, size, status, reason, records, new, updated,"
+                " unusable, processed_at) FROM STDIN"
+            ) as out:
+                for extract in copy.extracts:
+                    out.write_row(extract)
+            with cur.copy(
+                "COPY extract_progress (id, path, sha256, started_at, merged_at, completed_at,"
+                " items, outstanding, done, expired, failed, bytes) FROM STDIN"
+            ) as out:
+                for p in copy.progress:
+                    # No counts (merged before SQLite's schema 6, completed then): 0 here,
+                    # where they are NOT NULL. Only extract_progress() shows the difference.
+                    out.write_row((*p[:6], *(n or 0 for n in p[6:])))
+            for table in ("extracts", "extract_progress"):
+                cur.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id))"
+                    f" FROM {table} HAVING count(*) > 0"
+                )
+            with cur.copy(f"COPY items ({_COPY_COLUMNS}) FROM STDIN") as out:
+                for chunk in copy.items:
+                    for i in chunk:
+                        topics, folders = _topic_literals(i.topics)
+                        out.write_row(
+                            (
+                                i.aweme_id,
+                                i.url,
+                                origin_of(i.url),
+                                topics,
+                                folders,
+                                i.state,
+                                i.attempts,
+                                i.next_attempt_at,
+                                i.last_error,
+                                i.last_status,
+                                i.bytes,
+                                i.sha256,
+                                i.path,
+                                i.validator,
+                                i.durable_bytes,
+                                i.total_bytes,
+                                i.relink,
+                                _json_array(i.sources),
+                                i.record,
+                                _id_literal(i.extract_ids),
+                                i.created_at,
+                                i.updated_at,
+                                i.completed_at,
+                            )
+                        )
+            cur.execute(_COUNT_COPY)
+            cur.execute(
+                "INSERT INTO meta (key, value) VALUES (%s, %s), (%s, %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (_META_DATA_DIR, library_path(data_dir), _META_SOURCE, source),
+            )
+
+        self._write(load, retry=False)  # the items are read once
 
     # --- extracts -------------------------------------------------------------------------
 
@@ -1315,6 +1412,38 @@ def _open_extract(cur: Cursor, path: str, sha256: str, now: float) -> int | None
     ).fetchone()
     assert row is not None  # inserted, or there already
     return None if row[1] is not None else int(row[0])
+
+
+def _check_replaceable(cur: Cursor, data_dir: Path, source: str) -> None:
+    """Raise ForeignManifest unless the (locked) manifest may become a copy of `source`, the
+    manifest of `data_dir`: no other data dir bound, and no rows, or only those the last copy
+    of `source` wrote. Each row carries the id of the transaction that wrote it (xmin): those of
+    a copy all have the one of its `migrated_from` mark, a row written since has another."""
+    meta: dict[str, str] = dict(cur.execute("SELECT key, value FROM meta").fetchall())
+    recorded = meta.get(_META_DATA_DIR)
+    if recorded is not None and not same_dir(recorded, data_dir):
+        raise ForeignManifest(
+            f"it holds the manifest of the data dir {recorded}, not {library_path(data_dir)}"
+        )
+    copied = meta.get(_META_SOURCE)
+    if copied is None:
+        if _any_row(cur, "TRUE", ()):
+            raise ForeignManifest(f"it holds a manifest of its own, not a copy of {source}")
+    elif copied != source:
+        raise ForeignManifest(f"it holds a copy of {copied}, not of {source}")
+    elif _any_row(cur, "xmin <> (SELECT xmin FROM meta WHERE key = %s)", (_META_SOURCE,)):
+        raise ForeignManifest(
+            f"it was written since it was copied from {source} (a daemon ran on it): copying"
+            " again would undo that"
+        )
+
+
+def _any_row(cur: Cursor, where: str, params: tuple[object, ...]) -> bool:
+    """Whether items, extracts or extract_progress has a row where `where` holds."""
+    tables = ("items", "extracts", "extract_progress")
+    query = " OR ".join(f"EXISTS (SELECT FROM {table} WHERE {where})" for table in tables)
+    row = cur.execute(f"SELECT {query}", params * len(tables)).fetchone()
+    return bool(row and row[0])
 
 
 def _merge_chunk(
