@@ -245,7 +245,7 @@ def _read(config: Config, query: Callable[[ManifestStore], T]) -> T:
     """Run a read-only query on this data dir's manifest."""
     manifest = _existing(config, readonly=True)
     try:
-        manifest.check_data_dir(config.data_dir)
+        manifest.check_data_dir(config.data_dir, config.manifest_node)
         return query(manifest)
     finally:
         manifest.close()
@@ -386,7 +386,7 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
         print("ingestd: retry needs --failed, --expired or AWEME_IDs", file=sys.stderr)
         return EXIT_USAGE
     with _writable(config) as manifest:
-        manifest.check_data_dir(config.data_dir)
+        manifest.check_data_dir(config.data_dir, config.manifest_node)
         requeued, refused = manifest.retry(states, args.ids, time.time())
     if args.json:
         doc = {"requeued": requeued, "refused": list(refused), "reasons": refused}
@@ -431,10 +431,12 @@ def _verify(config: Config, args: argparse.Namespace) -> int:
     # Without --repair nothing is written: read-only, so group members can verify too.
     manifest = _existing(config, readonly=not args.repair)
     try:
-        manifest.check_data_dir(config.data_dir)
+        manifest.check_data_dir(config.data_dir, config.manifest_node)
         with Library(config.media_dir) as library:
             bar = progress_for(sys.stderr)
-            report = verify(manifest, library, repair=args.repair, progress=bar)
+            report = verify(
+                manifest, library, repair=args.repair, progress=bar, node=config.manifest_node
+            )
     except KeyboardInterrupt:
         print("ingestd: verify interrupted", file=sys.stderr)
         return EXIT_FAILURE
@@ -454,8 +456,9 @@ def _rebind(config: Config, args: argparse.Namespace) -> int:
     if not config.manifest_url and not config.manifest_path.exists():
         raise NoManifest(config)  # before the locks, which would create the state dir
     with _library_locked(config), _writable(config) as manifest:
-        before = manifest.bind_data_dir(config.data_dir, replace=True)
-        after = manifest.recorded_data_dir()
+        node = config.manifest_node
+        before = manifest.bind_data_dir(config.data_dir, replace=True, node=node)
+        after = manifest.recorded_data_dir(node)
     print(f"{config.manifest_label} now belongs to {after} (was {before or 'not recorded'})")
     return EXIT_OK
 
@@ -484,7 +487,7 @@ def _migrate(config: Config, args: argparse.Namespace) -> int:
             return EXIT_USAGE
         with contextlib.closing(open_postgres(args.to)) as manifest:
             try:
-                done = migrate(source, manifest, config.data_dir, name)
+                done = migrate(source, manifest, config.data_dir, name, config.node_name)
             except ForeignManifest as exc:
                 print(
                     f"ingestd: {target} cannot take this library's manifest: {exc}. Nothing was"
@@ -519,7 +522,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     with _library_locked(config):
         manifest = open_manifest(config.manifest_location)
         try:
-            manifest.bind_data_dir(config.data_dir)  # the first run records it
+            manifest.bind_data_dir(config.data_dir, node=config.manifest_node)  # the first run
         finally:
             manifest.close()
         try:

@@ -117,6 +117,12 @@ class Config:
         return self.manifest_url or self.manifest_path
 
     @property
+    def manifest_node(self) -> str | None:
+        """The node whose library and claims are this daemon's on a shared manifest
+        (PostgreSQL); None on SQLite, whose manifest is one library."""
+        return self.node_name if self.manifest_url else None
+
+    @property
     def manifest_label(self) -> str:
         """The manifest's location for messages and logs: never a password."""
         return redact_dsn(self.manifest_url) if self.manifest_url else str(self.manifest_path)

@@ -272,3 +272,22 @@ def test_claims_and_leases_outlive_the_store(open_store: Callable[[], ManifestSt
         assert again.reclaim_lapsed(now=11.0) == [LapsedClaim("1", "node/1", True)]
     finally:
         again.close()
+
+
+def test_a_resume_point_is_given_only_to_the_node_holding_the_part(store: ManifestStore) -> None:
+    # Each node writes .part files into its own data dir: another node's resume point would
+    # splice its bytes onto whatever that node's folder holds under the same name.
+    store.merge([r("1")], "e.json", now=1.0)
+    store.claim(now=2.0, start=1, hold=0, owner="edge-a/1", lease_until=10.0)
+    assert store.set_part("1", '"tag"', 1000, 400, owner="edge-a/1")
+    assert store.release(["1"], now=3.0, owner="edge-a/1") == ["1"]
+    (theirs,), _ = store.claim(now=4.0, start=1, hold=0, owner="edge-b", lease_until=10.0)
+    assert (theirs.validator, theirs.durable, theirs.total) == (None, 0, None)
+    assert store.release(["1"], now=5.0, owner="edge-b") == ["1"]
+    (mine,), _ = store.claim(now=6.0, start=1, hold=0, owner="edge-a/2", lease_until=10.0)
+    assert (mine.validator, mine.durable, mine.total) == ('"tag"', 400, 1000)  # the node's
+    # Recorded without an owner (one daemon, no nodes): any claim may resume it.
+    assert store.set_part("1", '"tag"', 1000, 500)
+    store.release(["1"], now=7.0)
+    (any_node,), _ = store.claim(now=8.0, start=1, hold=0, owner="edge-c", lease_until=10.0)
+    assert any_node.durable == 500

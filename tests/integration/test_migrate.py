@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 import structlog
 
 from ingestd.cli import EXIT_FAILURE, EXIT_LOCKED, EXIT_OK, EXIT_USAGE, main
-from ingestd.config import load_config
+from ingestd.config import default_node_name, load_config
 from ingestd.policy.extract import Record, parse_extract
 from ingestd.policy.merge import State
 from ingestd.policy.naming import topic_folder
@@ -37,6 +38,9 @@ from support.postgres import PostgresCluster
 T0 = 1_000_000.0
 PASSWORD = "Sup3r-s3cret"
 DEAD = "https://{0}.cdn.example/v/{0}.mp4?expire=100"  # expired long before T0
+
+
+NODE = "edge-1"  # the migrating host's node_name
 
 
 def url(aweme_id: str) -> str:
@@ -64,7 +68,8 @@ class Library:
         self.sha_a = ""  # of raw/extract_a.json
 
     def write_config(self, name: str, **more: str) -> Path:
-        values = {"data_dir": str(self.data), "state_dir": str(self.state), **more}
+        values = {"data_dir": str(self.data), "state_dir": str(self.state), "node_name": NODE}
+        values.update(more)
         path = self.root / name
         path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
         return path
@@ -234,7 +239,8 @@ def test_every_item_extract_and_the_binding_go_over(
     for aweme_id in ids:
         before = source.item(aweme_id)
         assert before is not None
-        # Every column, as it was; the claim gone (as a restart leaves it), the origin derived.
+        # Every column, as it was; the claim gone (as a restart leaves it), the origin derived,
+        # the done files held by the node that migrated them.
         expected = {
             **before,
             "state": "pending" if before["state"] == "active" else before["state"],
@@ -242,6 +248,7 @@ def test_every_item_extract_and_the_binding_go_over(
             "owner": None,
             "lease_until": None,
             "origin": origin_of(str(before["url"])),
+            "node": NODE if before["state"] == "done" else None,
         }
         assert copy.item(aweme_id) == expected, aweme_id
         assert copy.record(aweme_id) == source.record(aweme_id)
@@ -259,7 +266,7 @@ def test_every_item_extract_and_the_binding_go_over(
     assert counts.items == {"pending": 4, "active": 0, "done": 2, "expired": 2, "failed": 2}
     assert counts.bytes_done == source.counts().bytes_done > 0
     assert counts.extracts == {"merged": 3, "rejected": 1, "duplicate": 1}
-    assert copy.recorded_data_dir() == library_path(lib.data)
+    assert copy.recorded_data_dir(NODE) == library_path(lib.data)
     assert copy.in_flight_by_owner() == {}
     assert copy.extract_status("extract_a.json", lib.sha_a) == "merged"
     assert copy.content_merged(lib.sha_a) and copy.content_merged("sha-b")
@@ -423,7 +430,7 @@ def test_a_database_holding_another_manifest_is_refused_and_left_unchanged(
 HOLDER = """
 import sys
 from ingestd.cli import _library_locked
-from ingestd.config import load_config
+from ingestd.config import default_node_name, load_config
 
 with _library_locked(load_config(sys.argv[1])):  # as `ingestd run` takes them
     print("locked", flush=True)
@@ -556,7 +563,9 @@ def test_the_command_end_to_end(
         assert lines[6:] == ["counts checked: the copy matches its source"]
         assert PASSWORD not in out + err
 
-        on_postgres = str(lib.write_config("postgres.toml", manifest_url=url))
+        # As the node migrate ran as (no config file: the host's name), which holds the files.
+        host = default_node_name(socket.gethostname())
+        on_postgres = str(lib.write_config("postgres.toml", manifest_url=url, node_name=host))
         assert main(["status", "--json", "--config", on_postgres]) == EXIT_OK
         status = json.loads(capsys.readouterr().out)
         expected = json.loads(sqlite_status)

@@ -493,7 +493,7 @@ def test_owners_and_leases_come_with_schema_2(postgres_url: str) -> None:
         reader.close()
     m = PostgresManifest.open(postgres_url)
     try:
-        assert migrations(postgres_url) == [1, 2]
+        assert migrations(postgres_url) == [1, 2, 3]
         item = m.item("1")
         assert item is not None and (item["owner"], item["lease_until"]) == (None, None)
         assert m.reclaim_lapsed(now=1e12) == []

@@ -56,14 +56,16 @@ class Migration:
         return found
 
 
-def migrate(source: Manifest, target: PostgresManifest, data_dir: Path, name: str) -> Migration:
-    """Make `target` a copy of `source`, the manifest of the library `data_dir`, kept at `name`
-    (see PostgresManifest.replace_with), and count both."""
+def migrate(
+    source: Manifest, target: PostgresManifest, data_dir: Path, name: str, node: str | None = None
+) -> Migration:
+    """Make `target` a copy of `source`, the manifest of the library `data_dir`, kept at `name`,
+    as `node`'s library (see PostgresManifest.replace_with), and count both."""
     started = time.monotonic()
     with source.export() as copy:
         counts = source.counts()  # in the export's snapshot
         held = sum(load.held for load in source.in_flight_by_owner().values())
-        target.replace_with(copy, data_dir, name)
+        target.replace_with(copy, data_dir, name, node)
     unlike = tuple(
         p.path
         for p in copy.progress

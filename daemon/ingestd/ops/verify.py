@@ -291,16 +291,16 @@ def check_item(lib: Library, item: DoneItem, progress: Progress) -> ItemCheck:
 
 
 def _checked(
-    manifest: ManifestStore, lib: Library, progress: Progress, jobs: int
+    manifest: ManifestStore, lib: Library, progress: Progress, jobs: int, node: str | None
 ) -> Iterator[ItemCheck]:
-    """Every done item checked, in id order, `jobs` files hashed at once; the manifest is read
-    by this thread only, a batch at a time."""
+    """Every done item (whose file `node` holds) checked, in id order, `jobs` files hashed at
+    once; the manifest is read by this thread only, a batch at a time."""
     with ThreadPoolExecutor(max(jobs, 1), thread_name_prefix="verify") as pool:
         running: collections.deque[Future[ItemCheck]] = collections.deque()
         try:
             after = ""
             while True:
-                batch = manifest.done_items(after, BATCH)
+                batch = manifest.done_items(after, BATCH, node=node)
                 for item in batch:
                     running.append(pool.submit(check_item, lib, item, progress))
                     while len(running) >= 4 * max(jobs, 1):
@@ -517,15 +517,17 @@ def verify(
     progress: Progress | None = None,
     jobs: int = JOBS,
     clock: Callable[[], float] = time.time,
+    node: str | None = None,
 ) -> Report:
-    """Check the library `lib` against `manifest`; with `repair`, fix what can be fixed."""
+    """Check the library `lib` against `manifest` (with `node`, the done items whose files
+    that node holds); with `repair`, fix what can be fixed."""
     progress = progress or NoProgress()
     started = time.monotonic()
     report = Report(str(lib.media_dir), repair)
     broken: list[ItemCheck] = []
     progress.start(manifest.counts().bytes_done)
     try:
-        for check in _checked(manifest, lib, progress, jobs):
+        for check in _checked(manifest, lib, progress, jobs, node):
             report.items += 1
             report.files += len(check.copies)
             report.bytes_hashed += check.hashed

@@ -155,7 +155,7 @@ class Daemon:
         try:
             # A SQLite manifest is this node's alone; on a shared one, only this node's own
             # claims (and its workers') are left over from its last run.
-            own = config.node_name if config.manifest_url else None
+            own = config.manifest_node
             recovered = await parts.db.run(parts.db.manifest.reset_active, time.time(), own)
             if recovered:
                 logger.info("items_recovered", count=recovered, reason="left_active_by_crash")

@@ -910,7 +910,11 @@ class DownloadPool:
         after = ""
         while True:
             batch = await self._db.run(
-                self._db.manifest.pending_relinks, RELINK_BATCH, tuple(parked), after
+                self._db.manifest.pending_relinks,
+                RELINK_BATCH,
+                tuple(parked),
+                after,
+                node=self._config.manifest_node,
             )
             for relink in batch:
                 try:

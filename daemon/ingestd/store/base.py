@@ -233,6 +233,7 @@ class StoredItem(NamedTuple):
     created_at: float
     updated_at: float
     completed_at: float | None
+    node: str | None  # the node holding a done item's file (None: the library's own)
 
 
 class StoredExtract(NamedTuple):
@@ -287,6 +288,52 @@ def same_dir(a: str | Path, b: str | Path) -> bool:
     return library_path(a) == library_path(b)
 
 
+META_DATA_DIR = "data_dir"  # the meta key of the library's data dir (one node, or none named)
+
+
+def data_dir_key(node: str | None) -> str:
+    """The meta key a data dir is recorded under: the library's, or with `node` that node's,
+    when several nodes share one manifest, each publishing into a data dir of its own."""
+    return META_DATA_DIR if node is None else f"{META_DATA_DIR}/{node}"
+
+
+def holder_node(owner: str | None) -> str | None:
+    """The node an outcome's owner (`node` or `node/worker`) belongs to: its files are there."""
+    return owner.split("/", 1)[0] if owner else None
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """What bind_data_dir does (plan_binding): the data dir recorded before, whether to write
+    the node's record, and whether the node takes over the library's record (and its files)."""
+
+    before: str | None
+    write: bool
+    adopt: bool
+
+
+def plan_binding(
+    data_dir: Path,
+    node: str | None,
+    own: str | None,
+    library: str | None,
+    nodes_bound: bool,
+    replace: bool,
+) -> Binding:
+    """Bind `data_dir` for `node` (None: the library), given what is recorded: `own` (its
+    record), `library` (the record made without a node) and whether any node has one. A
+    node's first bind takes over the library's record when no node has one yet and it names
+    the same folder: the manifest of a single daemon (or a migrated one) becomes that node's.
+    Raises WrongLibrary when another folder is recorded, unless `replace`."""
+    adopt = node is not None and own is None and library is not None and not nodes_bound
+    adopt = adopt and same_dir(library or "", data_dir)
+    recorded = library if adopt else own
+    wanted = library_path(data_dir)
+    if recorded is not None and not replace and not same_dir(recorded, data_dir):
+        raise WrongLibrary(recorded, wanted)
+    return Binding(recorded, adopt or recorded != wanted, adopt)
+
+
 class ManifestStore(Protocol):
     """Every item and extract seen, and the download queue. Synchronous: one thread at a time
     uses a store. Each write is atomic; a write that fails raises ManifestError."""
@@ -302,19 +349,25 @@ class ManifestStore(Protocol):
 
     # --- the library it belongs to -----------------------------------------------------------
 
-    def recorded_data_dir(self) -> str | None:
-        """The data dir recorded by `bind_data_dir`, as recorded, or None: not recorded yet."""
+    def recorded_data_dir(self, node: str | None = None) -> str | None:
+        """The data dir recorded by `bind_data_dir` (for `node`), as recorded, or None: not
+        recorded yet."""
         ...
 
-    def check_data_dir(self, data_dir: Path) -> None:
-        """Raise WrongLibrary if another data dir (compared resolved) is recorded. None
-        recorded is accepted."""
+    def check_data_dir(self, data_dir: Path, node: str | None = None) -> None:
+        """Raise WrongLibrary if another data dir (compared resolved) is recorded (for `node`,
+        or the library's record it would take over: see plan_binding). None recorded is
+        accepted."""
         ...
 
-    def bind_data_dir(self, data_dir: Path, *, replace: bool = False) -> str | None:
-        """Record `data_dir` (resolved) as the store's library; returns what was recorded before.
-        Another data dir already recorded raises WrongLibrary and changes nothing, unless
-        `replace`; the same folder by another name is not another."""
+    def bind_data_dir(
+        self, data_dir: Path, *, replace: bool = False, node: str | None = None
+    ) -> str | None:
+        """Record `data_dir` (resolved) as the store's library, or with `node` as that node's
+        (see plan_binding); returns what was recorded before. Another data dir already recorded
+        raises WrongLibrary and changes nothing, unless `replace`; the same folder by another
+        name is not another. A node taking over the library's record takes its done items'
+        files too (their `node` becomes it)."""
         ...
 
     # --- extracts ----------------------------------------------------------------------------
@@ -464,7 +517,9 @@ class ManifestStore(Protocol):
         owner: str | None = None,
     ) -> bool:
         """Record an item's resume point: the validator its .part was written under, the size
-        declared, the bytes durable. Claims return it until it is done, requeued or dropped.
+        declared, the bytes durable, and the node holding the .part (holder_node of `owner`).
+        Claims return it until it is done, requeued or dropped, and only to that node (or to
+        any, when no node is recorded): another node's folder has no such part.
         With `owner`, written only while the item is in flight and claimed by that owner or
         by no one (a node that lost the claim never moves its successor's resume point).
         True when written."""
@@ -472,7 +527,8 @@ class ManifestStore(Protocol):
 
     def complete_many(self, done: Sequence[Completion]) -> list[bool | None]:
         """Mark items done (size, digest, path), in one transaction; a held one's attempt is
-        counted, the resume point, last error, owner and lease cleared. A completion with an
+        counted, the resume point, last error, owner and lease cleared, and `node` (where the
+        file is) set to the owner's node (holder_node; None without one). A completion with an
         `owner` is written only if its item is in flight (active or held) and claimed by that
         owner or by no one; one without is written whatever the item's state. One flag per
         item, in order: None when it was not written for that (never without an owner), else
@@ -505,9 +561,10 @@ class ManifestStore(Protocol):
     # --- hard links for further topics -------------------------------------------------------
 
     def pending_relinks(
-        self, limit: int, skip: Sequence[str] = (), after: str = ""
+        self, limit: int, skip: Sequence[str] = (), after: str = "", *, node: str | None = None
     ) -> list[Relink]:
-        """Done items due for a relink, in id order after `after`, but those in `skip`."""
+        """Done items due for a relink, in id order after `after`, but those in `skip`; with
+        `node`, only those whose file that node holds."""
         ...
 
     def clear_relink(self, aweme_id: str, linked_topics: Sequence[str | None]) -> bool:
@@ -576,8 +633,11 @@ class ManifestStore(Protocol):
 
     # --- verify ------------------------------------------------------------------------------
 
-    def done_items(self, after: str = "", limit: int = 500) -> list[DoneItem]:
-        """Done items in id order after `after`: page through them with the last id seen."""
+    def done_items(
+        self, after: str = "", limit: int = 500, *, node: str | None = None
+    ) -> list[DoneItem]:
+        """Done items in id order after `after`: page through them with the last id seen; with
+        `node`, only those whose file that node holds."""
         ...
 
     def places(self, ids: Iterable[str]) -> dict[str, ItemPlace]:

@@ -26,6 +26,7 @@ from ingestd.policy.retry import Reason
 from ingestd.policy.urls import origin_of
 from ingestd.store.base import (
     EXPIRED_IDS_KEPT,
+    META_DATA_DIR,
     Completion,
     Counts,
     DerivedMethods,
@@ -49,7 +50,10 @@ from ingestd.store.base import (
     StoredProgress,
     T,
     WrongLibrary,
+    data_dir_key,
+    holder_node,
     library_path,
+    plan_binding,
     same_dir,
 )
 from ingestd.store.merging import (
@@ -87,15 +91,24 @@ __all__ = [  # with the values, so that importing them from here goes on working
     "same_dir",
 ]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # The columns readers use are the same in all (in_flight_by_owner and item() do without owners
 # before 7, and without `held` before 5).
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 _CHUNK = 500  # ids per SELECT ... IN (...), records per write transaction, rows per export chunk
 _URL_EXPIRED = Reason.URL_EXPIRED.value
 # Passes over the items of origins that cannot take work (their URL's host:port, worked out
 # per row scanned: only while some origin is busy or cooling, and only over due rows).
 _SKIP = " AND url_origin(url) NOT IN (SELECT value FROM json_each(?))"
+# A resume point (validator, durable bytes, total) as a claim returns it: only to the node
+# holding the `.part` it describes (`node`; NULL: recorded before nodes, or with no owner).
+# Another node's claim starts over: its own folder has no such part, or an older one.
+# (`coalesce`, not `node IS NULL`: SQLite 3.40 reads IS NULL of this column wrong in RETURNING.)
+_RESUME_POINT = (
+    "CASE WHEN coalesce(node, '') IN ('', ?) THEN validator END,"
+    " CASE WHEN coalesce(node, '') IN ('', ?) THEN durable_bytes ELSE 0 END,"
+    " CASE WHEN coalesce(node, '') IN ('', ?) THEN total_bytes END"
+)
 # In flight: started, or held (claimed ahead). `held` implies `pending`.
 _IN_FLIGHT = "(state = 'active' OR held = 1)"
 # An outcome written with an owner applies to an item claimed by that owner, or by no one.
@@ -282,15 +295,21 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE items ADD COLUMN lease_until REAL;   -- epoch seconds; NULL: no lease
     CREATE INDEX items_held ON items (lease_until) WHERE held = 1;
     """,
+    # Which node holds a done item's file (several nodes publishing into data dirs of their
+    # own): the node of the owner that completed it; NULL: the library's own (no node named).
+    # Each node's data dir is recorded in meta as `data_dir/<node>` (see plan_binding).
+    8: """
+    ALTER TABLE items ADD COLUMN node TEXT;
+    """,
 }
-_META_DATA_DIR = "data_dir"
 # An item as a restart finds it (reset_active): an active one is pending again, the attempt it
 # was charged spent; a held one is let go (held, owner and lease are not read). Its updated_at
 # stays: exporting twice gives the very same rows.
 _EXPORT_ITEMS = """
 SELECT aweme_id, url, topics, CASE state WHEN 'active' THEN 'pending' ELSE state END, attempts,
     next_attempt_at, last_error, last_status, bytes, sha256, path, validator, durable_bytes,
-    total_bytes, relink, sources, record, extract_ids, created_at, updated_at, completed_at
+    total_bytes, relink, sources, record, extract_ids, created_at, updated_at, completed_at,
+    node
 FROM items
 """
 
@@ -421,41 +440,55 @@ class Manifest(DerivedMethods):
 
     # --- the library it belongs to ---------------------------------------------------------
 
-    def recorded_data_dir(self) -> str | None:
-        """The data dir recorded by the first `ingestd run`, or None: not recorded yet (or a
-        schema before 4, read without migrating it)."""
+    def recorded_data_dir(self, node: str | None = None) -> str | None:
+        """The data dir recorded by `bind_data_dir` (for `node`), or None: not recorded yet (or
+        a schema before 4, read without migrating it)."""
         if self._version < 4:
             return None
         try:
             row = self._conn.execute(
-                "SELECT value FROM meta WHERE key = ?", (_META_DATA_DIR,)
+                "SELECT value FROM meta WHERE key = ?", (data_dir_key(node),)
             ).fetchone()
         except sqlite3.Error as exc:
             raise ManifestError(str(exc)) from exc
         return None if row is None else str(row[0])
 
-    def check_data_dir(self, data_dir: Path) -> None:
-        """Raise WrongLibrary if another data dir is recorded. None recorded is accepted."""
-        recorded = self.recorded_data_dir()
-        if recorded is not None and not same_dir(recorded, data_dir):
-            raise WrongLibrary(recorded, library_path(data_dir))
+    def check_data_dir(self, data_dir: Path, node: str | None = None) -> None:
+        """Raise WrongLibrary if another data dir is recorded (see plan_binding)."""
+        if self._version >= 4:
+            plan_binding(data_dir, node, *self._bindings(self._conn, node), replace=False)
 
-    def bind_data_dir(self, data_dir: Path, *, replace: bool = False) -> str | None:
-        """Record `data_dir` (resolved) as this manifest's library; returns what was recorded
-        before. Another data dir already recorded raises WrongLibrary, unless `replace`."""
-        wanted = library_path(data_dir)
+    def bind_data_dir(
+        self, data_dir: Path, *, replace: bool = False, node: str | None = None
+    ) -> str | None:
+        """Record `data_dir` (resolved) as this manifest's library, or `node`'s (see
+        plan_binding); returns what was recorded before."""
         with self._write() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = ?", (_META_DATA_DIR,)).fetchone()
-            recorded = None if row is None else str(row[0])
-            if recorded is not None and not replace and not same_dir(recorded, data_dir):
-                raise WrongLibrary(recorded, wanted)
-            if recorded != wanted:
+            plan = plan_binding(data_dir, node, *self._bindings(db, node), replace=replace)
+            if plan.write:
                 db.execute(
                     "INSERT INTO meta (key, value) VALUES (?, ?)"
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (_META_DATA_DIR, wanted),
+                    (data_dir_key(node), library_path(data_dir)),
                 )
-        return recorded
+            if plan.adopt:
+                db.execute("DELETE FROM meta WHERE key = ?", (META_DATA_DIR,))
+                db.execute(
+                    "UPDATE items SET node = ? WHERE state = 'done' AND node IS NULL", (node,)
+                )
+        return plan.before
+
+    @staticmethod
+    def _bindings(db: sqlite3.Connection, node: str | None) -> tuple[str | None, str | None, bool]:
+        """The data dirs recorded: `node`'s own, the library's, and whether any node has one."""
+        rows = dict(
+            db.execute(
+                "SELECT key, value FROM meta WHERE key = ? OR key LIKE 'data\\_dir/%' ESCAPE '\\'",
+                (META_DATA_DIR,),
+            ).fetchall()
+        )
+        nodes = [key for key in rows if key != META_DATA_DIR]
+        return rows.get(data_dir_key(node)), rows.get(META_DATA_DIR), bool(nodes)
 
     # --- extracts -------------------------------------------------------------------------
 
@@ -788,7 +821,8 @@ class Manifest(DerivedMethods):
         skip: Sequence[str],
         lease: tuple[str | None, float | None],
     ) -> list[Item]:
-        """Apply `change` to up to `limit` due items, recording `lease` (owner, lease_until)."""
+        """Apply `change` to up to `limit` due items, recording `lease` (owner, lease_until). An
+        item's resume point is returned only to the node whose `.part` it describes."""
         if limit <= 0:
             return []
         rows = db.execute(
@@ -796,8 +830,15 @@ class Manifest(DerivedMethods):
             " WHERE aweme_id IN (SELECT aweme_id FROM items WHERE state = 'pending'"
             f" AND held = 0 AND next_attempt_at <= ?{_SKIP if skip else ''}"
             " ORDER BY next_attempt_at LIMIT ?)"
-            " RETURNING aweme_id, url, topics, attempts, validator, durable_bytes, total_bytes",
-            (*lease, now, now, *((json.dumps(list(skip)),) if skip else ()), limit),
+            f" RETURNING aweme_id, url, topics, attempts, {_RESUME_POINT}",
+            (
+                *lease,
+                now,
+                now,
+                *((json.dumps(list(skip)),) if skip else ()),
+                limit,
+                *(holder_node(lease[0]),) * 3,
+            ),
         ).fetchall()
         return [Item(r[0], r[1], tuple(json.loads(r[2])), r[3], r[4], r[5], r[6]) for r in rows]
 
@@ -929,9 +970,16 @@ class Manifest(DerivedMethods):
         guard = "" if owner is None else f" AND {_IN_FLIGHT}{_OWNED}"
         with self._write() as db:
             cur = db.execute(
-                "UPDATE items SET validator = ?, total_bytes = ?, durable_bytes = ?"
+                "UPDATE items SET validator = ?, total_bytes = ?, durable_bytes = ?, node = ?"
                 f" WHERE aweme_id = ?{guard}",
-                (validator, total, durable, aweme_id, *(() if owner is None else (owner,))),
+                (
+                    validator,
+                    total,
+                    durable,
+                    holder_node(owner),
+                    aweme_id,
+                    *(() if owner is None else (owner,)),
+                ),
             )
             return cur.rowcount > 0
 
@@ -944,7 +992,8 @@ class Manifest(DerivedMethods):
             for c in done:
                 guard = "" if c.owner is None else f" AND {_IN_FLIGHT}{_OWNED}"
                 row = db.execute(
-                    "UPDATE items SET state = 'done', bytes = ?, sha256 = ?, path = ?, held = 0,"
+                    "UPDATE items SET state = 'done', bytes = ?, sha256 = ?, path = ?, node = ?,"
+                    " held = 0,"
                     " attempts = attempts + held, validator = NULL, durable_bytes = 0,"
                     " total_bytes = NULL, owner = NULL, lease_until = NULL,"
                     " last_error = NULL, last_status = NULL, completed_at = ?,"
@@ -954,6 +1003,7 @@ class Manifest(DerivedMethods):
                         c.size,
                         c.sha256,
                         c.path,
+                        holder_node(c.owner),
                         c.now,
                         c.now,
                         _json_array(tuple(c.linked_topics)),
@@ -1016,15 +1066,15 @@ class Manifest(DerivedMethods):
     # --- hard links for further topics ----------------------------------------------------
 
     def pending_relinks(
-        self, limit: int, skip: Sequence[str] = (), after: str = ""
+        self, limit: int, skip: Sequence[str] = (), after: str = "", *, node: str | None = None
     ) -> list[Relink]:
         """Done items that gained topics since their file was published, in id order after
-        `after` (a pass sees each once), but those in `skip`."""
+        `after` (a pass sees each once), but those in `skip`; with `node`, that node's."""
         rows = self._conn.execute(
             "SELECT aweme_id, path, topics FROM items WHERE relink = 1 AND state = 'done'"
             " AND aweme_id > ? AND aweme_id NOT IN (SELECT value FROM json_each(?))"
-            " ORDER BY aweme_id LIMIT ?",
-            (after, json.dumps(list(skip)), limit),
+            f"{'' if node is None else ' AND node = ?'} ORDER BY aweme_id LIMIT ?",
+            (after, json.dumps(list(skip)), *(() if node is None else (node,)), limit),
         ).fetchall()
         return [Relink(r[0], r[1], tuple(json.loads(r[2]))) for r in rows]
 
@@ -1154,12 +1204,16 @@ class Manifest(DerivedMethods):
     # repairs run inside it, so the daemon cannot claim or change the item meanwhile: they must
     # be quick filesystem steps (an unlink, a link), never a download or a hash.
 
-    def done_items(self, after: str = "", limit: int = _CHUNK) -> list[DoneItem]:
-        """Done items in id order after `after`: page through them with the last id seen."""
+    def done_items(
+        self, after: str = "", limit: int = _CHUNK, *, node: str | None = None
+    ) -> list[DoneItem]:
+        """Done items in id order after `after`: page through them with the last id seen; with
+        `node`, that node's."""
         rows = self._conn.execute(
             "SELECT aweme_id, path, topics, bytes, sha256 FROM items"
-            " WHERE state = 'done' AND aweme_id > ? ORDER BY aweme_id LIMIT ?",
-            (after, limit),
+            f" WHERE state = 'done' AND aweme_id > ?{'' if node is None else ' AND node = ?'}"
+            " ORDER BY aweme_id LIMIT ?",
+            (after, *(() if node is None else (node,)), limit),
         ).fetchall()
         return [DoneItem(r[0], r[1], tuple(json.loads(r[2])), r[3], r[4]) for r in rows]
 
@@ -1210,7 +1264,8 @@ class Manifest(DerivedMethods):
             before()
             db.execute(
                 "UPDATE items SET state = 'pending', attempts = 0, next_attempt_at = 0, held = 0,"
-                " bytes = NULL, sha256 = NULL, path = NULL, completed_at = NULL, relink = 0,"
+                " bytes = NULL, sha256 = NULL, path = NULL, node = NULL, completed_at = NULL,"
+                " relink = 0,"
                 " validator = NULL, durable_bytes = 0, total_bytes = NULL,"
                 " last_error = ?, last_status = NULL, updated_at = ? WHERE aweme_id = ?",
                 (reason, now, aweme_id),

@@ -42,6 +42,7 @@ from ingestd.policy.naming import topic_folder
 from ingestd.policy.retry import Reason
 from ingestd.policy.urls import origin_of
 from ingestd.store.base import (
+    META_DATA_DIR,
     Completion,
     Counts,
     DerivedMethods,
@@ -61,8 +62,10 @@ from ingestd.store.base import (
     Relink,
     SettledExtract,
     T,
-    WrongLibrary,
+    data_dir_key,
+    holder_node,
     library_path,
+    plan_binding,
     same_dir,
 )
 from ingestd.store.merging import (
@@ -82,7 +85,7 @@ if TYPE_CHECKING:
 Cursor = psycopg.Cursor[TupleRow]
 R = TypeVar("R")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _CHUNK = 500  # ids per listing fetch, done items per verify page
 _MERGE_CHUNK = 5_000  # records per merge transaction: its rows stay locked until it commits
 _IDS_PER_READ = 10_000  # ids bound in one `= ANY(%s)`
@@ -91,7 +94,6 @@ _FOLD_EVERY = 5.0  # seconds between two folds of the counts by a store that wri
 _LOCK_TIMEOUT_MS = 30_000  # a lock wait this long is a stuck session elsewhere: fail the write
 _CONNECT_TIMEOUT = 10
 _URL_EXPIRED = Reason.URL_EXPIRED.value
-_META_DATA_DIR = "data_dir"
 _META_SOURCE = "migrated_from"  # the manifest `replace_with` copied in (see _check_replaceable)
 # Advisory lock keys (bigint): "ingestd" in ASCII, then a number.
 _MIGRATION_LOCK = 0x696E6765737464_01
@@ -284,6 +286,11 @@ _MIGRATIONS: dict[int, str] = {
         ADD COLUMN lease_until double precision;        -- epoch seconds; NULL: no lease
     CREATE INDEX items_held ON items (lease_until) WHERE held;
     """,
+    # Which node holds a done item's file: the node of the owner that completed it (NULL: the
+    # library's own). Each node's data dir is in meta as `data_dir/<node>` (see plan_binding).
+    3: """
+    ALTER TABLE items ADD COLUMN node text;
+    """,
 }
 
 # Folding (under _FOLD_LOCK): the deltas become one row; those of completed extracts go, their
@@ -359,6 +366,14 @@ _ITEM_COLUMNS = (
     " record, extract_ids, created_at, updated_at, completed_at"
 )
 _OWNER_COLUMNS = ", owner, lease_until"  # from schema 2
+_NODE_COLUMNS = ", node"  # from schema 3
+# A resume point as a claim returns it: only to the node holding the `.part` it describes
+# (`node`; NULL: recorded before nodes, or with no owner). Another node's claim starts over.
+_RESUME_POINT = (
+    "CASE WHEN i.node IS NULL OR i.node = %s THEN i.validator END,"
+    " CASE WHEN i.node IS NULL OR i.node = %s THEN i.durable_bytes ELSE 0 END,"
+    " CASE WHEN i.node IS NULL OR i.node = %s THEN i.total_bytes END"
+)
 
 # What `replace_with` writes of an item: every column, origin and folders derived as a merge
 # derives them. Not its claim (held, owner, lease_until): a copy is made with no daemon running,
@@ -366,7 +381,7 @@ _OWNER_COLUMNS = ", owner, lease_until"  # from schema 2
 _COPY_COLUMNS = (
     "aweme_id, url, origin, topics, folders, state, attempts, next_attempt_at, last_error,"
     " last_status, bytes, sha256, path, validator, durable_bytes, total_bytes, relink, sources,"
-    " record, extract_ids, created_at, updated_at, completed_at"
+    " record, extract_ids, created_at, updated_at, completed_at, node"
 )
 # The tables a copy replaces (meta: only the keys it writes). The counts kept as deltas
 # (item_totals, extract_moves) are not copied: the copy's are counted from its rows.
@@ -566,41 +581,47 @@ class PostgresManifest(DerivedMethods):
 
     # --- the library it belongs to ---------------------------------------------------------
 
-    def recorded_data_dir(self) -> str | None:
-        """The data dir recorded by the first `ingestd run`, or None: not recorded yet."""
-        row = self._read_one("SELECT value FROM meta WHERE key = %s", (_META_DATA_DIR,))
+    def recorded_data_dir(self, node: str | None = None) -> str | None:
+        """The data dir recorded by `bind_data_dir` (for `node`), or None: not recorded yet."""
+        row = self._read_one("SELECT value FROM meta WHERE key = %s", (data_dir_key(node),))
         return None if row is None else str(row[0])
 
-    def check_data_dir(self, data_dir: Path) -> None:
-        """Raise WrongLibrary if another data dir is recorded. None recorded is accepted."""
-        recorded = self.recorded_data_dir()
-        if recorded is not None and not same_dir(recorded, data_dir):
-            raise WrongLibrary(recorded, library_path(data_dir))
+    def check_data_dir(self, data_dir: Path, node: str | None = None) -> None:
+        """Raise WrongLibrary if another data dir is recorded (see plan_binding)."""
+        rows = self._read(_BINDINGS, (META_DATA_DIR,))
+        plan_binding(data_dir, node, *_bindings(rows, node), replace=False)
 
-    def bind_data_dir(self, data_dir: Path, *, replace: bool = False) -> str | None:
-        """Record `data_dir` (resolved) as this manifest's library; returns what was recorded
-        before. Another data dir already recorded raises WrongLibrary, unless `replace`."""
-        wanted = library_path(data_dir)
+    def bind_data_dir(
+        self, data_dir: Path, *, replace: bool = False, node: str | None = None
+    ) -> str | None:
+        """Record `data_dir` (resolved) as this manifest's library, or `node`'s (see
+        plan_binding); returns what was recorded before."""
 
         def bind(cur: Cursor) -> str | None:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_META_LOCK,))
-            row = cur.execute("SELECT value FROM meta WHERE key = %s", (_META_DATA_DIR,)).fetchone()
-            recorded = None if row is None else str(row[0])
-            if recorded is not None and not replace and not same_dir(recorded, data_dir):
-                raise WrongLibrary(recorded, wanted)
-            if recorded != wanted:
+            rows = cur.execute(_BINDINGS, (META_DATA_DIR,)).fetchall()
+            plan = plan_binding(data_dir, node, *_bindings(rows, node), replace=replace)
+            if plan.write:
                 cur.execute(
                     "INSERT INTO meta (key, value) VALUES (%s, %s)"
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (_META_DATA_DIR, wanted),
+                    (data_dir_key(node), library_path(data_dir)),
                 )
-            return recorded
+            if plan.adopt:
+                cur.execute("DELETE FROM meta WHERE key = %s", (META_DATA_DIR,))
+                cur.execute(
+                    "UPDATE items SET node = %s WHERE state = 'done' AND node IS NULL", (node,)
+                )
+            return plan.before
 
         return self._write(bind)
 
-    def replace_with(self, copy: ManifestCopy, data_dir: Path, source: str) -> None:
+    def replace_with(
+        self, copy: ManifestCopy, data_dir: Path, source: str, node: str | None = None
+    ) -> None:
         """Make this manifest a copy of `copy`, the manifest of the library `data_dir` read from
-        `source` (`ingestd migrate`), bound to `data_dir`. One transaction, the tables locked:
+        `source` (`ingestd migrate`), bound to `data_dir` as `node`'s library, its done files
+        held by `node` (unless the copy names their node). One transaction, the tables locked:
         on any error or interruption nothing changes. What this manifest held is replaced only
         if it is empty, or the copy of `source` that a former call left and nobody wrote since
         (so a second call gives the same state); else ForeignManifest, nothing changed. The
@@ -608,7 +629,7 @@ class PostgresManifest(DerivedMethods):
 
         def load(cur: Cursor) -> None:
             cur.execute(f"LOCK TABLE meta, {_COPY_TABLES} IN ACCESS EXCLUSIVE MODE")
-            _check_replaceable(cur, data_dir, source)
+            _check_replaceable(cur, data_dir, source, node)
             cur.execute(f"TRUNCATE {_COPY_TABLES} RESTART IDENTITY")
             # COPY writes the ids given, even into GENERATED ALWAYS columns.
             with cur.copy(
@@ -659,13 +680,14 @@ class PostgresManifest(DerivedMethods):
                                 i.created_at,
                                 i.updated_at,
                                 i.completed_at,
+                                i.node or (node if i.state == "done" else None),
                             )
                         )
             cur.execute(_COUNT_COPY)
             cur.execute(
                 "INSERT INTO meta (key, value) VALUES (%s, %s), (%s, %s)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (_META_DATA_DIR, library_path(data_dir), _META_SOURCE, source),
+                (data_dir_key(node), library_path(data_dir), _META_SOURCE, source),
             )
 
         self._write(load, retry=False)  # the items are read once
@@ -967,9 +989,16 @@ class PostgresManifest(DerivedMethods):
         return self._write(
             lambda cur: (
                 cur.execute(
-                    "UPDATE items SET validator = %s, total_bytes = %s, durable_bytes = %s"
-                    f" WHERE aweme_id = %s{guard}",
-                    (validator, total, durable, aweme_id, *(() if owner is None else (owner,))),
+                    "UPDATE items SET validator = %s, total_bytes = %s, durable_bytes = %s,"
+                    f" node = %s WHERE aweme_id = %s{guard}",
+                    (
+                        validator,
+                        total,
+                        durable,
+                        holder_node(owner),
+                        aweme_id,
+                        *(() if owner is None else (owner,)),
+                    ),
                 ).rowcount
                 > 0
             )
@@ -987,7 +1016,7 @@ class PostgresManifest(DerivedMethods):
 
         def complete(cur: Cursor) -> list[bool | None]:
             cur.executemany(
-                "UPDATE items SET state = 'done', bytes = %s, sha256 = %s, path = %s,"
+                "UPDATE items SET state = 'done', bytes = %s, sha256 = %s, path = %s, node = %s,"
                 " held = false, attempts = attempts + held::int, validator = NULL,"
                 " durable_bytes = 0, total_bytes = NULL, owner = NULL, lease_until = NULL,"
                 " last_error = NULL, last_status = NULL, completed_at = %s, updated_at = %s,"
@@ -998,6 +1027,7 @@ class PostgresManifest(DerivedMethods):
                         c.size,
                         c.sha256,
                         c.path,
+                        holder_node(c.owner),
                         c.now,
                         c.now,
                         _stored_topics(tuple(c.linked_topics)),
@@ -1072,14 +1102,15 @@ class PostgresManifest(DerivedMethods):
     # --- hard links for further topics ----------------------------------------------------
 
     def pending_relinks(
-        self, limit: int, skip: Sequence[str] = (), after: str = ""
+        self, limit: int, skip: Sequence[str] = (), after: str = "", *, node: str | None = None
     ) -> list[Relink]:
         """Done items that gained topics since their file was published, in id order after
-        `after` (a pass sees each once), but those in `skip`."""
+        `after` (a pass sees each once), but those in `skip`; with `node`, that node's."""
         rows = self._read(
             "SELECT aweme_id, path, topics FROM items WHERE relink AND state = 'done'"
-            " AND aweme_id > %s AND aweme_id <> ALL (%s) ORDER BY aweme_id LIMIT %s",
-            (after, list(skip), limit),
+            " AND aweme_id > %s AND aweme_id <> ALL (%s)"
+            f"{'' if node is None else ' AND node = %s'} ORDER BY aweme_id LIMIT %s",
+            (after, list(skip), *(() if node is None else (node,)), limit),
         )
         return [Relink(r[0], r[1], _topics_of(r[2])) for r in rows]
 
@@ -1199,12 +1230,16 @@ class PostgresManifest(DerivedMethods):
     # item first (FOR UPDATE). Its callback runs inside it, so no daemon can claim or change
     # the item meanwhile: it must be a quick filesystem step, never a download or a hash.
 
-    def done_items(self, after: str = "", limit: int = _CHUNK) -> list[DoneItem]:
-        """Done items in id order after `after`: page through them with the last id seen."""
+    def done_items(
+        self, after: str = "", limit: int = _CHUNK, *, node: str | None = None
+    ) -> list[DoneItem]:
+        """Done items in id order after `after`: page through them with the last id seen; with
+        `node`, that node's."""
         rows = self._read(
             "SELECT aweme_id, path, topics, bytes, sha256 FROM items"
-            " WHERE state = 'done' AND aweme_id > %s ORDER BY aweme_id LIMIT %s",
-            (after, limit),
+            f" WHERE state = 'done' AND aweme_id > %s{'' if node is None else ' AND node = %s'}"
+            " ORDER BY aweme_id LIMIT %s",
+            (after, *(() if node is None else (node,)), limit),
         )
         return [DoneItem(r[0], r[1], _topics_of(r[2]), r[3], r[4]) for r in rows]
 
@@ -1259,7 +1294,8 @@ class PostgresManifest(DerivedMethods):
             before()
             cur.execute(
                 "UPDATE items SET state = 'pending', attempts = 0, next_attempt_at = 0,"
-                " held = false, bytes = NULL, sha256 = NULL, path = NULL, completed_at = NULL,"
+                " held = false, bytes = NULL, sha256 = NULL, path = NULL, node = NULL,"
+                " completed_at = NULL,"
                 " relink = false, validator = NULL, durable_bytes = 0, total_bytes = NULL,"
                 " last_error = %s, last_status = NULL, updated_at = %s WHERE aweme_id = %s",
                 (reason, now, aweme_id),
@@ -1309,6 +1345,7 @@ class PostgresManifest(DerivedMethods):
         topics, sources and extract_ids as JSON array text, held and relink 0 or 1."""
         try:
             columns = _ITEM_COLUMNS + (_OWNER_COLUMNS if self._version >= 2 else "")
+            columns += _NODE_COLUMNS if self._version >= 3 else ""
             cur = self._connection().execute(
                 f"SELECT {columns} FROM items WHERE aweme_id = %s", (aweme_id,)
             )
@@ -1349,8 +1386,8 @@ def _claim(
         " FOR UPDATE SKIP LOCKED)"
         f" UPDATE items AS i SET {change}, owner = %s, lease_until = %s, updated_at = %s"
         " FROM due WHERE i.aweme_id = due.aweme_id RETURNING i.aweme_id, i.url, i.topics,"
-        " i.attempts, i.validator, i.durable_bytes, i.total_bytes, i.next_attempt_at",
-        (now, *((list(skip),) if skip else ()), limit, *lease, now),
+        f" i.attempts, {_RESUME_POINT}, i.next_attempt_at",
+        (now, *((list(skip),) if skip else ()), limit, *lease, now, *(holder_node(lease[0]),) * 3),
     )
     rows = sorted(cur.fetchall(), key=lambda r: r[7])
     return [Item(r[0], r[1], _topics_of(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
@@ -1414,13 +1451,26 @@ def _open_extract(cur: Cursor, path: str, sha256: str, now: float) -> int | None
     return None if row[1] is not None else int(row[0])
 
 
-def _check_replaceable(cur: Cursor, data_dir: Path, source: str) -> None:
+_BINDINGS = "SELECT key, value FROM meta WHERE key = %s OR starts_with(key, 'data_dir/')"
+
+
+def _bindings(
+    rows: Sequence[tuple[Any, ...]], node: str | None
+) -> tuple[str | None, str | None, bool]:
+    """From the meta rows of _BINDINGS: `node`'s data dir, the library's, and whether any
+    node has one."""
+    recorded = {str(key): str(value) for key, value in rows}
+    nodes = [key for key in recorded if key != META_DATA_DIR]
+    return recorded.get(data_dir_key(node)), recorded.get(META_DATA_DIR), bool(nodes)
+
+
+def _check_replaceable(cur: Cursor, data_dir: Path, source: str, node: str | None) -> None:
     """Raise ForeignManifest unless the (locked) manifest may become a copy of `source`, the
     manifest of `data_dir`: no other data dir bound, and no rows, or only those the last copy
     of `source` wrote. Each row carries the id of the transaction that wrote it (xmin): those of
     a copy all have the one of its `migrated_from` mark, a row written since has another."""
     meta: dict[str, str] = dict(cur.execute("SELECT key, value FROM meta").fetchall())
-    recorded = meta.get(_META_DATA_DIR)
+    recorded = meta.get(data_dir_key(node), meta.get(META_DATA_DIR))
     if recorded is not None and not same_dir(recorded, data_dir):
         raise ForeignManifest(
             f"it holds the manifest of the data dir {recorded}, not {library_path(data_dir)}"
