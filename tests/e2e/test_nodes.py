@@ -11,6 +11,7 @@ from typing import Any
 from ingestd.store.postgres import PostgresManifest
 from support.extracts import origin_records
 from support.origin import OriginServer
+from support.postgres import PostgresCluster
 
 ITEMS = 240
 SIZE = 64 * 1024  # "slow": 16 KiB every 50 ms, so one node alone would need 12 s
@@ -63,3 +64,79 @@ def test_three_nodes_fetch_every_item_exactly_once(
         logged = {e["aweme_id"] for e in node.events("download_completed")}
         assert logged == {i for i, holder in done.items() if holder == name}
     assert len(set(done.values())) == 3, "a node did no work"
+
+
+def test_a_killed_nodes_items_are_finished_by_another_after_its_leases_lapse(
+    daemon_factory: Any, origin: OriginServer, prefix: str, postgres_url: str
+) -> None:
+    records, names = origin_records(
+        origin,
+        prefix,
+        random.Random(4),
+        12,
+        "cats",
+        SIZE,
+        mode="slow",
+    )
+    lease = 3.0
+    first = daemon_factory(
+        manifest_url=postgres_url, node_name="edge-a", concurrency=4, lease_seconds=lease
+    )
+    first.start()
+    first.drop_atomic("extract_kill.json", records)
+    first.wait_for_count("download_started", 4, timeout=30)
+    first.kill()  # mid-transfer: four claims left active, the rest of the queue untouched
+    killed_at = time.monotonic()
+    second = daemon_factory(
+        manifest_url=postgres_url, node_name="edge-b", concurrency=4, lease_seconds=lease
+    )
+    second.start()
+    reclaimed = second.wait_for("claims_reclaimed", timeout=30)
+    assert time.monotonic() - killed_at >= lease - 1.0, "reclaimed before the lease could end"
+    assert reclaimed["owners"].keys() == {"edge-a"} and reclaimed["in_flight"] >= 1
+    second.wait_for_count("download_completed", len(records), timeout=60)
+    store = PostgresManifest.open(postgres_url)
+    try:
+        assert store.counts().items.get("done") == len(records)
+        assert store.in_flight_by_owner() == {}
+        interrupted = [e["aweme_id"] for e in first.events("download_started")]
+        for aweme_id in interrupted:  # the killed attempt counts, as after a crash
+            item = store.item(aweme_id)
+            assert item is not None and item["node"] == "edge-b" and item["attempts"] == 2
+    finally:
+        store.close()
+    second.terminate()
+    for record in records:  # each file whole, on the node that finished it
+        aweme_id = str(record["aweme_id"])
+        body = second.media_path("cats", aweme_id).read_bytes()
+        assert body == origin.content(names[aweme_id], SIZE)
+
+
+def test_a_node_keeps_its_transfers_through_a_database_outage(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    # A server of this test's own: stopping the session's would fail other tests.
+    records, names = origin_records(
+        origin, prefix, random.Random(5), 8, "cats", 4 * SIZE, mode="slow"
+    )
+    with PostgresCluster() as cluster:
+        url = cluster.new_database()
+        node = daemon_factory(manifest_url=url, node_name="edge-a", concurrency=4)
+        node.start()
+        node.drop_atomic("extract_outage.json", records)
+        node.wait_for_count("download_started", 4, timeout=30)
+        cluster.halt()
+        # Transfers go on; their `done` waits for the database, refused once, not per file.
+        failed = node.wait_for("download_bookkeeping_failed", timeout=30)
+        time.sleep(1.0)  # a while without a database, to let more outcomes queue
+        cluster.resume()
+        node.wait_for_count("download_completed", len(records), timeout=60)
+        assert len(node.events("download_bookkeeping_failed")) == 1, failed
+        assert not node.events("claims_at_risk") and not node.events("claims_lost")
+        node.terminate()
+    for record in records:
+        aweme_id = str(record["aweme_id"])
+        name = names[aweme_id]
+        assert node.media_path("cats", aweme_id).read_bytes() == origin.content(name, 4 * SIZE)
+        full = [r for r in origin.requests_for(name) if r.finished and r.status == 200]
+        assert len(full) == 1, f"{aweme_id} fetched {len(full)} times"

@@ -214,6 +214,19 @@ class PostgresCluster:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
+    def halt(self) -> None:
+        """Stop the server, keeping its data (an outage): `resume` starts it again."""
+        with self._lock:
+            if self._admin is not None:
+                with contextlib.suppress(Exception):
+                    self._admin.close()
+                self._admin = None
+        self._shut_down()
+
+    def resume(self) -> None:
+        """Start the server again after `halt`; returns once it accepts connections."""
+        self._pg_ctl("start", f"--log={self.log_path}")
+
     def __enter__(self) -> PostgresCluster:
         self.start()
         return self
