@@ -4,6 +4,7 @@ into its own data dir, and the manifest says which node holds each file."""
 
 from __future__ import annotations
 
+import datetime
 import random
 import time
 from typing import Any
@@ -30,6 +31,10 @@ def test_three_nodes_fetch_every_item_exactly_once(
     for node in nodes:
         node.start()
     nodes[0].drop_atomic("extract_fleet.json", records)  # one node's raw/ folder only
+    merged = nodes[0].wait_for("extract_merged", timeout=30)
+    for node in nodes[1:]:  # woken by the merge's notification, not by their idle look (5 s)
+        started = node.wait_for("download_started", timeout=30)
+        assert _seconds(started) - _seconds(merged) < 2.5, (merged, started)
     done: dict[str, str] = {}  # aweme_id: the node holding its file
     store = PostgresManifest.open(postgres_url)
     try:
@@ -140,3 +145,8 @@ def test_a_node_keeps_its_transfers_through_a_database_outage(
         assert node.media_path("cats", aweme_id).read_bytes() == origin.content(name, 4 * SIZE)
         full = [r for r in origin.requests_for(name) if r.finished and r.status == 200]
         assert len(full) == 1, f"{aweme_id} fetched {len(full)} times"
+
+
+def _seconds(event: dict[str, Any]) -> float:
+    """An event's timestamp (UTC ISO 8601) in epoch seconds."""
+    return datetime.datetime.fromisoformat(str(event["timestamp"])).timestamp()

@@ -12,7 +12,7 @@ import threading
 import time
 import traceback
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -581,3 +581,53 @@ def test_redact_dsn() -> None:
     assert redact_dsn("host=h password = secret user=u") == "host=h password = *** user=u"
     assert redact_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
     assert redact_dsn("postgresql://h:5432/db") == "postgresql://h:5432/db"
+
+
+# --- the queue's listeners -------------------------------------------------------------------
+
+
+def test_other_connections_hear_of_items_made_due(postgres_url: str) -> None:
+    # A node listens; another merges, retries, hands back, and reclaims: each wakes it, and a
+    # claim or an outcome (which makes nothing due) does not.
+    listener, writer = PostgresManifest.open(postgres_url), PostgresManifest.open(postgres_url)
+    heard: list[float] = []
+    woken = threading.Event()
+    stop = threading.Event()
+
+    def changed() -> None:
+        heard.append(time.monotonic())
+        woken.set()
+
+    thread = threading.Thread(
+        target=listener.watch_queue, args=(changed, stop), name="listen", daemon=True
+    )
+    thread.start()
+    try:
+        assert woken.wait(10), "no call on connecting"  # for what came while not listening
+
+        def wakes(action: Callable[[], object], within: float = 5.0) -> bool:
+            woken.clear()
+            action()
+            return woken.wait(within)
+
+        url = "https://h.example/v/{}.mp4?expire=9999999999"
+        records = [Record(str(i), url.format(i), "a", "{}") for i in range(4)]
+        assert wakes(lambda: writer.merge(records, "e.json", 1.0))
+        assert not wakes(lambda: writer.claim(2.0, 2, 0, owner="n", lease_until=3.0), 1.0)
+        assert wakes(lambda: writer.reclaim_lapsed(4.0))
+        started, _ = writer.claim(5.0, 2, 0, owner="n", lease_until=99.0)
+        assert wakes(lambda: writer.release([started[0].aweme_id], 6.0, owner="n"))
+        failed = started[1].aweme_id
+        assert not wakes(
+            lambda: writer.finish_failed(
+                failed, url.format(failed), State.FAILED, "x", 404, 0.0, False, 7.0, owner="n"
+            ),
+            1.0,
+        )
+        assert wakes(lambda: writer.retry(["failed"], [], 8.0))
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+        writer.close()
+    assert not thread.is_alive(), "the listener did not stop"

@@ -177,6 +177,9 @@ class Daemon:
             counts = await parts.db.run(parts.db.manifest.counts)
             self._notifier.ready(status_line(counts, parts.pool.in_flight, 0.0))
             logger.info("daemon_ready", items=counts.items, raw_dir=str(config.raw_dir))
+            if config.manifest_url:  # other nodes' merges and retries wake this one at once
+                watching = parts.db.watch_queue(parts.pool.wake)
+                tasks.append(asyncio.create_task(watching, name="queue-watch"))
             tasks.append(asyncio.create_task(self._report_status(parts), name="status"))
             tasks.append(asyncio.create_task(self._report_live(parts), name="live"))
             code = await self._until_stopped(tasks)

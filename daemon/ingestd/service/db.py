@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +44,23 @@ class Db:
         is cancelled may still shield it and take its result."""
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._executor, functools.partial(method, *args, **kwargs))
+
+    async def watch_queue(self, on_change: Callable[[], None]) -> None:
+        """Until cancelled, call `on_change` on the event loop whenever another process may
+        have made items due (ManifestStore.watch_queue, on a thread of its own)."""
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+
+        def changed() -> None:
+            try:
+                loop.call_soon_threadsafe(on_change)
+            except RuntimeError:  # the loop is closed: nothing left to wake
+                stop.set()
+
+        try:
+            await asyncio.to_thread(self.manifest.watch_queue, changed, stop)
+        finally:
+            stop.set()  # the thread sees it within LISTEN_POLL
 
     async def close(self) -> None:
         """Close the manifest and stop the thread."""

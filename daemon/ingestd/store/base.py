@@ -370,6 +370,12 @@ class ManifestStore(Protocol):
         files too (their `node` becomes it)."""
         ...
 
+    def watch_queue(self, on_change: Callable[[], None], stop: threading.Event) -> None:
+        """Until `stop` is set, call `on_change` whenever another process may have made items
+        due (a merge, a retry, claims handed back or reclaimed), as far as the backend can
+        tell: a store that cannot returns at once. Blocking, on a thread of its own."""
+        ...
+
     # --- extracts ----------------------------------------------------------------------------
 
     def extract_status(self, path: str, sha256: str) -> str | None:

@@ -490,6 +490,10 @@ class Manifest(DerivedMethods):
         nodes = [key for key in rows if key != META_DATA_DIR]
         return rows.get(data_dir_key(node)), rows.get(META_DATA_DIR), bool(nodes)
 
+    def watch_queue(self, on_change: Callable[[], None], stop: threading.Event) -> None:
+        """Returns at once: SQLite tells no other process of a change (the processes on one
+        file are one node's, and its main process wakes its workers itself)."""
+
     # --- extracts -------------------------------------------------------------------------
 
     def extract_status(self, path: str, sha256: str) -> str | None:

@@ -94,6 +94,11 @@ _FOLD_EVERY = 5.0  # seconds between two folds of the counts by a store that wri
 _LOCK_TIMEOUT_MS = 30_000  # a lock wait this long is a stuck session elsewhere: fail the write
 _CONNECT_TIMEOUT = 10
 _URL_EXPIRED = Reason.URL_EXPIRED.value
+# NOTIFY'd when items may have become due (merged, retried, handed back, reclaimed): the
+# other nodes look at the queue at once instead of at their next idle recheck.
+QUEUE_CHANNEL = "ingestd_queue"
+LISTEN_POLL = 1.0  # seconds between looks at the stop flag while listening
+LISTEN_RETRY_MAX = 30.0  # cap on the backoff between reconnections of the listener
 _META_SOURCE = "migrated_from"  # the manifest `replace_with` copied in (see _check_replaceable)
 # Advisory lock keys (bigint): "ingestd" in ASCII, then a number.
 _MIGRATION_LOCK = 0x696E6765737464_01
@@ -692,6 +697,25 @@ class PostgresManifest(DerivedMethods):
 
         self._write(load, retry=False)  # the items are read once
 
+    def watch_queue(self, on_change: Callable[[], None], stop: threading.Event) -> None:
+        """Until `stop` is set, call `on_change` whenever another connection may have made items
+        due (see QUEUE_CHANNEL), and once per (re)connection, for what came meanwhile. Blocking,
+        on a thread of its own, with a connection of its own; a lost connection is made again,
+        with backoff (a missed notification costs only the wait until the next idle look)."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                with _connect(self._dsn, readonly=False) as conn:
+                    conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+                    failures = 0
+                    on_change()
+                    while not stop.is_set():
+                        for _ in conn.notifies(timeout=LISTEN_POLL, stop_after=1):
+                            on_change()
+            except psycopg.Error:
+                failures += 1
+                stop.wait(min(2.0**failures, LISTEN_RETRY_MAX))
+
     # --- extracts -------------------------------------------------------------------------
 
     def extract_status(self, path: str, sha256: str) -> str | None:
@@ -792,7 +816,7 @@ class PostgresManifest(DerivedMethods):
             write = functools.partial(
                 _merge_chunk, chunk=chunk, source=source, now=now, extract_id=extract_id
             )
-            plan = self._write(write)
+            plan = self._write(_notifying(write))
             new += len(plan.inserted)
             updated += len(plan.updated)
             for aweme_id, expiry in plan.expired.items():
@@ -844,7 +868,10 @@ class PostgresManifest(DerivedMethods):
                 " FROM mine WHERE i.aweme_id = mine.aweme_id RETURNING i.aweme_id",
                 (wanted, *(() if owner is None else (owner,)), due, now),
             )
-            return {r[0] for r in cur.fetchall()}
+            released = {r[0] for r in cur.fetchall()}
+            if released:
+                _queue_changed(cur)
+            return released
 
         released = self._write(release)
         return [i for i in wanted if i in released]
@@ -942,7 +969,10 @@ class PostgresManifest(DerivedMethods):
                 " RETURNING i.aweme_id, mine.owner, mine.was_active",
                 (now, now, now, now),
             )
-            return [LapsedClaim(r[0], r[1] or "", r[2]) for r in cur.fetchall()]
+            lapsed = [LapsedClaim(r[0], r[1] or "", r[2]) for r in cur.fetchall()]
+            if lapsed:
+                _queue_changed(cur)
+            return lapsed
 
         return sorted(self._write(reclaim), key=lambda c: c.aweme_id)
 
@@ -1221,6 +1251,8 @@ class PostgresManifest(DerivedMethods):
                     "SELECT state FROM items WHERE aweme_id = %s", (aweme_id,)
                 ).fetchone()
                 refused[aweme_id] = "unknown" if found is None else str(found[0])
+            if requeued:
+                _queue_changed(cur)
             return requeued, refused
 
         return self._write(retry)
@@ -1462,6 +1494,24 @@ def _bindings(
     recorded = {str(key): str(value) for key, value in rows}
     nodes = [key for key in recorded if key != META_DATA_DIR]
     return recorded.get(data_dir_key(node)), recorded.get(META_DATA_DIR), bool(nodes)
+
+
+def _queue_changed(cur: Cursor) -> None:
+    """Tell the nodes listening (watch_queue) that items may be due, once the transaction
+    commits (PostgreSQL sends one notification per channel and transaction)."""
+    cur.execute("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
+
+
+def _notifying(write: Callable[[Cursor], ChunkPlan]) -> Callable[[Cursor], ChunkPlan]:
+    """A merge chunk's write that notifies the queue's listeners when it queued anything."""
+
+    def merge(cur: Cursor) -> ChunkPlan:
+        plan = write(cur)
+        if plan.inserted or plan.updated:
+            _queue_changed(cur)
+        return plan
+
+    return merge
 
 
 def _check_replaceable(cur: Cursor, data_dir: Path, source: str, node: str | None) -> None:
