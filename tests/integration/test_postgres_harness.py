@@ -7,7 +7,6 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool
 
 from support.postgres import PostgresCluster, PostgresError, find_bindir, pid_alive
 
@@ -94,40 +93,37 @@ def test_listens_on_the_unix_socket_only(
         psycopg.connect(postgres_url, host=str(tmp_path), connect_timeout=5)
 
 
-def test_connection_pool(postgres_url: str) -> None:
+def test_concurrent_connections(postgres_url: str) -> None:
+    # Several nodes' (and workers') connections at once, each its own server process.
     workers = 4
     barrier = threading.Barrier(workers, timeout=10)
     pids: list[int] = []
     errors: list[BaseException] = []
-    with ConnectionPool(postgres_url, min_size=1, max_size=workers, open=False) as pool:
-        pool.open(wait=True, timeout=10)
-        with pool.connection(timeout=10) as conn:
-            conn.execute("CREATE TABLE hit (worker int)")
+    with psycopg.connect(postgres_url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute("CREATE TABLE hit (worker int)")
 
-        def work(worker: int) -> None:
-            try:
-                with pool.connection(timeout=10) as conn:
-                    barrier.wait()  # all workers hold a connection at once
-                    conn.execute("INSERT INTO hit VALUES (%s)", (worker,))
-                    row = conn.execute("SELECT pg_backend_pid()").fetchone()
-                    assert row is not None
-                    pids.append(row[0])
-            except BaseException as exc:
-                errors.append(exc)
+    def work(worker: int) -> None:
+        try:
+            with psycopg.connect(postgres_url, autocommit=True, connect_timeout=10) as conn:
+                barrier.wait()  # all workers hold a connection at once
+                conn.execute("INSERT INTO hit VALUES (%s)", (worker,))
+                row = conn.execute("SELECT pg_backend_pid()").fetchone()
+                assert row is not None
+                pids.append(row[0])
+        except BaseException as exc:
+            errors.append(exc)
 
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(workers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=20)
-        with pool.connection(timeout=10) as conn:
-            rows = conn.execute("SELECT worker FROM hit ORDER BY worker").fetchall()
-        stats = pool.get_stats()
+    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    with psycopg.connect(postgres_url, connect_timeout=10) as conn:
+        rows = conn.execute("SELECT worker FROM hit ORDER BY worker").fetchall()
     assert not errors
     assert not any(thread.is_alive() for thread in threads)
     assert len(set(pids)) == workers
     assert rows == [(n,) for n in range(workers)]
-    assert stats["pool_size"] == workers
 
 
 def test_missing_binaries_point_at_ci_run(tmp_path: Path) -> None:

@@ -480,7 +480,10 @@ def _storable(text: str) -> bool:
 
 class PostgresManifest(DerivedMethods):
     """The manifest in a PostgreSQL database. One connection: use from one thread at a time
-    (the daemon gives it its own). Many stores, in one process or many, may share a database."""
+    (the daemon gives it its own). Many stores, in one process or many, may share a database.
+    No connection pool: the one thread that uses a store needs one connection (remade when it
+    breaks), and the queue's listener (watch_queue) keeps one of its own for as long as it
+    listens; a pool would add its own thread and checks for no second user."""
 
     def __init__(
         self,
