@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the daemon in the foreground")
     _common(run)
     run.add_argument("--concurrency", type=int, metavar="N", help="downloads in flight")
+    run.add_argument(
+        "--workers", type=int, metavar="N", help="download processes (concurrency is their total)"
+    )
     run.add_argument("--log-format", choices=("auto", "json", "console"))
     run.add_argument("--log-file", metavar="PATH", help="JSON-lines event file")
 
@@ -228,6 +231,7 @@ def _config(args: argparse.Namespace) -> Config:
         "data_dir": args.data_dir,
         "state_dir": args.state_dir,
         "concurrency": getattr(args, "concurrency", None),
+        "workers": getattr(args, "workers", None),
         "log_format": getattr(args, "log_format", None),
         "log_file": getattr(args, "log_file", None),
     }

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import platformdirs
 
 from ingestd.policy.urls import parse_loopback_address
+from ingestd.policy.workers import WORKERS_MAX
 from ingestd.store.base import ManifestError, library_path, same_dir
 from ingestd.store.manifest import Manifest
 from ingestd.store.open import is_database_url, redact_dsn
@@ -90,6 +91,8 @@ class Config:
     # How long a claim stays this node's without a renewal (renewed every third of it): a
     # node that dies has its items back in the queue this long after its last renewal.
     lease_seconds: float = 120.0
+    # Download processes on this node (policy.workers): 1 downloads in the daemon's own process.
+    workers: int = 1
 
     @property
     def host_slots(self) -> int:
@@ -150,9 +153,13 @@ def _parse_list(text: str) -> list[str]:
 
 _PATH_KEYS = frozenset({"data_dir", "state_dir", "ca_bundle", "log_file", "cookies_file"})
 _BOOL_KEYS = frozenset({"http2", "write_info_json"})
-_INT_KEYS = frozenset(
-    {"concurrency", "max_attempts", "max_file_bytes", "min_free_bytes", "max_extract_bytes"}
-) | {"log_max_bytes", "log_backups", "connections_per_host", "per_host_concurrency", "min_rate"}
+_INT_KEYS = (
+    frozenset(
+        {"concurrency", "max_attempts", "max_file_bytes", "min_free_bytes", "max_extract_bytes"}
+    )
+    | {"log_max_bytes", "log_backups", "connections_per_host", "per_host_concurrency", "min_rate"}
+    | {"workers"}
+)
 _FLOAT_KEYS = frozenset(
     {"timeout", "backoff_base", "backoff_max", "settle_seconds", "rescan_seconds"}
 ) | {"progress_seconds", "host_backoff_max", "min_rate_window", "idle_timeout", "lease_seconds"}
@@ -169,6 +176,7 @@ _ENV_PARSERS: dict[str, Callable[[str], object]] = {
     "metrics_address": str,
     "manifest_url": str,
     "node_name": str,
+    "workers": int,
 }
 KEYS = frozenset(f.name for f in fields(Config))
 assert frozenset(_ENV_PARSERS) == KEYS
@@ -194,6 +202,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "log_max_bytes": (0, 2**40),
     "log_backups": (0, 100),
     "lease_seconds": (3, 86400),
+    "workers": (1, WORKERS_MAX),
 }
 # A node's name: it becomes part of every claim's owner (`<node>` or `<node>/<worker>`).
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -449,3 +458,22 @@ def load_config(
     if config.backoff_max < config.backoff_base:
         raise ConfigError("backoff_max must not be smaller than backoff_base")
     return config
+
+
+def config_document(config: Config) -> dict[str, object]:
+    """The config as JSON values (paths as strings), as a worker process is given it."""
+    doc: dict[str, object] = {f.name: getattr(config, f.name) for f in fields(Config)}
+    for key in _PATH_KEYS:
+        doc[key] = None if doc[key] is None else str(doc[key])
+    doc["allowed_hosts"] = list(config.allowed_hosts)
+    return doc
+
+
+def config_from_document(doc: Mapping[str, object]) -> Config:
+    """The Config that config_document turned into `doc`."""
+    values = dict(doc)
+    for key in _PATH_KEYS:
+        if values.get(key) is not None:
+            values[key] = Path(str(values[key]))
+    values["allowed_hosts"] = tuple(cast(list[str], values["allowed_hosts"]))
+    return Config(**cast(dict[str, Any], values))

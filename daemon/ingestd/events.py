@@ -45,6 +45,8 @@ EVENTS: Final = frozenset(
         "claims_at_risk",
         "claims_reclaimed",
         "claim_lost",
+        "worker_started",
+        "worker_exited",
         "daemon_stopping",
         "daemon_failed",
         "daemon_stopped",

@@ -2,6 +2,10 @@
 
 The file is rotated by size (`<name>.1` ... `<name>.N`) and reopened on every configure(), so
 an external logrotate works too (SIGHUP reloads the config, which reopens the file).
+
+A download worker process (service.worker) writes neither: configure_forward() hands each of
+its events, complete with level and timestamp, to a function that sends it to the main
+process, which writes it with emit_encoded() beside its own.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ _ENCODER = msgspec.json.Encoder(enc_hook=str)  # ~10x faster than json.dumps per
 
 def render_json(event: EventDict) -> str:
     """The one JSON rendering used everywhere (stdout, file, `ingestd logs --json`)."""
-    return _encode(event).decode("utf-8")
+    return encode_event(event).decode("utf-8")
 
 
-def _encode(event: EventDict) -> bytes:
+def encode_event(event: EventDict) -> bytes:
+    """An event as one line of JSON (UTF-8, no newline)."""
     try:
         return _ENCODER.encode(event)
     except (TypeError, ValueError, msgspec.EncodeError):
@@ -120,13 +125,23 @@ class _Sink:
         self._lock = threading.Lock()
 
     def emit(self, event: EventDict) -> None:
-        line = _encode(event) + b"\n"
+        self._write(encode_event(event) + b"\n", [event])
+
+    def emit_encoded(self, events: list[bytes]) -> None:
+        # The console alone needs the events themselves: JSON lines are written as they came.
+        decoded = [] if self._console is None else [json.loads(e) for e in events]
+        self._write(b"".join(e + b"\n" for e in events), decoded)
+
+    def _write(self, line: bytes, events: list[EventDict]) -> None:
+        """Write `line` (one or more events, as JSON lines); `events`: the same, for the
+        console."""
         with self._lock:
             try:
                 if self._out is not None:
                     _write_all(self._out, line)
                 elif self._console is not None:
-                    self._console.write(event)
+                    for event in events:
+                        self._console.write(event)
                 else:
                     self._stream.write(line.decode())
                     self._stream.flush()
@@ -144,7 +159,24 @@ class _Sink:
                 self._file = None
 
 
-_sink: _Sink | None = None
+class _Forward:
+    """A worker process's sink: every event goes to `forward` (which sends it on)."""
+
+    def __init__(self, forward: Callable[[EventDict], None]) -> None:
+        self._forward = forward
+
+    def emit(self, event: EventDict) -> None:
+        self._forward(event)
+
+    def emit_encoded(self, events: list[bytes]) -> None:
+        for event in events:
+            self._forward(json.loads(event))
+
+    def close(self) -> None:
+        pass
+
+
+_sink: _Sink | _Forward | None = None
 _sink_lock = threading.Lock()
 _console: EventConsole | None = None  # one per process: a reload must not draw a second line
 
@@ -215,12 +247,30 @@ def configure(
     backups: int = DEFAULT_BACKUPS,
 ) -> None:
     """Set up logging for the process; calling it again swaps the sinks (and reopens the file)."""
-    global _sink
     stream = sys.stdout
     console = log_format == "console" or (log_format == "auto" and stream.isatty())
     file = _RotatingFile(log_file, max_bytes, backups) if log_file is not None else None
+    _install(_Sink(stream, console, file))
+
+
+def configure_forward(forward: Callable[[EventDict], None]) -> None:
+    """Set up logging for a worker process: each event (level and timestamp included) goes to
+    `forward`, called from whichever thread logs it; nothing is written here."""
+    _install(_Forward(forward))
+
+
+def emit_encoded(events: list[bytes]) -> None:
+    """Write events that encode_event made already, in another process (a worker's), in one
+    write each to stdout and to the file."""
+    sink = _sink
+    if sink is not None:
+        sink.emit_encoded(events)
+
+
+def _install(sink: _Sink | _Forward) -> None:
+    global _sink
     with _sink_lock:
-        old, _sink = _sink, _Sink(stream, console, file)
+        old, _sink = _sink, sink
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -12,6 +13,16 @@ from ingestd.policy.retry import Reason
 from ingestd.policy.urls import parse_loopback_address
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+
+
+class Attempts(Protocol):
+    """What the download pool counts: Metrics, or in a worker process what sends each attempt
+    to the main process's Metrics."""
+
+    def attempt(
+        self, outcome: str, seconds: float, size: int = 0, reason: Reason | None = None
+    ) -> None:
+        """Count one finished attempt; `reason`: why it did not produce a file."""
 
 
 class Metrics:

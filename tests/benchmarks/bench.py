@@ -340,6 +340,27 @@ def _proc_hwm_kib(pid: int) -> int:
     return 0
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants alive now (ingestd's download workers, with `workers`)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _tree_cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of each of `pids` still there."""
+    cpu = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            cpu[pid] = _proc_cpu(pid)
+    return cpu
+
+
 def run_child(argv: list[str], cwd: Path, timeout: float) -> tuple[float, float, int, int]:
     """Run a client to completion: wall seconds, CPU seconds, peak RSS KiB, exit status.
 
@@ -556,12 +577,16 @@ def run_ingestd(
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        cpu0 = _proc_cpu(pid)
+        # With `workers`, the workers' CPU counts too, and peak RSS is the sum of each
+        # process's peak (an upper bound of the tree's).
+        pids = _tree(pid)
+        cpu0 = _tree_cpu(pids)
         t0 = write_extract(out / "data" / "raw", urls)
         ok = daemon.wait("download_completed", len(urls), timeout)
         t1 = daemon.last.get("download_completed", time.monotonic())
-        cpu = _proc_cpu(pid) - cpu0
-        rss = _proc_hwm_kib(pid)
+        cpu1 = _tree_cpu(pids)
+        cpu = sum(cpu1[p] - cpu0[p] for p in cpu1 if p in cpu0)
+        rss = sum(_proc_hwm_kib(p) for p in cpu1)
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(timeout=30)

@@ -35,6 +35,9 @@ from ingestd.net.cookies import cookie_header
 from ingestd.policy.retry import HINT_CA_BUNDLE, Reason, refusal_hint
 from ingestd.policy.urls import address_is_public, check_url, host_matches
 
+if typing.TYPE_CHECKING:
+    from ingestd.config import Config
+
 MAX_REDIRECTS = 5
 Chunk = bytes | memoryview  # a piece of a response body
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -89,6 +92,22 @@ class HttpSettings:
     connections_per_host: int = 2
     idle_timeout: float = 60.0  # seconds an unused connection is kept
     http2_client: str = "builtin"  # or "h2": HTTPS through httpx's own HTTP/2 stack
+
+    @classmethod
+    def of(cls, config: Config) -> HttpSettings:
+        """The slice of the config the client needs."""
+        return cls(
+            http2=config.http2,
+            http2_client=config.http2_client,
+            timeout=config.timeout,
+            user_agent=config.user_agent,
+            referer=config.referer,
+            ca_bundle=config.ca_bundle,
+            max_connections=max(config.concurrency, 64),
+            allowed_hosts=config.allowed_hosts,
+            connections_per_host=config.connections_per_host,
+            idle_timeout=config.idle_timeout,
+        )
 
 
 class _HostPolicy:

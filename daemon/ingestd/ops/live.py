@@ -15,7 +15,7 @@ import collections
 import contextlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +64,82 @@ class Live:
     failed: int = 0
     expired: int = 0
     version: int = field(default=LIVE_VERSION)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The downloads of one process at one moment, or of a node (combine): what live.json, the
+    `progress` event, STATUS= and the gauges are made of. The counters count from its start."""
+
+    in_flight: int = 0
+    received: int = 0  # bytes, running transfers included
+    completed: int = 0
+    retried: int = 0
+    failed: int = 0
+    expired: int = 0
+    bytes: int = 0  # of the files completed
+    transfers: tuple[InFlight, ...] = ()
+    pause: tuple[str, str, float] | None = None  # reason, detail, seconds paused
+    hosts_down: tuple[str, ...] = ()
+
+
+def combine(snapshots: Iterable[Snapshot]) -> Snapshot:
+    """A node's snapshot from its workers' (and from the counters of those that ended): counts
+    and transfers added up, the longest pause, each host down once."""
+    parts = list(snapshots)
+    pauses = [s.pause for s in parts if s.pause is not None]
+    return Snapshot(
+        in_flight=sum(s.in_flight for s in parts),
+        received=sum(s.received for s in parts),
+        completed=sum(s.completed for s in parts),
+        retried=sum(s.retried for s in parts),
+        failed=sum(s.failed for s in parts),
+        expired=sum(s.expired for s in parts),
+        bytes=sum(s.bytes for s in parts),
+        transfers=tuple(t for s in parts for t in s.transfers),
+        pause=max(pauses, key=lambda p: p[2]) if pauses else None,
+        hosts_down=tuple(dict.fromkeys(h for s in parts for h in s.hosts_down)),
+    )
+
+
+def counters_of(snapshot: Snapshot) -> Snapshot:
+    """Only the counters of a snapshot: what a process that ended leaves to its node's."""
+    return Snapshot(
+        received=snapshot.received,
+        completed=snapshot.completed,
+        retried=snapshot.retried,
+        failed=snapshot.failed,
+        expired=snapshot.expired,
+        bytes=snapshot.bytes,
+    )
+
+
+def snapshot_document(snapshot: Snapshot) -> dict[str, Any]:
+    """A snapshot as JSON values (a transfer as the list of its fields), as a worker sends it."""
+    doc = asdict(snapshot)
+    doc["transfers"] = [
+        [t.aweme_id, t.topic, t.offset, t.received, t.total, t.seconds] for t in snapshot.transfers
+    ]
+    return doc
+
+
+def parse_snapshot(doc: object) -> Snapshot | None:
+    """A snapshot_document read back; None when it is not one."""
+    if not isinstance(doc, dict):
+        return None
+    try:
+        values = dict(doc)
+        transfers = tuple(InFlight(*t) for t in values.pop("transfers"))
+        pause = values.pop("pause")
+        hosts = tuple(str(h) for h in values.pop("hosts_down"))
+        return Snapshot(
+            **{k: int(v) for k, v in values.items()},
+            transfers=transfers,
+            pause=None if pause is None else (str(pause[0]), str(pause[1]), float(pause[2])),
+            hosts_down=hosts,
+        )
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
 
 
 def live_document(live: Live) -> dict[str, Any]:

@@ -13,7 +13,9 @@ a check notes the last ticket taken before it reads, and logs only when every ti
 one is back. A write the check saw committed was sent to the manifest thread before the read,
 so its ticket is among those. (A merge child writes on its own connection, but what it writes
 completes nothing before the merge is recorded, under the ingestor's ticket: it only adds items,
-or moves final ones between final states.)
+or moves final ones between final states.) Download workers, in processes of their own, take
+their own tickets; the check then asks each of them (service.workers.Workers.sync) to say when
+its events up to its last ticket are logged, on the channel those events travel.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ingestd.log import Logger
@@ -73,8 +76,18 @@ class EventOrder:
 class ExtractCompletions:
     """Reports extracts whose items are all final (extract_completed)."""
 
-    def __init__(self, db: Db, log: Logger, raw_dir: Path, order: EventOrder) -> None:
+    def __init__(
+        self,
+        db: Db,
+        log: Logger,
+        raw_dir: Path,
+        order: EventOrder,
+        barrier: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """`barrier`: awaited, like `order`, before a report: outcomes written by other
+        processes (download workers) have their events logged once it returns."""
         self._db = db
+        self._barrier = barrier
         self._log = log
         self._raw_dir = raw_dir
         self._order = order
@@ -107,6 +120,8 @@ class ExtractCompletions:
         if not settled:
             return 0
         await self._order.through(ticket, ORDER_WAIT)
+        if self._barrier is not None:
+            await self._barrier()
         now = time.time()
         for extract in settled:
             self._report(extract, now)

@@ -8,9 +8,10 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
 from http.cookiejar import CookieJar
+from typing import Any, Protocol
 
 from ingestd import __version__, log
 from ingestd.config import Config, ConfigError, load_cookies
@@ -24,43 +25,35 @@ from ingestd.ops.live import (
     LIVE_FILE,
     LIVE_HEARTBEAT,
     LIVE_PERIOD,
-    InFlight,
     Live,
     RateMeter,
+    Snapshot,
     summary_line,
     write_live,
 )
 from ingestd.ops.status import status_line
-from ingestd.service.completion import EventOrder, ExtractCompletions
+from ingestd.policy.workers import worker_count
+from ingestd.service.completion import ORDER_WAIT, EventOrder, ExtractCompletions
 from ingestd.service.db import Db
 from ingestd.service.ingest import Ingestor
 from ingestd.service.pool import DownloadPool
+from ingestd.service.publish import Publisher
+from ingestd.service.relink import Relinker
+from ingestd.service.workers import Workers
 from ingestd.store.base import ManifestError
 
 STOP_BUDGET = 8.0  # seconds for the whole shutdown; systemd and users expect exit within 10
+# Of it, what download workers get to stop once told (then they are killed): the rest covers
+# reaping them and closing the manifest.
+WORKERS_STOP_WAIT = STOP_BUDGET - 2.0
 WATCH_RESTART_DELAY = 2.0
 STATUS_PERIOD = 5.0  # seconds between STATUS= updates for `systemctl status`
-# Keys that name places or the TLS/HTTP setup of the shared client: changing them needs a restart.
+# Keys that name places, the TLS/HTTP setup of the shared client, or the processes that run:
+# changing them needs a restart.
 RESTART_ONLY = frozenset(
     {"data_dir", "state_dir", "http2", "ca_bundle", "metrics_address", "connections_per_host"}
-    | {"idle_timeout", "http2_client", "manifest_url", "node_name"}
+    | {"idle_timeout", "http2_client", "manifest_url", "node_name", "workers"}
 )
-
-
-def http_settings(config: Config) -> HttpSettings:
-    """The slice of the config the HTTP client needs."""
-    return HttpSettings(
-        http2=config.http2,
-        http2_client=config.http2_client,
-        timeout=config.timeout,
-        user_agent=config.user_agent,
-        referer=config.referer,
-        ca_bundle=config.ca_bundle,
-        max_connections=max(config.concurrency, 64),
-        allowed_hosts=config.allowed_hosts,
-        connections_per_host=config.connections_per_host,
-        idle_timeout=config.idle_timeout,
-    )
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
@@ -68,11 +61,144 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     return [f.name for f in fields(Config) if getattr(old, f.name) != getattr(new, f.name)]
 
 
+class _Downloads(Protocol):
+    """Where downloads run: in this process (_InProcess), or in worker processes (_InWorkers)."""
+
+    async def start(self) -> None:
+        """Begin (the manifest holds no claim of this node's any more)."""
+
+    async def ready(self) -> None:
+        """Wait until downloads can run (before READY=1)."""
+
+    def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
+        """What runs until the stop, by task name."""
+
+    def snapshot(self) -> Snapshot:
+        """The node's downloads now."""
+
+    def merged(self) -> None:
+        """An extract was merged: new items may be due, done items may need links."""
+
+    def wake(self) -> None:
+        """Items may be due (another node's merge or retry): look at the queue now."""
+
+    async def relink(self) -> None:
+        """One pass over the done items that need links."""
+
+    def reconfigure(self, config: Config, cookies: CookieJar | None) -> None:
+        """Apply a reloaded config."""
+
+    def request_stop(self) -> None:
+        """Begin stopping, without waiting."""
+
+    async def shutdown(self) -> None:
+        """Stop: transfers stopped, claims handed back."""
+
+
+class _InProcess:
+    """Downloads in the daemon's own process (`workers = 1`)."""
+
+    def __init__(self, pool: DownloadPool, fetcher: Fetcher) -> None:
+        self.pool = pool
+        self._fetcher = fetcher
+
+    async def start(self) -> None:
+        """Nothing to start: the pool runs as a task."""
+
+    async def ready(self) -> None:
+        """Ready as soon as its task runs."""
+
+    def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
+        """The pool and its lease keeper."""
+        return {"pool": self.pool.run(), "leases": self.pool.keep_claims()}
+
+    def snapshot(self) -> Snapshot:
+        """The pool's."""
+        return self.pool.snapshot()
+
+    def merged(self) -> None:
+        """The pool's feed looks at the queue and makes due links."""
+        self.pool.merged()
+
+    def wake(self) -> None:
+        """The pool's feed looks at the queue."""
+        self.pool.wake()
+
+    async def relink(self) -> None:
+        """The pool's pass."""
+        await self.pool.relink()
+
+    def reconfigure(self, config: Config, cookies: CookieJar | None) -> None:
+        """The HTTP client's settings and cookies, and the pool's config."""
+        self._fetcher.reconfigure(HttpSettings.of(config))
+        self._fetcher.set_cookies(cookies)
+        self.pool.reconfigure(config)
+
+    def request_stop(self) -> None:
+        """Nothing before shutdown()."""
+
+    async def shutdown(self) -> None:
+        """The pool's shutdown, then the HTTP client's."""
+        with contextlib.suppress(TimeoutError, ManifestError):
+            await asyncio.wait_for(self.pool.shutdown(), STOP_BUDGET / 2)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._fetcher.aclose(), 1.0)
+
+
+class _InWorkers:
+    """Downloads in worker processes (service.workers); links made here, where merges are."""
+
+    def __init__(self, workers: Workers, relinker: Relinker) -> None:
+        self.workers = workers
+        self._relinker = relinker
+
+    async def start(self) -> None:
+        """Start the worker processes."""
+        await self.workers.start()
+
+    async def ready(self) -> None:
+        """Wait for them to be ready (each has its manifest and pool), within a bound."""
+        await self.workers.ready()
+
+    def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
+        """Their supervision, and the links."""
+        return {"workers": self.workers.run(), "relinks": self._relinker.run()}
+
+    def snapshot(self) -> Snapshot:
+        """The sum of the workers' reports."""
+        return self.workers.snapshot()
+
+    def merged(self) -> None:
+        """Wake the workers; make due links."""
+        self.workers.wake()
+        self._relinker.merged()
+
+    def wake(self) -> None:
+        """Every worker looks at the queue."""
+        self.workers.wake()
+
+    async def relink(self) -> None:
+        """The relinker's pass."""
+        await self._relinker.relink()
+
+    def reconfigure(self, config: Config, cookies: CookieJar | None) -> None:
+        """The workers get the config (each reads the cookies file itself)."""
+        self.workers.reconfigure(config)
+        self._relinker.reconfigure(config)
+
+    def request_stop(self) -> None:
+        """Tell the workers to stop."""
+        self.workers.request_stop()
+
+    async def shutdown(self) -> None:
+        """Wait for the workers to stop, killing stragglers."""
+        await self.workers.stop(WORKERS_STOP_WAIT)
+
+
 @dataclass
 class _Parts:
     db: Db
-    fetcher: Fetcher
-    pool: DownloadPool
+    downloads: _Downloads
     ingest: Ingestor
     completions: ExtractCompletions
 
@@ -135,6 +261,7 @@ class Daemon:
             manifest=config.manifest_label,
             node=config.node_name,
             concurrency=config.concurrency,
+            workers=worker_count(config.workers, config.concurrency),
             http2=config.http2,
             http2_client=config.http2_client,
             allowed_hosts=list(config.allowed_hosts),
@@ -164,21 +291,23 @@ class Daemon:
                 await watcher.start()  # watch first, then scan: nothing dropped between is lost
             except WatchError as exc:
                 logger.error("watch_failed", error=str(exc), retry_in_s=WATCH_RESTART_DELAY)
+            await parts.downloads.start()
             await parts.ingest.scan()
-            await parts.pool.relink()
+            await parts.downloads.relink()
             tasks = [
                 asyncio.create_task(self._supervise_watcher(watcher, parts.ingest), name="watch"),
                 asyncio.create_task(parts.ingest.run(), name="ingest"),
-                asyncio.create_task(parts.pool.run(), name="pool"),
-                asyncio.create_task(parts.pool.keep_claims(), name="leases"),
+                *(asyncio.create_task(c, name=n) for n, c in parts.downloads.tasks().items()),
                 asyncio.create_task(self._progress(parts), name="progress"),
                 asyncio.create_task(parts.completions.run(), name="completions"),
             ]
+            await parts.downloads.ready()
             counts = await parts.db.run(parts.db.manifest.counts)
-            self._notifier.ready(status_line(counts, parts.pool.in_flight, 0.0))
+            in_flight = parts.downloads.snapshot().in_flight
+            self._notifier.ready(status_line(counts, in_flight, 0.0))
             logger.info("daemon_ready", items=counts.items, raw_dir=str(config.raw_dir))
             if config.manifest_url:  # other nodes' merges and retries wake this one at once
-                watching = parts.db.watch_queue(parts.pool.wake)
+                watching = parts.db.watch_queue(parts.downloads.wake)
                 tasks.append(asyncio.create_task(watching, name="queue-watch"))
             tasks.append(asyncio.create_task(self._report_status(parts), name="status"))
             tasks.append(asyncio.create_task(self._report_live(parts), name="live"))
@@ -190,7 +319,7 @@ class Daemon:
             self._notifier.stopping()
             await self._shutdown([*tasks, watchdog], parts)
             self._metrics.close()
-            await self._write_live(self._live(parts, stopped=True))
+            await self._write_live(self._live(parts.downloads.snapshot(), stopped=True))
             log.set_summary(None)
         self._log.info("daemon_stopped", exit_code=code)
         return code
@@ -200,20 +329,33 @@ class Daemon:
             await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
         db = await Db.open(config.manifest_location)
         try:
-            fetcher = Fetcher(http_settings(config), self._cookies)
+            fetcher = Fetcher(HttpSettings.of(config), self._cookies)
         except SetupError:
             await db.close()
             raise
         order = EventOrder()
-        pool = DownloadPool(config, db, fetcher, self._log, self._metrics, order=order)
-        completions = ExtractCompletions(db, self._log, config.raw_dir, order)
+        count = worker_count(config.workers, config.concurrency)
+        downloads: _InProcess | _InWorkers
+        if count == 1:
+            pool = DownloadPool(config, db, fetcher, self._log, self._metrics, order=order)
+            downloads = _InProcess(pool, fetcher)
+            completions = ExtractCompletions(db, self._log, config.raw_dir, order)
+        else:
+            await fetcher.aclose()  # it proved the HTTP setup; each worker makes its own
+            relinker = Relinker(config, db, Publisher(config.media_dir), self._log)
+            workers = Workers(config, count, self._log, self._metrics, relinker.merged)
+            downloads = _InWorkers(workers, relinker)
+            # An extract completes after the outcome events of its items, wherever logged.
+            completions = ExtractCompletions(
+                db, self._log, config.raw_dir, order, barrier=lambda: workers.sync(ORDER_WAIT)
+            )
 
         def merged() -> None:
-            pool.merged()
+            downloads.merged()
             completions.kick()
 
         ingest = Ingestor(config, db, self._log, on_merged=merged, order=order)
-        return _Parts(db, fetcher, pool, ingest, completions)
+        return _Parts(db, downloads, ingest, completions)
 
     async def _until_stopped(self, tasks: list[asyncio.Task[None]]) -> int:
         stopper = asyncio.create_task(self._stop.wait())
@@ -231,16 +373,14 @@ class Daemon:
         return code
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]], parts: _Parts) -> None:
+        parts.downloads.request_stop()  # workers stop while this process does
         parts.db.manifest.interrupt.set()  # a long merge ends at its next transaction
         parts.ingest.stop()  # ... and one in a child process ends now
         for task in [*tasks, *self._background]:
             task.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2.0)
-        with contextlib.suppress(TimeoutError, ManifestError):
-            await asyncio.wait_for(parts.pool.shutdown(), STOP_BUDGET / 2)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(parts.fetcher.aclose(), 1.0)
+        await parts.downloads.shutdown()
         await parts.db.close()
 
     # --- reload ----------------------------------------------------------------------------
@@ -284,9 +424,7 @@ class Daemon:
             self._config = new
             parts = self._parts
             self._cookies = cookies
-            parts.fetcher.reconfigure(http_settings(new))
-            parts.fetcher.set_cookies(cookies)
-            parts.pool.reconfigure(new)
+            parts.downloads.reconfigure(new, cookies)
             parts.ingest.reconfigure(new)
             self._log.info("config_reloaded", changed=changed)
             self._notifier.ready()
@@ -314,42 +452,37 @@ class Daemon:
 
     async def _report_status(self, parts: _Parts) -> None:
         """Keep `systemctl status` (STATUS=) and the Prometheus gauges current."""
-        last_bytes, last_time = parts.pool.stats.bytes, time.monotonic()
+        last_bytes, last_time = parts.downloads.snapshot().bytes, time.monotonic()
         while True:
             await asyncio.sleep(STATUS_PERIOD)
             counts = await parts.db.run(parts.db.manifest.counts)
             oldest = await parts.db.run(parts.db.manifest.oldest_pending)
-            now = time.monotonic()
-            rate = (parts.pool.stats.bytes - last_bytes) / max(now - last_time, 1e-6)
-            last_bytes, last_time = parts.pool.stats.bytes, now
+            now, snapshot = time.monotonic(), parts.downloads.snapshot()
+            rate = (snapshot.bytes - last_bytes) / max(now - last_time, 1e-6)
+            last_bytes, last_time = snapshot.bytes, now
             age = 0.0 if oldest is None else time.time() - oldest
-            self._metrics.snapshot(counts.items, age, parts.pool.in_flight)
-            self._notifier.status(status_line(counts, parts.pool.in_flight, rate))
+            self._metrics.snapshot(counts.items, age, snapshot.in_flight)
+            self._notifier.status(status_line(counts, snapshot.in_flight, rate))
 
-    def _live(self, parts: _Parts, stopped: bool = False) -> Live:
-        pool, now = parts.pool, time.monotonic()
-        meter, pause, down = pool.meter, pool.pause_info(), pool.hosts_down()
-        transfers = tuple(
-            InFlight(t.aweme_id, t.topic, t.offset, t.received, t.total, round(now - t.started, 1))
-            for t in meter.transfers.values()
-        )
-        stats = pool.stats
+    @staticmethod
+    def _live(snapshot: Snapshot, stopped: bool = False) -> Live:
+        pause, down = snapshot.pause, snapshot.hosts_down
         return Live(
             pid=os.getpid(),
             written_at=time.time(),
-            clock=now,
+            clock=time.monotonic(),
             state="stopped" if stopped else "running" if pause is None else "paused",
-            received=meter.received(),
-            transfers=() if stopped else transfers,
+            received=snapshot.received,
+            transfers=() if stopped else snapshot.transfers,
             pause_reason=None if pause is None else pause[0],
             pause_detail=None if pause is None else pause[1],
             paused_s=None if pause is None else round(pause[2], 1),
             hosts_down=tuple(down[:20]),
             hosts_down_count=len(down),
-            completed=stats.completed,
-            retried=stats.retried,
-            failed=stats.failed,
-            expired=stats.expired,
+            completed=snapshot.completed,
+            retried=snapshot.retried,
+            failed=snapshot.failed,
+            expired=snapshot.expired,
         )
 
     async def _write_live(self, live: Live) -> None:
@@ -363,7 +496,7 @@ class Daemon:
         last: Live | None = None
         written_at = float("-inf")
         while True:
-            live = self._live(parts)
+            live = self._live(parts.downloads.snapshot())
             same = last is not None and dataclasses.replace(
                 live, written_at=0, clock=0
             ) == dataclasses.replace(last, written_at=0, clock=0)
@@ -395,27 +528,26 @@ class Daemon:
             await ingest.scan()
 
     async def _progress(self, parts: _Parts) -> None:
-        pool = parts.pool
         last_bytes, last_time = 0, time.monotonic()
         while True:
             await asyncio.sleep(self._config.progress_seconds)
             counts = await parts.db.run(parts.db.manifest.counts)
             outstanding = counts.items["pending"] + counts.items["active"]
-            now = time.monotonic()
-            rate = (pool.stats.bytes - last_bytes) / max(now - last_time, 1e-6)
-            if outstanding or pool.stats.bytes != last_bytes:
+            now, snapshot = time.monotonic(), parts.downloads.snapshot()
+            rate = (snapshot.bytes - last_bytes) / max(now - last_time, 1e-6)
+            if outstanding or snapshot.bytes != last_bytes:
                 self._log.info(
                     "progress",
                     items=counts.items,
                     bytes_done=counts.bytes_done,
-                    in_flight=pool.in_flight,
+                    in_flight=snapshot.in_flight,
                     rate_bytes_per_s=round(rate),
-                    completed=pool.stats.completed,
-                    retried=pool.stats.retried,
-                    failed=pool.stats.failed,
-                    expired=pool.stats.expired,
+                    completed=snapshot.completed,
+                    retried=snapshot.retried,
+                    failed=snapshot.failed,
+                    expired=snapshot.expired,
                 )
-            last_bytes, last_time = pool.stats.bytes, now
+            last_bytes, last_time = snapshot.bytes, now
 
 
 def run(

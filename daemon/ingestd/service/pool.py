@@ -19,13 +19,14 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ingestd.config import Config
 from ingestd.fs.files import describe_os_error, free_bytes
 from ingestd.log import Logger
-from ingestd.metrics import Metrics
+from ingestd.metrics import Attempts
 from ingestd.net.fetch import Fetcher
+from ingestd.ops.live import InFlight, Snapshot
 from ingestd.policy.hosts import PROBE_WAIT, HostHealth
 from ingestd.policy.lease import at_risk, lost, renewal_interval
 from ingestd.policy.merge import State
@@ -45,6 +46,7 @@ from ingestd.service.completion import EventOrder
 from ingestd.service.db import Db, GroupCommit
 from ingestd.service.meter import Meter
 from ingestd.service.publish import Publisher
+from ingestd.service.relink import Relinker
 from ingestd.service.transfer import Published, Transfers
 from ingestd.store.base import Completion, Item, ManifestError
 
@@ -53,10 +55,8 @@ SPACE_RECHECK = 0.5  # at most this often a statvfs, however many transfers fini
 PAUSE_RECHECK_MAX = 60.0  # cap on the backoff between checks of a paused media folder
 # A pause that starts this soon after the last one ended goes on with its backoff.
 PAUSE_MEMORY = 600.0
-RELINK_BATCH = 100
 READY_ROUNDS = 4  # claimed items kept in memory, in rounds of `concurrency`
 MARK_LAG = 1.0  # seconds a started held item may still read `pending` in status
-RELINK_PARKED_MAX = 1000  # items whose links keep failing, remembered to skip them a while
 BOOKKEEPING_RETRY_MAX = 30.0  # cap on the backoff while the manifest refuses an outcome
 # Published files whose `done` may wait for the manifest before finished transfers wait too.
 UNRECORDED_MAX = 64
@@ -125,13 +125,16 @@ class DownloadPool:
         db: Db,
         fetcher: Fetcher,
         log: Logger,
-        metrics: Metrics,
+        metrics: Attempts,
         *,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
         order: EventOrder | None = None,
         owner: str | None = None,
+        on_links_due: Callable[[], None] | None = None,
     ) -> None:
+        """`on_links_due`: told when a completion leaves links to make, instead of making them
+        here (a worker process's pool: its main process makes them, see service.relink)."""
         self._config = config
         # Whose claims these are (the node's name; a worker's later): every claim and outcome
         # carries it, and the manifest refuses outcomes of claims another owner has taken.
@@ -168,9 +171,9 @@ class DownloadPool:
         self._wake = asyncio.Event()
         self._pause: _Pause | None = None
         self._last_pause: tuple[float, int] = (-PAUSE_MEMORY, 0)  # (ended at, checks)
-        self._relink_due = False
-        self._relink_at = 0.0
-        self._relink_parked: dict[str, tuple[int, float]] = {}  # id: (failures, retry at)
+        self._relinker = Relinker(config, db, self._publisher, log, jitter)
+        self._relink_parked = self._relinker.parked  # the same dict, for the tests that clear it
+        self._links_due = self.merged if on_links_due is None else on_links_due
         self._probes: dict[Path, asyncio.Future[tuple[str, str, int | None] | None]] = {}
         self._deferred: dict[str, float] = {}  # origin: the cooldown end its items were moved to
         self._hinted: dict[tuple[str, str], None] = {}  # (origin, hint) told, oldest first
@@ -202,6 +205,26 @@ class DownloadPool:
         """Hosts reported unavailable now."""
         return self._hosts.down()
 
+    def snapshot(self) -> Snapshot:
+        """The pool's downloads now: transfers in flight, bytes, counters, pause, hosts down."""
+        now, stats = time.monotonic(), self.stats
+        transfers = tuple(
+            InFlight(t.aweme_id, t.topic, t.offset, t.received, t.total, round(now - t.started, 1))
+            for t in self.meter.transfers.values()
+        )
+        return Snapshot(
+            in_flight=self.in_flight,
+            received=self.meter.received(),
+            completed=stats.completed,
+            retried=stats.retried,
+            failed=stats.failed,
+            expired=stats.expired,
+            bytes=stats.bytes,
+            transfers=transfers,
+            pause=self.pause_info(),
+            hosts_down=tuple(self.hosts_down()),
+        )
+
     def reconfigure(self, config: Config) -> None:
         """Use a reloaded config from the next claim and the next decision on."""
         self._config = config
@@ -209,6 +232,7 @@ class DownloadPool:
         self._hosts.reconfigure(config.backoff_base, config.host_backoff_max, config.host_slots)
         self._space_checked_at = -SPACE_RECHECK  # min_free_bytes may have changed
         self._hinted.clear()  # allowed_hosts may have changed: a host still failing is told again
+        self._relinker.reconfigure(config)
         self.wake()
 
     def wake(self) -> None:
@@ -217,8 +241,7 @@ class DownloadPool:
 
     def merged(self) -> None:
         """An extract was merged: new items may be due, done items may need links."""
-        self._relink_due = True
-        self._relink_at = 0.0  # now: items parked after failed links are skipped anyway
+        self._relinker.merged()
         self._wake.set()
 
     async def run(self) -> None:
@@ -233,14 +256,7 @@ class DownloadPool:
     async def _feed(self) -> None:
         while True:
             self._wake.clear()
-            if self._relink_due and time.monotonic() >= self._relink_at:
-                self._relink_due = False  # a merge during the pass sets it again
-                try:
-                    await self.relink()
-                except BaseException:
-                    self._relink_due = True
-                    self._relink_at = time.monotonic() + IDLE_RECHECK
-                    raise
+            await self._relinker.run_due()
             if not await self._local_ok():
                 await self._hand_back([entry[0].aweme_id for entry in self._ready], 0.0)
                 self._ready.clear()
@@ -801,7 +817,7 @@ class DownloadPool:
             log.warning("claim_lost", outcome="completed", path=str(done.path), owner=self._owner)
             return
         if recorded.result():  # topics merged in while it downloaded, or links left to make
-            self.merged()
+            self._links_due()
         self.stats.completed += 1
         self.stats.bytes += done.size
         self._metrics.attempt("completed", duration, done.size)
@@ -900,57 +916,5 @@ class DownloadPool:
     # --- further topics -----------------------------------------------------------------------
 
     async def relink(self) -> None:
-        """Give done items that gained topics their extra links, in one finite pass. An item
-        whose links fail is parked with its own backoff and the others go on; its file is
-        never downloaded again for it."""
-        now = time.monotonic()
-        parked = self._relink_parked
-        for aweme_id in [i for i, (_, at) in parked.items() if at <= now]:
-            del parked[aweme_id]  # due again
-        after = ""
-        while True:
-            batch = await self._db.run(
-                self._db.manifest.pending_relinks,
-                RELINK_BATCH,
-                tuple(parked),
-                after,
-                node=self._config.manifest_node,
-            )
-            for relink in batch:
-                try:
-                    made = await asyncio.to_thread(
-                        functools.partial(
-                            self._publisher.link_topics,
-                            PurePosixPath(relink.path),
-                            relink.topics,
-                            info=self._config.write_info_json,
-                        )
-                    )
-                except OSError as exc:
-                    self._park_relink(relink.aweme_id, exc, relink.path)
-                    continue
-                await self._db.run(self._db.manifest.clear_relink, relink.aweme_id, relink.topics)
-                if made:
-                    self._log.info("video_linked", aweme_id=relink.aweme_id, links=made)
-            if len(batch) < RELINK_BATCH:
-                break
-            after = batch[-1].aweme_id
-        if parked:  # come back when the first parked item is due
-            self._relink_due = True
-            self._relink_at = min(at for _, at in parked.values())
-
-    def _park_relink(self, aweme_id: str, exc: OSError, path: str) -> None:
-        failures = self._relink_parked.get(aweme_id, (0, 0.0))[0] + 1
-        config = self._config
-        delay = backoff_delay(failures, config.backoff_base, config.backoff_max, self._jitter())
-        if len(self._relink_parked) >= RELINK_PARKED_MAX:  # forget the one due soonest
-            soonest = min(self._relink_parked, key=lambda i: self._relink_parked[i][1])
-            del self._relink_parked[soonest]
-        self._relink_parked[aweme_id] = (failures, time.monotonic() + delay)
-        self._log.error(
-            "link_failed",
-            aweme_id=aweme_id,
-            error=describe_os_error(exc, self._publisher.media_dir / path),
-            failures=failures,
-            retry_in_s=round(delay, 3),
-        )
+        """One pass of service.relink over the done items that gained topics."""
+        await self._relinker.relink()

@@ -1,0 +1,154 @@
+"""`workers = N`, the pure parts: how many workers and their shares, the restart backoff, the
+channel's messages and framing, the config a worker is given, the node's snapshot; and the
+worker's outbox, which waits rather than grows or drops when the main process stops reading."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from ingestd.cli import _config, build_parser
+from ingestd.config import Config, config_document, config_from_document
+from ingestd.log import encode_event
+from ingestd.ops.live import InFlight, Snapshot, combine, counters_of, parse_snapshot
+from ingestd.ops.live import snapshot_document as document
+from ingestd.policy.workers import (
+    RESTART_CALM,
+    RESTART_DELAY_MAX,
+    RESTART_DELAY_MIN,
+    deaths_after,
+    host_shares,
+    owner_of,
+    restart_delay,
+    shares,
+    worker_count,
+)
+from ingestd.service import wire
+from ingestd.service.worker import Outbox
+from ingestd.service.workers import worker_config
+
+
+def test_the_workers_share_the_node_concurrency_and_never_get_nothing() -> None:
+    assert shares(8, 2) == [4, 4]
+    assert shares(10, 4) == [3, 3, 2, 2]  # the remainder goes to the first ones
+    assert sum(shares(1000, 7)) == 1000
+    assert shares(1, 3) == [1, 1, 1]  # a reload below the workers running: one each
+    assert host_shares(0, 3) == [0, 0, 0]  # no cap of its own stays none
+    assert host_shares(5, 2) == [3, 2]
+
+
+def test_no_more_workers_than_downloads() -> None:
+    assert worker_count(4, 8) == 4
+    assert worker_count(4, 2) == 2
+    assert worker_count(1, 8) == 1
+    assert worker_count(64, 1024) == 64
+
+
+def test_a_worker_claims_as_node_slash_k() -> None:
+    assert owner_of("edge-1", 2) == "edge-1/2"
+
+
+def test_restarts_back_off_and_a_calm_run_starts_the_count_over() -> None:
+    deaths, delays = 0, []
+    for _ in range(10):
+        deaths = deaths_after(deaths, 1.0)
+        delays.append(restart_delay(deaths))
+    assert delays[:4] == [RESTART_DELAY_MIN, 2 * RESTART_DELAY_MIN, 4 * RESTART_DELAY_MIN, 4.0]
+    assert delays[-1] == RESTART_DELAY_MAX and delays == sorted(delays)
+    assert deaths_after(deaths, RESTART_CALM) == 1
+    assert restart_delay(10**6) == RESTART_DELAY_MAX
+
+
+def test_messages_round_trip_one_line_each() -> None:
+    line = wire.encode("report", snapshot={"a": [1, None]}, n=3)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert wire.decode(line[:-1]) == {"t": "report", "snapshot": {"a": [1, None]}, "n": 3}
+    event = {"event": "download_completed", "path": "bad \udcff name", "bytes": 7}
+    line = wire.log_line(encode_event(event))[:-1]
+    assert wire.decode(line) == {"t": "log", "e": event}  # a lone surrogate survives, escaped
+    assert wire.logged(line) == encode_event(event)  # written as it came, not decoded
+    assert wire.logged(wire.encode("report", snapshot={})[:-1]) is None
+    assert wire.decode(b"not json") is None
+    assert wire.decode(b"[1, 2]") is None
+    assert wire.decode(b'{"no": "kind"}') is None
+
+
+def test_lines_are_cut_wherever_the_chunks_end() -> None:
+    lines = wire.Lines(limit=10)
+    assert lines.feed(b"ab") == []
+    assert lines.feed(b"c\nde\n\nf") == [b"abc", b"de", b""]
+    assert lines.feed(b"g\n") == [b"fg"]
+    lines.feed(b"0123456789")
+    with pytest.raises(wire.ChannelError):
+        lines.feed(b"x")
+
+
+def test_a_worker_gets_the_config_as_it_is_with_its_shares(tmp_path: Path) -> None:
+    config = Config(
+        data_dir=tmp_path / "data",
+        state_dir=tmp_path / "state",
+        concurrency=9,
+        per_host_concurrency=3,
+        allowed_hosts=("a.example", "*.b.example"),
+        log_file=None,
+        cookies_file=tmp_path / "cookies.txt",
+        workers=2,
+    )
+    assert config_from_document(config_document(config)) == config
+    first, second = (worker_config(config, k, 2) for k in (1, 2))
+    assert (first.concurrency, second.concurrency) == (5, 4)
+    assert (first.per_host_concurrency, second.per_host_concurrency) == (2, 1)
+    assert first.node_name == config.node_name and first.workers == 2
+
+
+def test_run_takes_workers_from_the_command_line(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["run", "--workers", "3", "--data-dir", str(tmp_path), "--state-dir", str(tmp_path)]
+    )
+    assert _config(args).workers == 3
+
+
+def test_the_node_snapshot_adds_up_its_workers() -> None:
+    one = Snapshot(
+        in_flight=2,
+        received=100,
+        completed=3,
+        bytes=90,
+        transfers=(InFlight("1", "cats", 0, 10, 50, 1.5), InFlight("2", "dogs", 5, 0, None, 0)),
+        pause=("disk_full", "/srv", 2.0),
+        hosts_down=("a:443",),
+    )
+    two = Snapshot(in_flight=1, received=7, failed=1, pause=("disk_full", "/srv", 5.0))
+    node = combine([counters_of(one), one, two])
+    assert (node.in_flight, node.received, node.completed, node.failed) == (3, 207, 6, 1)
+    assert node.pause == ("disk_full", "/srv", 5.0) and node.hosts_down == ("a:443",)
+    assert [t.aweme_id for t in node.transfers] == ["1", "2"]
+    assert combine([]) == Snapshot()
+    assert parse_snapshot(document(one)) == one
+    assert parse_snapshot({"in_flight": 1}) is None
+    assert parse_snapshot("nonsense") is None
+
+
+def test_the_outbox_waits_for_a_stalled_reader_and_loses_nothing() -> None:
+    ours, theirs = socket.socketpair()
+    for end, option in ((ours, socket.SO_SNDBUF), (theirs, socket.SO_RCVBUF)):
+        end.setsockopt(socket.SOL_SOCKET, option, 4096)
+    outbox = Outbox(ours, limit=8192)
+    lines = [b"%06d" % i + b"x" * 93 + b"\n" for i in range(3000)]  # 300 KB
+    producer = threading.Thread(target=lambda: [outbox.put(line) for line in lines])
+    producer.start()
+    producer.join(0.5)
+    assert producer.is_alive(), "the producer went on although nothing was read"
+    received = b""
+    theirs.settimeout(10)
+    while len(received) < sum(map(len, lines)):
+        received += theirs.recv(65536)
+    producer.join(10)
+    assert received == b"".join(lines)
+    outbox.close(1.0)
+    assert theirs.recv(10) == b""  # closed once written
+    theirs.close()
+    ours.close()
