@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(lister)
     lister.add_argument("--state", choices=STATES)
     lister.add_argument("--topic", help="raw topic or its folder name")
+    lister.add_argument(
+        "--node",
+        help="items a node has claimed (it or its workers) or whose file or .part it holds",
+    )
     shown = lister.add_mutually_exclusive_group()
     shown.add_argument(
         "--limit",
@@ -357,7 +361,8 @@ def _list(config: Config, args: argparse.Namespace) -> int:
             nonlocal shown, truncated
             # One more than asked for, to know whether there are more.
             ask = None if limit is None else limit + 1
-            for item in manifest.iter_items(args.state, args.topic, ask, full=args.json):
+            found = manifest.iter_items(args.state, args.topic, ask, full=args.json, node=args.node)
+            for item in found:
                 if shown == limit:
                     truncated = True
                     return
@@ -372,7 +377,8 @@ def _list(config: Config, args: argparse.Namespace) -> int:
             print(line)
         if not truncated:
             return shown, 0
-        return shown, max(manifest.count_items(args.state, args.topic) - shown, 1)
+        more = manifest.count_items(args.state, args.topic, node=args.node) - shown
+        return shown, max(more, 1)
 
     try:
         shown, more = _read(config, show)

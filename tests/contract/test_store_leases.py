@@ -291,3 +291,20 @@ def test_a_resume_point_is_given_only_to_the_node_holding_the_part(store: Manife
     store.release(["1"], now=7.0)
     (any_node,), _ = store.claim(now=8.0, start=1, hold=0, owner="edge-c", lease_until=10.0)
     assert any_node.durable == 500
+
+
+def test_items_are_listed_by_node(store: ManifestStore) -> None:
+    # `ingestd list --node`: what a node (or one of its workers) has claimed, and the items
+    # whose file or .part it holds.
+    store.merge([r(str(i)) for i in range(6)], "e.json", now=1.0)
+    a_started, a_held = store.claim(now=2.0, start=2, hold=1, owner="edge-a/1", lease_until=9.0)
+    (b_started,), _ = store.claim(now=2.0, start=1, hold=0, owner="edge-b", lease_until=9.0)
+    store.complete_many([completion(a_started[0].aweme_id, "edge-a/1")])
+    assert store.set_part(b_started.aweme_id, '"tag"', 100, 50, owner="edge-b")
+    mine = {a_started[0].aweme_id, a_started[1].aweme_id, a_held[0].aweme_id}
+    assert {i.aweme_id for i in store.list_items(node="edge-a")} == mine
+    assert store.count_items(node="edge-a") == 3
+    assert [i.aweme_id for i in store.list_items(node="edge-b")] == [b_started.aweme_id]
+    assert [i.aweme_id for i in store.list_items("done", node="edge-a")] == [a_started[0].aweme_id]
+    assert store.list_items(node="edge") == []  # a name, not a prefix
+    assert len(store.list_items()) == 6

@@ -592,6 +592,7 @@ class ManifestStore(Protocol):
         limit: int | None = 1000,
         *,
         full: bool = False,
+        node: str | None = None,
     ) -> list[ItemSummary]:
         """`iter_items` as a list."""
         ...
@@ -603,13 +604,17 @@ class ManifestStore(Protocol):
         limit: int | None = 1000,
         *,
         full: bool = False,
+        node: str | None = None,
     ) -> Iterator[ItemSummary]:
         """Items in `state`, with `topic` among their topics (raw, or as its folder name,
-        policy.naming.topic_folder), most recently updated first, at most `limit` (None: all);
+        policy.naming.topic_folder), of `node` (claimed by it or one of its workers, or whose
+        file or .part it holds), most recently updated first, at most `limit` (None: all);
         with `full`, their digest, path and raw record too. Streamed: memory stays bounded."""
         ...
 
-    def count_items(self, state: str | None = None, topic: str | None = None) -> int:
+    def count_items(
+        self, state: str | None = None, topic: str | None = None, *, node: str | None = None
+    ) -> int:
         """How many items `iter_items` would give without a limit."""
         ...
 
@@ -690,6 +695,7 @@ class DerivedMethods:
         limit: int | None = 1000,
         *,
         full: bool = False,
+        node: str | None = None,
     ) -> list[ItemSummary]:
         """Items for `ingestd list`, most recently updated first (see iter_items)."""
-        return list(self.iter_items(state, topic, limit, full=full))
+        return list(self.iter_items(state, topic, limit, full=full, node=node))

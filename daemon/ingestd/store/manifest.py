@@ -1119,12 +1119,13 @@ class Manifest(DerivedMethods):
         limit: int | None = 1000,
         *,
         full: bool = False,
+        node: str | None = None,
     ) -> Iterator[ItemSummary]:
         """Items, most recently updated first, at most `limit` (None: all); with `full`, their
         digest, path and raw record too. Streamed: the ids are sorted alone (no row of 1.3 KB
         in SQLite's sorter), and the rows read `_CHUNK` at a time, so listing every item of a
         large manifest holds a chunk in memory, not the manifest."""
-        where, args = self._item_filter(state, topic)
+        where, args = self._item_filter(state, topic, node)
         order = f"SELECT aweme_id FROM items{where} ORDER BY updated_at DESC"
         keys = self._conn.execute(
             order + (" LIMIT ?" if limit is not None else ""),
@@ -1144,13 +1145,17 @@ class Manifest(DerivedMethods):
                     r[0], tuple(json.loads(r[1])), r[2], r[3], r[4], r[5], r[6], r[7], *r[8:]
                 )
 
-    def count_items(self, state: str | None = None, topic: str | None = None) -> int:
+    def count_items(
+        self, state: str | None = None, topic: str | None = None, *, node: str | None = None
+    ) -> int:
         """How many items `iter_items` would give without a limit."""
-        where, args = self._item_filter(state, topic)
+        where, args = self._item_filter(state, topic, node)
         return int(self._conn.execute(f"SELECT count(*) FROM items{where}", args).fetchone()[0])
 
     @staticmethod
-    def _item_filter(state: str | None, topic: str | None) -> tuple[str, list[str]]:
+    def _item_filter(
+        state: str | None, topic: str | None, node: str | None = None
+    ) -> tuple[str, list[str]]:
         where, args = [], []
         if state is not None:
             where.append("state = ?")
@@ -1162,6 +1167,9 @@ class Manifest(DerivedMethods):
                 " WHERE t.value = ? OR topic_folder(t.value) = ?)"
             )
             args += [topic, topic]
+        if node is not None:  # claimed by the node or its workers, or its file or part there
+            where.append("(node = ? OR owner = ? OR substr(owner, 1, length(?) + 1) = ? || '/')")
+            args += [node, node, node, node]
         return (" WHERE " + " AND ".join(where) if where else ""), args
 
     def retry(

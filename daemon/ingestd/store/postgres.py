@@ -1187,12 +1187,13 @@ class PostgresManifest(DerivedMethods):
         limit: int | None = 1000,
         *,
         full: bool = False,
+        node: str | None = None,
     ) -> Iterator[ItemSummary]:
         """Items, most recently updated first, at most `limit` (None: all); with `full`, their
         digest, path and raw record too. Streamed: the ids are sorted alone, by the server, in
         a cursor WITH HOLD (no transaction stays open between two reads); the rows are read
         `_CHUNK` at a time."""
-        where, args = _item_filter(state, topic)
+        where, args = _item_filter(state, topic, node)
         query = f"SELECT aweme_id FROM items{where} ORDER BY updated_at DESC"
         if limit is not None:
             query += " LIMIT %s"
@@ -1217,9 +1218,11 @@ class PostgresManifest(DerivedMethods):
         except psycopg.Error as exc:
             raise self._error(exc) from exc
 
-    def count_items(self, state: str | None = None, topic: str | None = None) -> int:
+    def count_items(
+        self, state: str | None = None, topic: str | None = None, *, node: str | None = None
+    ) -> int:
         """How many items `iter_items` would give without a limit."""
-        where, args = _item_filter(state, topic)
+        where, args = _item_filter(state, topic, node)
         row = self._read_one(f"SELECT count(*) FROM items{where}", args)
         return 0 if row is None else int(row[0])
 
@@ -1456,7 +1459,9 @@ def _owned_by(owner: str | None) -> tuple[str, tuple[object, ...]]:
     return " AND (owner = %s OR starts_with(owner, %s))", (owner, owner + "/")
 
 
-def _item_filter(state: str | None, topic: str | None) -> tuple[str, list[object]]:
+def _item_filter(
+    state: str | None, topic: str | None, node: str | None = None
+) -> tuple[str, list[object]]:
     where: list[str] = []
     args: list[object] = []
     if state is not None:
@@ -1467,6 +1472,9 @@ def _item_filter(state: str | None, topic: str | None) -> tuple[str, list[object
         # name can be is sent as NULL, as PostgreSQL could not take it.
         where.append("(%s = ANY (topics) OR %s = ANY (folders))")
         args += [json.dumps(topic), topic if _storable(topic) else None]
+    if node is not None:  # claimed by the node or its workers, or its file or part there
+        where.append("(node = %s OR owner = %s OR starts_with(owner, %s))")
+        args += [node, node, node + "/"]
     return (" WHERE " + " AND ".join(where) if where else ""), args
 
 
