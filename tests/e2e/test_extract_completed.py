@@ -140,6 +140,7 @@ def test_urls_dead_at_merge_are_one_line_not_one_per_item(
     daemon.drop_atomic("extract_20261201T130000.json", records)
     merged = daemon.wait_for("extract_merged")
     assert (merged["new"], merged["expired"]) == (1_000, 1_000)
+    daemon.wait_for("extract_expired_items")  # logged right after extract_merged
     (summary,) = daemon.events("extract_expired_items")
     assert summary["level"] == "warning" and summary["count"] == 1_000
     assert summary["path"] == merged["path"] and summary["sha256"] == merged["sha256"]
