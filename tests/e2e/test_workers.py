@@ -16,13 +16,21 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from support.daemon import Daemon, by_id
+from support.daemon import Daemon, Event, by_id
 from support.extracts import make_record, new_id
 from support.origin import OriginServer, RequestRecord
 
 SIZE = 16 * 1024
 SLOW_SIZE = 512 * 1024
 SLOW = {"chunk": 32 * 1024, "delay": 0.1}  # 16 chunks: about 1.6 s a file
+
+
+def _each_completed_once(daemon: Daemon, names: dict[str, str]) -> dict[str, list[Event]]:
+    """The download_completed events by id: exactly one for each of `names`' ids."""
+    completed = by_id(daemon.events("download_completed"))
+    assert sorted(completed) == sorted(names)
+    assert all(len(events) == 1 for events in completed.values())
+    return completed
 
 
 def _records(
@@ -86,9 +94,7 @@ def test_two_workers_share_the_queue_each_item_once(
     assert len({e["pid"] for e in started} | {daemon.pid}) == 3
     daemon.drop_atomic("extract_20261201T090000.json", records)
     daemon.wait_for("extract_completed", timeout=60)
-    completed = by_id(daemon.events("download_completed"))
-    assert sorted(completed) == sorted(names)
-    assert all(len(events) == 1 for events in completed.values())
+    completed = _each_completed_once(daemon, names)
     assert {e[0]["worker"] for e in completed.values()} == {1, 2}, "both workers downloaded"
     for aweme_id, name in names.items():
         path = daemon.media_path("workers", aweme_id)
@@ -185,9 +191,7 @@ def test_workers_drain_the_queue_on_postgresql(
     daemon.start()
     daemon.drop_atomic("extract_20261201T120000.json", records)
     daemon.wait_for("extract_completed", timeout=60)
-    completed = by_id(daemon.events("download_completed"))
-    assert sorted(completed) == sorted(names)
-    assert all(len(events) == 1 for events in completed.values())
+    _each_completed_once(daemon, names)
     status = daemon.status_json()
     assert status["items"]["done"] == 60 and status["nodes"] == {}
     daemon.terminate()
@@ -229,9 +233,7 @@ def test_a_busy_manifest_makes_the_workers_wait_not_fail(
         time.sleep(2.0)  # the test's subject: how long the workers find it locked
         db.execute("COMMIT")
     daemon.wait_for("extract_completed", timeout=60)
-    completed = by_id(daemon.events("download_completed"))
-    assert sorted(completed) == sorted(names)
-    assert all(len(events) == 1 for events in completed.values())
+    _each_completed_once(daemon, names)
     for name in ("download_failed", "download_retry_scheduled", "manifest_error"):
         assert daemon.events(name) == [], name
     daemon.terminate()
