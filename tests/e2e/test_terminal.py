@@ -33,6 +33,8 @@ ITEMS = 4
 SIZE = 3_000_000
 PER_TRANSFER = 200_000  # bytes a second each; four at once
 TRUE_RATE = ITEMS * PER_TRANSFER
+RATE_SIZE = 1_800_000  # 9 s a file at PER_TRANSFER: the rate is read at 6 s, then a pause
+FAST_TRANSFER = 1_000_000  # 3 s a file of SIZE: long enough to see four in flight
 
 
 class Terminal:
@@ -108,14 +110,17 @@ def terminals(tmp_path: Path) -> Iterator[list[Terminal]]:
         terminal.close()
 
 
-def _records(origin: RawOrigin, prefix: str, count: int, paced: bool) -> list[dict[str, Any]]:
+def _records(
+    origin: RawOrigin, prefix: str, count: int, pace: int | None, size: int = SIZE
+) -> list[dict[str, Any]]:
+    """Records of files of `size`, each served at `pace` bytes a second (None: full speed)."""
     records = []
     rng = __import__("random").Random(prefix)
     for i in range(count):
         name = f"{prefix}-{i}"
-        if paced:
-            origin.script(name, [Reply(bytes_per_second=PER_TRANSFER)])
-        records.append(make_record(new_id(rng), origin.url(name, SIZE), prefix, SIZE))
+        if pace is not None:
+            origin.script(name, [Reply(bytes_per_second=pace)])
+        records.append(make_record(new_id(rng), origin.url(name, size), prefix, size))
     return records
 
 
@@ -150,7 +155,8 @@ def test_status_watch_shows_the_true_rate_the_bar_and_the_state(
             terminals.append(watch)
             watch.wait(lambda s: "ingestd running" in s, 15, "running state")
 
-            daemon.drop_atomic("extract_20261202T050000.json", _records(origin, "r", ITEMS, True))
+            records = _records(origin, "r", ITEMS, PER_TRANSFER, RATE_SIZE)
+            daemon.drop_atomic("extract_20261202T050000.json", records)
             daemon.wait_for_count("download_started", ITEMS, timeout=20)
             time.sleep(6.0)  # the subject: the rate the view shows after 5 s of paced transfer
             screen = watch.screen()
@@ -191,7 +197,7 @@ def test_run_on_a_terminal_keeps_one_summary_line_under_the_events(
             )
             terminals.append(run)
             run.wait(lambda s: "daemon_ready" in s, 20, "daemon_ready")
-            records = _records(origin, "t", ITEMS, True)
+            records = _records(origin, "t", ITEMS, FAST_TRANSFER)
             daemon.drop_atomic("extract_20261202T050100.json", records)
             screen = run.wait(lambda s: "4 in flight" in s, 20, "the summary line")
             lines = [line for line in screen.splitlines() if line.strip()]
