@@ -231,7 +231,9 @@ class Nginx:
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         ca = trustme.CA()
-        cert = ca.issue_cert("localhost", "127.0.0.1", wanemu.SERVER_IP)
+        # The network's own host too (nodes.py's origin address), once.
+        names = dict.fromkeys(("localhost", "127.0.0.1", wanemu.SERVER_IP, network.host))
+        cert = ca.issue_cert(*names)
         self.ca_path = root / "ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_path))
         self.cert_path = root / "cert.pem"
