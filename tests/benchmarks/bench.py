@@ -629,7 +629,11 @@ def bench_workloads(
     network: Network,
     ingestd_extra: dict[str, Any],
     baseline: Path | None = None,
+    variants: dict[str, dict[str, Any]] | None = None,
 ) -> list[Summary]:
+    """Every tool on every workload, `runs` times, alternating who goes first. `variants`:
+    more ingestd runs (tool name: config on top of `ingestd_extra`), of this checkout."""
+    variants = variants or {}
     ns = network.client_ns
     (scratch / "origin").mkdir(parents=True, exist_ok=True)
     origin = Nginx(scratch / "origin", network)
@@ -660,7 +664,7 @@ def bench_workloads(
                                 origin.ca_path,
                                 ns,
                                 timeout,
-                                ingestd_extra,
+                                {**ingestd_extra, **variants.get(tool, {})},
                                 network.host,
                                 source,
                                 tool,
@@ -713,12 +717,12 @@ def print_pairs(workload: str, runs: list[Run], baseline: list[Run]) -> None:
 def print_table(title: str, rows: list[Summary]) -> None:
     print(f"\n{title}")
     print(
-        f"{'wl':<3} {'tool':<8} {'wall s':>8} {'MB/s':>8} {'CPU s/GB':>9} {'RSS MiB':>8} "
+        f"{'wl':<3} {'tool':<18} {'wall s':>8} {'MB/s':>8} {'CPU s/GB':>9} {'RSS MiB':>8} "
         f"{'wall/curl':>9} {'cpu/curl':>9} {'fail':>5}"
     )
     for r in rows:
         print(
-            f"{r.workload:<3} {r.tool:<8} {r.wall_s:>8.3f} {r.mb_per_s:>8.1f} "
+            f"{r.workload:<3} {r.tool:<18} {r.wall_s:>8.3f} {r.mb_per_s:>8.1f} "
             f"{r.cpu_s_per_gb:>9.2f} {r.peak_rss_mib:>8.1f} "
             f"{r.wall_vs_curl if r.wall_vs_curl is not None else '-':>9} "
             f"{r.cpu_vs_curl if r.cpu_vs_curl is not None else '-':>9} {r.failures:>5}"
@@ -759,6 +763,14 @@ def main() -> int:
         metavar="KEY=JSON",
         help="extra ingestd config, e.g. --set concurrency=16",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="KEY=JSON[,KEY=JSON]",
+        help="also run ingestd with this config on top (a tool of its own, in the same"
+        " alternation), e.g. --variant workers=2",
+    )
     args = parser.parse_args()
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     ensure_tools(args.wan)
@@ -779,13 +791,23 @@ def main() -> int:
                 if not (baseline / "ingestd").is_dir():
                     parser.error(f"--baseline {args.baseline}: no daemon/ingestd there")
                 tools.append("baseline")
+            variants = {
+                f"ingestd[{spec}]": {
+                    k: json.loads(v) for k, v in (pair.split("=", 1) for pair in spec.split(","))
+                }
+                for spec in args.variant
+            }
+            tools += list(variants)
+            report["variants"] = variants
             if args.smoke:
                 workloads, runs = list(SMOKE.values()), 1
             else:
                 workloads, runs = [WORKLOADS[w] for w in args.workloads], args.runs
             context = wan_network(40, 0.5, 200) if args.wan else contextlib.nullcontext(LOOPBACK)
             with context as network:
-                rows = bench_workloads(workloads, runs, tools, scratch, network, extra, baseline)
+                rows = bench_workloads(
+                    workloads, runs, tools, scratch, network, extra, baseline, variants
+                )
             print_table(f"{network.title}; median of {runs}; {report['machine']['date']}", rows)
             report["network"] = network.title
             report["profile"] = "wan" if args.wan else "loopback"
