@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from ingestd.store.postgres import PostgresManifest
-from support.extracts import origin_records
+from support.extracts import make_record, new_id, origin_records
 from support.origin import OriginServer
 from support.postgres import PostgresCluster
 
@@ -69,6 +69,37 @@ def test_three_nodes_fetch_every_item_exactly_once(
         logged = {e["aweme_id"] for e in node.events("download_completed")}
         assert logged == {i for i, holder in done.items() if holder == name}
     assert len(set(done.values())) == 3, "a node did no work"
+
+
+def test_the_end_of_a_queue_goes_to_free_slots_not_held_ahead_by_one_node(
+    daemon_factory: Any, origin: OriginServer, prefix: str, postgres_url: str
+) -> None:
+    # Ten items of about a second each for two nodes of four slots: the first to claim
+    # starts four; were it to hold a whole round more ahead, the other would get two and
+    # idle while those four waited for the first one's slots.
+    rng = random.Random(6)
+    records = []
+    for _ in range(10):
+        aweme_id = new_id(rng)
+        url = origin.url(f"{prefix}-{aweme_id}", mode="slow", size=SIZE, delay=0.25)
+        records.append(make_record(aweme_id, url, "cats", SIZE))
+    nodes = [
+        daemon_factory(manifest_url=postgres_url, node_name=f"edge-{n}", concurrency=4)
+        for n in "ab"
+    ]
+    for node in nodes:
+        node.start()
+    nodes[0].drop_atomic("extract_tail.json", records)
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done = db.execute("SELECT node, count(*) FROM items WHERE state = 'done' GROUP BY node")
+            shares = dict(done.fetchall())
+            if sum(shares.values()) == len(records):
+                break
+            time.sleep(0.2)
+    assert sum(shares.values()) == len(records), shares
+    assert max(shares.values()) <= 6, shares
 
 
 def test_a_killed_nodes_items_are_finished_by_another_after_its_leases_lapse(

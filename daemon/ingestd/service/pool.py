@@ -56,6 +56,10 @@ PAUSE_RECHECK_MAX = 60.0  # cap on the backoff between checks of a paused media 
 # A pause that starts this soon after the last one ended goes on with its backoff.
 PAUSE_MEMORY = 600.0
 READY_ROUNDS = 4  # claimed items kept in memory, in rounds of `concurrency`
+# Of a round, the share claimed ahead (held) when other nodes or workers claim from the same
+# manifest: at the end of a queue, what one pool holds waits for its slots while the others
+# may idle (nodes.py, 3 nodes of 8 slots: 2.80x one node with a whole round held).
+SHARED_HOLD_SHARE = 0.25
 MARK_LAG = 1.0  # seconds a started held item may still read `pending` in status
 BOOKKEEPING_RETRY_MAX = 30.0  # cap on the backoff while the manifest refuses an outcome
 # Published files whose `done` may wait for the manifest before finished transfers wait too.
@@ -114,6 +118,13 @@ class _Pause:
     since: float
     checks: int = 0
     next_check: float = 0.0
+
+
+def hold_ahead(concurrency: int, *, shared: bool) -> int:
+    """Items a claim takes ahead of the free slots: a whole round when the manifest is this
+    pool's alone (a finishing transfer is replaced without a manifest round trip), a share of
+    one, at least one, when others claim from it too."""
+    return max(1, round(concurrency * SHARED_HOLD_SHARE)) if shared else concurrency
 
 
 class DownloadPool:
@@ -273,10 +284,11 @@ class DownloadPool:
                 and free > self._startable()
                 and len(self._ready) < READY_ROUNDS * concurrency
             ):
-                # Enough for the free slots (started at once), and held for the next
-                # `concurrency` to finish: a finishing transfer is replaced without a claim.
+                # Enough for the free slots (started at once), and held for the next to
+                # finish (hold_ahead): a finishing transfer is replaced without a claim.
                 start = free - self._startable()
-                started, held = await self._claim(start, concurrency)
+                shared = bool(self._config.manifest_url) or self._config.workers > 1
+                started, held = await self._claim(start, hold_ahead(concurrency, shared=shared))
                 self._ready.extend([(item, False, origin_of(item.url)) for item in started])
                 self._ready.extend([(item, True, origin_of(item.url)) for item in held])
                 claimed = bool(started or held)
