@@ -62,13 +62,22 @@ class Metrics:
             "ingestd_downloads_in_flight", "Transfers running now.", registry=self.registry
         )
         self._server: WSGIServer | None = None
+        # labels() builds a label tuple and takes a lock per call: one lookup per attempt
+        # here instead (a bounded set: outcomes x Reason values).
+        self._children: dict[tuple[str, Reason | None], tuple[Counter, Histogram]] = {}
 
     def attempt(
         self, outcome: str, seconds: float, size: int = 0, reason: Reason | None = None
     ) -> None:
         """Count one finished attempt; `reason`: why it did not produce a file."""
-        self.downloads.labels(outcome, "" if reason is None else reason.value).inc()
-        self.duration.labels(outcome).observe(seconds)
+        children = self._children.get((outcome, reason))
+        if children is None:
+            children = self._children[outcome, reason] = (
+                self.downloads.labels(outcome, "" if reason is None else reason.value),
+                self.duration.labels(outcome),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
         if size:
             self.bytes.inc(size)
 
