@@ -39,6 +39,7 @@ EVENTS: Final = frozenset(
         "metrics_failed",
         "extract_failed",
         "manifest_error",
+        "manifest_recovered",
         "lease_renewal_failed",
         "leases_renewed",
         "claims_lost",

@@ -19,6 +19,7 @@ from support.postgres import PostgresCluster
 
 ITEMS = 3000
 SIZE = 64 * 1024  # "slow": 16 KiB every 50 ms, so that a killed node has items in flight
+DB_OUTAGE_S = 30.0  # how long the database is down under a running node, as issue 12 asks
 FLEET_SIZE = 4 * 1024  # at full speed: 3,000 of them keep three nodes busy for seconds
 
 
@@ -151,31 +152,59 @@ def test_a_killed_nodes_items_are_finished_by_another_after_its_leases_lapse(
 def test_a_node_keeps_its_transfers_through_a_database_outage(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:
-    # A server of this test's own: stopping the session's would fail other tests.
-    records, names = origin_records(
-        origin, prefix, random.Random(5), 8, "cats", 4 * SIZE, mode="slow"
+    # Four transfers of about 15 s run into a 30 s outage and finish in it; four more items
+    # wait in the queue, to be claimed once the database is back.
+    long_size = 75 * SIZE  # "slow": 16 KiB every 50 ms, 15 s
+    long, long_names = origin_records(
+        origin, f"{prefix}l", random.Random(5), 4, "cats", long_size, mode="slow"
     )
+    short, short_names = origin_records(
+        origin, f"{prefix}s", random.Random(6), 4, "cats", SIZE, mode="slow"
+    )
+    sizes = {**dict.fromkeys(long_names, long_size), **dict.fromkeys(short_names, SIZE)}
+    names = {**long_names, **short_names}
+    # A server of this test's own: stopping the session's would fail other tests.
     with PostgresCluster() as cluster:
         url = cluster.new_database()
         node = daemon_factory(manifest_url=url, node_name="edge-a", concurrency=4)
         node.start()
-        node.drop_atomic("extract_outage.json", records)
+        node.drop_atomic("extract_outage_long.json", long)
         node.wait_for_count("download_started", 4, timeout=30)
+        node.drop_atomic("extract_outage_short.json", short)
+        node.wait_for_count("extract_merged", 2, timeout=30)
         cluster.halt()
+        down_at = time.monotonic()
         # Transfers go on; their `done` waits for the database, refused once, not per file.
         failed = node.wait_for("download_bookkeeping_failed", timeout=30)
-        time.sleep(1.0)  # a while without a database, to let more outcomes queue
+        node.wait_until(
+            lambda: all(node.media_path("cats", i).exists() for i in long_names),
+            "the long transfers published during the outage",
+            timeout=DB_OUTAGE_S,
+        )
+        time.sleep(max(0.0, down_at + DB_OUTAGE_S - time.monotonic()))  # the outage itself
+        assert node.events("download_completed") == [], "logged before `done` was written"
+        assert node.running, "the node went down with its database"
         cluster.resume()
-        node.wait_for_count("download_completed", len(records), timeout=60)
+        node.wait_for_count("download_completed", len(names), timeout=60)
         assert len(node.events("download_bookkeeping_failed")) == 1, failed
         assert not node.events("claims_at_risk") and not node.events("claims_lost")
+        # The outage is told once by each part that met it, not once per item or per retry.
+        for name in ("manifest_error", "checkpoint_failed", "lease_renewal_failed"):
+            assert len(node.events(name)) <= 1, node.events(name)
+        if node.events("manifest_error"):
+            node.wait_for("manifest_recovered", timeout=10)
+        store = PostgresManifest.open(url)
+        try:
+            assert store.counts().items.get("done") == len(names)
+            assert store.in_flight_by_owner() == {}, "left active or held"
+        finally:
+            store.close()
         node.terminate()
-    for record in records:
-        aweme_id = str(record["aweme_id"])
-        name = names[aweme_id]
-        assert node.media_path("cats", aweme_id).read_bytes() == origin.content(name, 4 * SIZE)
-        full = [r for r in origin.requests_for(name) if r.finished and r.status == 200]
-        assert len(full) == 1, f"{aweme_id} fetched {len(full)} times"
+    for aweme_id, name in names.items():
+        body = node.media_path("cats", aweme_id).read_bytes()
+        assert body == origin.content(name, sizes[aweme_id])
+        answers = [r for r in origin.requests_for(name) if r.status == 200]
+        assert len(answers) == 1, f"{aweme_id} fetched {len(answers)} times"
 
 
 def _seconds(event: dict[str, Any]) -> float:

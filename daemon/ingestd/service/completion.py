@@ -105,9 +105,10 @@ class ExtractCompletions:
             try:
                 await self.check()
             except ManifestError as exc:
-                self._log.error("manifest_error", error=str(exc), retry_in_s=RETRY_DELAY)
+                self._db.outage.failed(self._log, exc, RETRY_DELAY)
                 await asyncio.sleep(RETRY_DELAY)
                 continue
+            self._db.outage.answered(self._log)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CHECK_PERIOD):
                     await self._kick.wait()

@@ -455,8 +455,11 @@ class Daemon:
         last_bytes, last_time = parts.downloads.snapshot().bytes, time.monotonic()
         while True:
             await asyncio.sleep(STATUS_PERIOD)
-            counts = await parts.db.run(parts.db.manifest.counts)
-            oldest = await parts.db.run(parts.db.manifest.oldest_pending)
+            try:
+                counts = await parts.db.run(parts.db.manifest.counts)
+                oldest = await parts.db.run(parts.db.manifest.oldest_pending)
+            except ManifestError:  # the feeder reports an outage; the next round tries again
+                continue
             now, snapshot = time.monotonic(), parts.downloads.snapshot()
             rate = (snapshot.bytes - last_bytes) / max(now - last_time, 1e-6)
             last_bytes, last_time = snapshot.bytes, now
@@ -531,7 +534,10 @@ class Daemon:
         last_bytes, last_time = 0, time.monotonic()
         while True:
             await asyncio.sleep(self._config.progress_seconds)
-            counts = await parts.db.run(parts.db.manifest.counts)
+            try:
+                counts = await parts.db.run(parts.db.manifest.counts)
+            except ManifestError:  # the feeder reports an outage; the next round tries again
+                continue
             outstanding = counts.items["pending"] + counts.items["active"]
             now, snapshot = time.monotonic(), parts.downloads.snapshot()
             rate = (snapshot.bytes - last_bytes) / max(now - last_time, 1e-6)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Generic, ParamSpec, TypeVar
 
+from ingestd.log import Logger
 from ingestd.store.base import ManifestError, ManifestStore
 from ingestd.store.open import open_manifest
 
@@ -18,12 +20,33 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class Outage:
+    """A manifest outage, told once whoever meets it (the feeder, the relinker, the extract
+    completions each retry on their own) and its end once, by the first that gets through."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None  # monotonic; when manifest_error was logged
+
+    def failed(self, log: Logger, exc: ManifestError, retry_in_s: float) -> None:
+        """A manifest call failed; logs `manifest_error` unless this outage was told."""
+        if self._since is None:
+            self._since = time.monotonic()
+            log.error("manifest_error", error=str(exc), retry_in_s=retry_in_s)
+
+    def answered(self, log: Logger) -> None:
+        """A manifest call worked; logs `manifest_recovered` if an outage was told."""
+        if self._since is not None:
+            down, self._since = time.monotonic() - self._since, None
+            log.info("manifest_recovered", down_s=round(down, 1))
+
+
 class Db:
     """Async facade over a manifest store: `await db.run(db.manifest.method, args...)`."""
 
     def __init__(self, executor: ThreadPoolExecutor, manifest: ManifestStore) -> None:
         self._executor = executor
         self.manifest = manifest
+        self.outage = Outage()
 
     @classmethod
     async def open(cls, location: str | Path) -> Db:

@@ -261,7 +261,7 @@ class DownloadPool:
             try:
                 await self._feed()
             except ManifestError as exc:
-                self._log.error("manifest_error", error=str(exc), retry_in_s=IDLE_RECHECK)
+                self._db.outage.failed(self._log, exc, IDLE_RECHECK)
                 await self._wait(IDLE_RECHECK)
 
     async def _feed(self) -> None:
@@ -289,6 +289,7 @@ class DownloadPool:
                 start = free - self._startable()
                 shared = bool(self._config.manifest_url) or self._config.workers > 1
                 started, held = await self._claim(start, hold_ahead(concurrency, shared=shared))
+                self._db.outage.answered(self._log)
                 self._ready.extend([(item, False, origin_of(item.url)) for item in started])
                 self._ready.extend([(item, True, origin_of(item.url)) for item in held])
                 claimed = bool(started or held)
@@ -308,6 +309,7 @@ class DownloadPool:
             elif len(self._tasks) < self._config.concurrency:
                 skip = self._hosts.blocked(self._clock())
                 due = await self._db.run(self._db.manifest.next_due, skip)
+                self._db.outage.answered(self._log)
                 if due is not None:
                     timeout = min(max(due - self._clock(), 0.01), IDLE_RECHECK)
             if self._unmarked:

@@ -80,7 +80,7 @@ class Relinker:
             try:
                 await self.run_due()
             except ManifestError as exc:
-                self._log.error("manifest_error", error=str(exc), retry_in_s=RETRY_DELAY)
+                self._db.outage.failed(self._log, exc, RETRY_DELAY)
             timeout = max(self._at - time.monotonic(), 0.0) if self._due else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):

@@ -96,6 +96,9 @@ class Transfers:
         self._publisher = publisher
         self._clock = clock
         self.meter = Meter()
+        # A manifest that refuses resume points refuses them for every transfer: told once,
+        # until one is written again.
+        self.checkpoints_refused = False
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -295,8 +298,11 @@ class _Attempt:
             )
         except ManifestError as exc:  # the transfer goes on; a resume starts from what is known
             self._resumable = False
-            self._log.warning("checkpoint_failed", error=str(exc)[:200])
+            if not self._t.checkpoints_refused:
+                self._t.checkpoints_refused = True
+                self._log.warning("checkpoint_failed", error=str(exc)[:200])
             return False
+        self._t.checkpoints_refused = False
         if not written:  # the claim is another's now: the pool's lease pass stops this transfer
             self._resumable = False
             self._claim_lost = True

@@ -715,7 +715,7 @@ class PostgresManifest(DerivedMethods):
                     while not stop.is_set():
                         for _ in conn.notifies(timeout=LISTEN_POLL, stop_after=1):
                             on_change()
-            except psycopg.Error:
+            except (psycopg.Error, ManifestError):  # the latter: _connect's, translated
                 failures += 1
                 stop.wait(min(2.0**failures, LISTEN_RETRY_MAX))
 
