@@ -18,7 +18,7 @@ from ingestd.net.fetch import Fetcher, HttpSettings
 from ingestd.policy.extract import Record
 from ingestd.service.db import Db
 from ingestd.service.publish import Publisher
-from ingestd.service.transfer import Failure, Published, Transfers
+from ingestd.service.transfer import MAX_RECYCLED, Failure, Published, Transfers
 from ingestd.store.base import Item
 from support.goaway_origin import GoawayOrigin
 from support.origin import content
@@ -58,3 +58,32 @@ async def test_a_recycled_connection_costs_no_attempt(tmp_path: Path, client: st
         published = config.media_dir / "cats" / f"{ids[name]}.mp4"
         assert published.read_bytes() == content(name, SIZE), name
     assert origin.goaways >= 5
+
+
+@pytest.mark.parametrize("client", ["builtin", "h2"])
+async def test_a_host_that_recycles_every_connection_at_once_is_asked_a_bounded_number_of_times(
+    tmp_path: Path, client: str
+) -> None:
+    """Asking again at once is for a connection recycled now and then: a host that answers
+    every request with a GOAWAY taking none gets at most MAX_RECYCLED more in an attempt (each
+    client may also send a refused stream once more itself), then a failure that the item's
+    retry and the host's health deal with."""
+    async with GoawayOrigin(tmp_path, max_requests=0) as origin:
+        config = Config(data_dir=tmp_path, state_dir=tmp_path, allowed_hosts=("localhost",))
+        settings = HttpSettings(
+            True, 10.0, "t", "https://r/", origin.ca_path, 8, ("localhost",), http2_client=client
+        )
+        db = await Db.open(tmp_path / "manifest.sqlite3")
+        fetcher = Fetcher(settings)
+        try:
+            record = Record("7100000000000000999", origin.url("refused", SIZE), "cats", "{}")
+            await db.run(db.manifest.merge, [record], "e.json", time.time())
+            [item] = await db.run(db.manifest.claim_due, time.time(), 1)
+            transfers = Transfers(config, db, fetcher, Publisher(config.media_dir))
+            outcome = await asyncio.wait_for(transfers.attempt(item, structlog.get_logger()), 60)
+        finally:
+            await fetcher.aclose()
+            await db.close()
+    assert isinstance(outcome, Failure), outcome
+    assert 1 <= origin.requests <= 2 * (1 + MAX_RECYCLED), origin.requests
+    assert MAX_RECYCLED <= 4  # what the bound above means: a few, not MAX_RANGE_REQUESTS

@@ -61,6 +61,15 @@ class _Connection(asyncio.Protocol):
     def _request(self, stream_id: int, headers: dict[str, str]) -> None:
         if self._goaway_sent:
             return  # above the GOAWAY's last stream id: never processed, never answered
+        self._origin.requests += 1
+        if self._origin.max_requests == 0:  # a host that takes nothing: GOAWAY, then close
+            assert self._transport is not None
+            self._flush()
+            self._transport.write(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + bytes(8))
+            self._goaway_sent = True
+            self._origin.goaways += 1
+            self._transport.close()
+            return
         self._accepted += 1
         name, _, size = headers[":path"].lstrip("/").partition("?size=")
         body = content(name, int(size))
@@ -106,7 +115,9 @@ class GoawayOrigin:
     after `max_requests` accepted streams."""
 
     def __init__(self, workdir: Path, max_requests: int) -> None:
+        """`max_requests` 0: every request gets a GOAWAY that takes none, and the close."""
         self.max_requests = max_requests
+        self.requests = 0  # received, answered or not
         self.served: collections.Counter[str] = collections.Counter()
         self.connections = 0
         self.goaways = 0

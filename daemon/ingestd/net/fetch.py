@@ -303,6 +303,11 @@ def _translate(exc: BaseException, *, in_body: bool) -> FetchFailed:
         return FetchFailed(Reason.UNSAFE_URL, _describe(exc))
     if _graceful_goaway(exc):
         return FetchFailed(Reason.CONNECTION_ERROR, _describe(exc), goaway=True)
+    if isinstance(exc, _LOST_CONNECTION):
+        # httpcore met the end of a connection the server closed after its GOAWAY before it
+        # read the GOAWAY (writing a request or a WINDOW_UPDATE, or reading): recycled like
+        # the above, and what came is kept. A host that keeps doing it: MAX_RECYCLED.
+        return FetchFailed(Reason.CONNECTION_ERROR, _describe(exc), goaway=True)
     if in_body and isinstance(exc, _CUT_SHORT):
         return FetchFailed(Reason.TRUNCATED, _describe(exc))
     return FetchFailed(Reason.CONNECTION_ERROR, _describe(exc))
@@ -331,6 +336,7 @@ _UNREACHABLE = (
     httpcore.ConnectTimeout,
 )
 _TIMEOUTS = (http2.StreamTimedOut, httpx.TimeoutException, httpcore.TimeoutException)
+_LOST_CONNECTION = (httpx.WriteError, httpx.ReadError, httpcore.WriteError, httpcore.ReadError)
 # A body that ended before its end: an HTTP/2 stream reset or lost, an HTTP/1.1 framing error
 # (an HTTP/2 body shorter than its content-length raises h2's InvalidBodyLengthError).
 _CUT_SHORT = (

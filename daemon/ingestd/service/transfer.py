@@ -56,6 +56,9 @@ CHECKPOINT_BYTES = 8 * 1024 * 1024
 CHECKPOINT_SECONDS = 2.0
 # Range requests one attempt may make while a CDN caps its replies (each must make progress).
 MAX_RANGE_REQUESTS = 64
+# Requests in a row one attempt may send again at once because their connection was recycled
+# (a GOAWAY, or closed under them before an answer): more is a host that keeps doing it.
+MAX_RECYCLED = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +194,7 @@ class _Attempt:
 
     async def run(self) -> Published | Failure:
         item, part = self._item, self._part
+        recycled = 0
         for hop in range(MAX_RANGE_REQUESTS):
             offset = part.size
             headers = resume_headers(offset, self._validator)
@@ -210,9 +214,11 @@ class _Attempt:
                 async with self._t._fetcher.get(item.url, headers) as response:
                     outcome = await self._answer(response, offset)
             except FetchFailed as exc:
-                if not exc.goaway:
+                recycled += 1
+                if not exc.goaway or recycled > MAX_RECYCLED:
                     raise
                 continue  # the server recycled its connection: what came is kept, ask again
+            recycled = 0
             if isinstance(outcome, _Whole):  # published with the stream already given back
                 return await self._publish(outcome.tail, offset)
             if outcome is not None:
