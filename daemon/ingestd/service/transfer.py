@@ -57,7 +57,8 @@ CHECKPOINT_SECONDS = 2.0
 # Range requests one attempt may make while a CDN caps its replies (each must make progress).
 MAX_RANGE_REQUESTS = 64
 # Requests in a row one attempt may send again at once because their connection was recycled
-# (a GOAWAY, or closed under them before an answer): more is a host that keeps doing it.
+# (a GOAWAY, or closed under them by one httpcore had not read yet): more is a host that keeps
+# doing it, and ends the attempt.
 MAX_RECYCLED = 3
 
 
