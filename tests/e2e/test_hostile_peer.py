@@ -27,7 +27,7 @@ from support.flood_origin import FLOOD_KINDS, FloodOrigin
 from support.origin import OriginServer
 
 TOPIC = "hostile peer"
-FLOOD_SECONDS = 2.5
+FLOOD_SECONDS = 2.0
 FLOOD_ITEMS = 3
 GOOD_ITEMS = 10
 GOOD_SIZE = 256 * 1024

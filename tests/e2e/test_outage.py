@@ -18,8 +18,8 @@ from support.raw_origin import RawOrigin, Reply
 
 ITEMS = 500
 SIZE = 24 * 1024
-REFUSED_S = 10.0  # each phase spans several cooldowns (0.2 s doubling to host_backoff_max)
-BLACKHOLE_S = 10.0
+REFUSED_S = 8.0  # each phase spans several cooldowns (0.2 s doubling to host_backoff_max)
+BLACKHOLE_S = 8.0
 HOST_BACKOFF_MAX = 4.0
 TIMEOUT = 2.0
 
