@@ -572,7 +572,7 @@ def run_ingestd(
                     "--threads",
                     *PROFILE_GIL,
                     "-o",
-                    PROFILE_TO,
+                    f"{PROFILE_TO}.{tool}.{pid}",  # one file a run: ingestd and baseline apart
                     "-p",
                     str(pid),
                 ],

@@ -625,3 +625,51 @@ def test_small_data_frames_of_an_honest_server_are_not_a_flood() -> None:
         events = w.feed(frame)
         assert not any(isinstance(e, ConnectionTerminated) for e in events), events
         w.conn.acknowledge(sid, 512)
+
+
+def _feed_zero_copy(conn: Connection, wire: bytes, read: int) -> tuple[list[Event], set[int]]:
+    """`wire` through receive_buffer/received in reads of `read` bytes, as the asyncio protocol
+    feeds it; also the ids of the receive buffers used."""
+    events: list[Event] = []
+    buffers: set[int] = set()
+    view = memoryview(wire)
+    while view:
+        target = conn.receive_buffer()
+        buffers.add(id(target.obj))
+        n = min(len(target), len(view), read)
+        target[:n] = view[:n]
+        del target  # as asyncio's read does: no view of ours outlives the read
+        events += conn.received(n)
+        view = view[n:]
+    return events, buffers
+
+
+def _frames_of(sid: int, first: int, count: int) -> bytes:
+    """`count` full DATA frames, frame i filled with the byte i % 251."""
+    return b"".join(data(sid, bytes([(first + i) % 251]) * FRAME) for i in range(count))
+
+
+def test_released_receive_buffers_are_reused_and_held_chunks_never_rewritten() -> None:
+    w = Wire({})
+    sid = w.open()
+    w.feed(w.headers(sid, OK))
+    per_buffer = READ_CHUNK // (FRAME + 9)
+    held_events, _ = _feed_zero_copy(w.conn, _frames_of(sid, 0, per_buffer), 60_000)
+    held = [bytes(c) for e in held_events if isinstance(e, DataReceived) for c in e.chunks]
+    views = [c for e in held_events if isinstance(e, DataReceived) for c in e.chunks]
+    w.conn.acknowledge(sid, sum(map(len, held)))  # acknowledged, but the views are kept
+    first = per_buffer
+    used: set[int] = set()
+    for _ in range(24):  # 24 buffers' worth, each released as soon as it is delivered
+        events, buffers = _feed_zero_copy(w.conn, _frames_of(sid, first, per_buffer), 60_000)
+        got = [c for e in events if isinstance(e, DataReceived) for c in e.chunks]
+        assert [bytes(c[:1]) for c in got] == [
+            bytes([(first + i) % 251]) for i in range(per_buffer)
+        ]
+        w.conn.acknowledge(sid, sum(map(len, got)))
+        used |= buffers
+        first += per_buffer
+        del events, got
+    assert [bytes(v) for v in views] == held, "a buffer that views still hold was reused"
+    # Without reuse each of the 24 rounds takes one or two new buffers.
+    assert len(used) <= 4, f"{len(used)} receive buffers for 24 rounds"
