@@ -50,11 +50,20 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OriginServer]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    # Modules that set BOTH_HTTP2_CLIENTS run each test on ours and on httpx's HTTP/2 stack.
-    if "http2_client" in metafunc.fixturenames and getattr(
-        metafunc.module, "BOTH_HTTP2_CLIENTS", False
-    ):
-        metafunc.parametrize("http2_client", ["builtin", "h2"], indirect=True)
+    # Modules that set BOTH_HTTP2_CLIENTS run each test on ours and on httpx's HTTP/2 stack
+    # (but those marked `builtin_only`); tests marked `also_workers` run once more with
+    # `workers = 2` (on ours).
+    if "http2_client" not in metafunc.fixturenames:
+        return
+    runs = [("builtin", 1)]
+    marked = metafunc.definition.get_closest_marker
+    if getattr(metafunc.module, "BOTH_HTTP2_CLIENTS", False) and marked("builtin_only") is None:
+        runs.append(("h2", 1))
+    if marked("also_workers") is not None:
+        runs.append(("builtin", 2))
+    if len(runs) > 1:
+        ids = [client if workers == 1 else f"{client}-workers{workers}" for client, workers in runs]
+        metafunc.parametrize(("http2_client", "workers"), runs, indirect=True, ids=ids)
 
 
 @pytest.fixture
@@ -64,8 +73,18 @@ def http2_client(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def workers(request: pytest.FixtureRequest) -> int:
+    """The `workers` the daemons of a test run (see pytest_generate_tests)."""
+    return int(getattr(request, "param", 1))
+
+
+@pytest.fixture
 def daemon_factory(
-    tmp_path: Path, origin: OriginServer, ingestd_available: None, http2_client: str
+    tmp_path: Path,
+    origin: OriginServer,
+    ingestd_available: None,
+    http2_client: str,
+    workers: int,
 ) -> Iterator[DaemonFactory]:
     """``daemon_factory(**config_overrides)`` -> a configured, not yet started ``Daemon``."""
     made: list[Daemon] = []
@@ -73,6 +92,8 @@ def daemon_factory(
     def factory(**config: Any) -> Daemon:
         config.setdefault("ca_bundle", origin.ca_pem_path)
         config.setdefault("http2_client", http2_client)
+        if workers != 1:
+            config.setdefault("workers", workers)
         daemon = Daemon(tmp_path / f"ingestd{len(made)}", **config)
         made.append(daemon)
         return daemon

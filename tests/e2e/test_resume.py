@@ -8,6 +8,8 @@ import sqlite3
 import time
 from typing import Any
 
+import pytest
+
 from ingestd.store.manifest import Manifest
 from support.daemon import Daemon, by_id
 from support.extracts import Item, make_record, new_id
@@ -112,6 +114,7 @@ def _assert_resumed_and_intact(
     assert daemon.log_lines_containing("signature=") == []
 
 
+@pytest.mark.also_workers
 def test_sigkill_mid_download_then_restart_resumes(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:
@@ -134,6 +137,7 @@ def test_sigkill_mid_download_then_restart_resumes(
     daemon.terminate()
 
 
+@pytest.mark.builtin_only  # its subject is the claims, not HTTP
 def test_a_crash_charges_the_running_item_not_those_claimed_ahead(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:
@@ -146,6 +150,7 @@ def test_a_crash_charges_the_running_item_not_those_claimed_ahead(
     daemon.terminate()
 
 
+@pytest.mark.also_workers
 def test_power_loss_after_sigkill_never_publishes_bytes_that_were_not_durable(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:
@@ -185,6 +190,7 @@ def test_power_loss_after_sigkill_never_publishes_bytes_that_were_not_durable(
     daemon.terminate()
 
 
+@pytest.mark.also_workers
 def test_sigterm_exits_promptly_and_restart_resumes(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:
@@ -224,6 +230,7 @@ def _one_running_one_claimed_ahead(
     return daemon, items
 
 
+@pytest.mark.builtin_only  # its subject is the claims, not HTTP
 def test_a_clean_stop_hands_back_running_and_claimed_ahead_items(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:
@@ -241,6 +248,7 @@ def test_a_clean_stop_hands_back_running_and_claimed_ahead_items(
     assert [(r["state"], r["attempts"]) for r in rows if r] == [("pending", 0)] * 4, rows
 
 
+@pytest.mark.builtin_only  # its subject is the claims, not HTTP
 def test_pausing_for_disk_space_hands_back_items_claimed_ahead(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:
@@ -263,6 +271,7 @@ def test_pausing_for_disk_space_hands_back_items_claimed_ahead(
     daemon.terminate()
 
 
+@pytest.mark.builtin_only  # its subject is the claims, not HTTP
 def test_a_manifest_that_refuses_an_outcome_for_a_while_never_strands_the_item(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -79,6 +80,22 @@ def topic_dir(topic: str) -> str:
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+WORKERS_GONE_S = 10.0  # how long a worker may outlive its killed main process
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Wait for process `pid` (not a child of ours) to end, on its pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        assert ready, f"process {pid} still runs after {timeout} s"
+    finally:
+        os.close(fd)
 
 
 class Daemon:
@@ -234,11 +251,14 @@ class Daemon:
         write_toml(self.config_path, self.config)
 
     def kill(self) -> None:
-        """SIGKILL: no chance to clean up."""
+        """SIGKILL: no chance to clean up. Returns once its worker processes (`workers`) are
+        gone too: they stop by themselves when the main process dies."""
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait(10)
         self._join_readers()
+        for event in self.events("worker_started"):
+            _wait_gone(int(event["pid"]), WORKERS_GONE_S)
 
     def cleanup(self) -> None:
         """Fixture teardown: stop whatever still runs, without asserting anything."""

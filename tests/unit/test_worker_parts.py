@@ -27,6 +27,7 @@ from ingestd.policy.workers import (
     worker_count,
 )
 from ingestd.service import wire
+from ingestd.service.pool import hold_ahead
 from ingestd.service.worker import Outbox
 from ingestd.service.workers import worker_config
 
@@ -152,3 +153,9 @@ def test_the_outbox_waits_for_a_stalled_reader_and_loses_nothing() -> None:
     assert theirs.recv(10) == b""  # closed once written
     theirs.close()
     ours.close()
+
+
+def test_a_shared_manifest_is_claimed_a_quarter_round_ahead_and_small_pools_hold_none() -> None:
+    assert [hold_ahead(n, shared=False) for n in (1, 2, 8)] == [1, 2, 8]
+    # Two workers of 2 slots on a 3-item queue: one holding the third left the other idle.
+    assert [hold_ahead(n, shared=True) for n in (1, 2, 3, 4, 8, 16)] == [0, 0, 0, 1, 2, 4]

@@ -57,8 +57,9 @@ PAUSE_RECHECK_MAX = 60.0  # cap on the backoff between checks of a paused media 
 PAUSE_MEMORY = 600.0
 READY_ROUNDS = 4  # claimed items kept in memory, in rounds of `concurrency`
 # Of a round, the share claimed ahead (held) when other nodes or workers claim from the same
-# manifest: at the end of a queue, what one pool holds waits for its slots while the others
-# may idle (nodes.py, 3 nodes of 8 slots: 2.80x one node with a whole round held).
+# manifest, rounded down: at the end of a queue, what one pool holds waits for its slots while
+# the others may idle (nodes.py, 3 nodes of 8 slots: 2.80x one node with a whole round held; a
+# worker of 2 slots holding one left the other worker idle on a 3-item queue).
 SHARED_HOLD_SHARE = 0.25
 MARK_LAG = 1.0  # seconds a started held item may still read `pending` in status
 BOOKKEEPING_RETRY_MAX = 30.0  # cap on the backoff while the manifest refuses an outcome
@@ -123,8 +124,8 @@ class _Pause:
 def hold_ahead(concurrency: int, *, shared: bool) -> int:
     """Items a claim takes ahead of the free slots: a whole round when the manifest is this
     pool's alone (a finishing transfer is replaced without a manifest round trip), a share of
-    one, at least one, when others claim from it too."""
-    return max(1, round(concurrency * SHARED_HOLD_SHARE)) if shared else concurrency
+    one when others claim from it too (none for a pool of fewer than 4 slots)."""
+    return int(concurrency * SHARED_HOLD_SHARE) if shared else concurrency
 
 
 class DownloadPool:
