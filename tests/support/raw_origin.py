@@ -659,6 +659,11 @@ class RawOrigin(LoopServer):
         with self._cond:
             self._scripts.setdefault(name, collections.deque()).extend(replies)
 
+    def unscript(self) -> None:
+        """Drop the scripted replies not used yet: every name gets the default again."""
+        with self._cond:
+            self._scripts.clear()
+
     def requests(self) -> list[RequestRecord]:
         """Snapshots of every recorded request (not /healthz), in arrival order."""
         with self._cond:
