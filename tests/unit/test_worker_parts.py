@@ -4,6 +4,7 @@ worker's outbox, which waits rather than grows or drops when the main process st
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from pathlib import Path
@@ -28,6 +29,7 @@ from ingestd.policy.workers import (
 )
 from ingestd.service import wire
 from ingestd.service.pool import hold_ahead
+from ingestd.service.tasks import until_stopped
 from ingestd.service.worker import Outbox
 from ingestd.service.workers import worker_config
 
@@ -159,3 +161,18 @@ def test_a_shared_manifest_is_claimed_a_quarter_round_ahead_and_small_pools_hold
     assert [hold_ahead(n, shared=False) for n in (1, 2, 8)] == [1, 2, 8]
     # Two workers of 2 slots on a 3-item queue: one holding the third left the other idle.
     assert [hold_ahead(n, shared=True) for n in (1, 2, 3, 4, 8, 16)] == [0, 0, 0, 1, 2, 4]
+
+
+async def test_until_stopped_names_the_task_that_crashed_and_not_a_stop() -> None:
+    stop = asyncio.Event()
+
+    async def crash() -> None:
+        raise ValueError("boom")
+
+    idle = asyncio.create_task(asyncio.Event().wait(), name="idle")
+    crashed = await until_stopped(stop, [idle, asyncio.create_task(crash(), name="feeder")])
+    assert [(name, repr(error)) for name, error in crashed] == [("feeder", "ValueError('boom')")]
+    asyncio.get_running_loop().call_soon(stop.set)
+    assert await until_stopped(stop, [idle]) == []
+    assert not idle.done()  # a stop ends the wait, not the tasks
+    idle.cancel()

@@ -39,6 +39,7 @@ from ingestd.service.ingest import Ingestor
 from ingestd.service.pool import DownloadPool
 from ingestd.service.publish import Publisher
 from ingestd.service.relink import Relinker
+from ingestd.service.tasks import until_stopped
 from ingestd.service.workers import Workers
 from ingestd.store.base import ManifestError
 
@@ -358,19 +359,10 @@ class Daemon:
         return _Parts(db, downloads, ingest, completions)
 
     async def _until_stopped(self, tasks: list[asyncio.Task[None]]) -> int:
-        stopper = asyncio.create_task(self._stop.wait())
-        try:
-            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        code = 0
-        for task in done:
-            if task is stopper or task.cancelled() or task.exception() is None:
-                continue
-            error = repr(task.exception())
-            self._log.critical("daemon_failed", reason=f"{task.get_name()}_crashed", error=error)
-            code = 1
-        return code
+        crashed = await until_stopped(self._stop, tasks)
+        for name, error in crashed:
+            self._log.critical("daemon_failed", reason=f"{name}_crashed", error=repr(error))
+        return 1 if crashed else 0
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]], parts: _Parts) -> None:
         parts.downloads.request_stop()  # workers stop while this process does

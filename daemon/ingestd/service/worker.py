@@ -34,6 +34,7 @@ from ingestd.service import wire
 from ingestd.service.completion import ORDER_WAIT, EventOrder
 from ingestd.service.db import Db
 from ingestd.service.pool import DownloadPool
+from ingestd.service.tasks import until_stopped
 from ingestd.store.base import ManifestError
 
 REPORT_PERIOD = 1.0  # seconds between two snapshots sent to the main process
@@ -212,16 +213,11 @@ class Worker:
         return code
 
     async def _until_stopped(self, tasks: list[asyncio.Task[None]]) -> int:
-        stopper = asyncio.create_task(self._stop.wait())
-        try:
-            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        for task in done:
-            if task is not stopper and not task.cancelled() and task.exception() is not None:
-                self._fatal(f"{task.get_name()} crashed: {task.exception()!r}")
-                return 1
-        return 0
+        crashed = await until_stopped(self._stop, tasks)
+        if crashed:
+            name, error = crashed[0]
+            self._fatal(f"{name} crashed: {error!r}")
+        return 1 if crashed else 0
 
     def _fatal(self, error: str) -> None:
         self._outbox.put(wire.encode("fatal", error=error[:500]))
