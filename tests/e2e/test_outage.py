@@ -113,5 +113,46 @@ def test_an_outage_fails_nothing_and_is_reported_once(
             daemon.cleanup()
 
 
+def test_with_workers_the_node_reports_an_outage_once(
+    tmp_path: Any, ingestd_available: None
+) -> None:
+    """Each worker finds the host down on its own; the node logs it down once and back once."""
+    with RawOrigin(tmp_path / "origin") as origin:
+        rng = random.Random("workers outage")
+        ids = [new_id(rng) for _ in range(40)]
+        names = {aweme_id: f"workers-outage-{i}" for i, aweme_id in enumerate(ids)}
+        records = [make_record(a, origin.url(names[a], SIZE), "outage", SIZE) for a in ids]
+        daemon = Daemon(
+            tmp_path / "daemon",
+            ca_bundle=origin.ca_pem_path,
+            concurrency=4,
+            workers=2,
+            timeout=TIMEOUT,
+            backoff_base=0.2,
+            backoff_max=2.0,
+            host_backoff_max=1.0,
+        )
+        try:
+            for name in names.values():  # slow first answers: each worker has some in flight
+                origin.script(name, [Reply(bytes_per_second=SIZE)])
+            daemon.start()
+            daemon.drop_atomic("extract_20261201T140000.json", records)
+            daemon.wait_for_count("download_started", 4, timeout=15)
+            starts = daemon.events("download_started")
+            assert {e["worker"] for e in starts} == {1, 2}, starts
+            origin.refuse()  # drops what is in flight on both workers: each finds it down
+            time.sleep(3.0)  # the outage itself: the test's subject, not a readiness wait
+            origin.unscript()
+            origin.restore()
+            daemon.wait_for_count("download_completed", len(ids), timeout=60)
+            down = daemon.events("host_unavailable")
+            up = daemon.events("host_recovered")
+            assert len(down) == 1 and len(up) == 1, (down, up)
+            assert event_time(up[0]) >= event_time(down[0])
+            assert daemon.events("download_failed") == []
+        finally:
+            daemon.cleanup()
+
+
 def _starts_between(daemon: Daemon, start: float, end: float) -> int:
     return len([e for e in daemon.events("download_started") if start <= event_time(e) <= end])

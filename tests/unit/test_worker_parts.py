@@ -20,6 +20,7 @@ from ingestd.policy.workers import (
     RESTART_CALM,
     RESTART_DELAY_MAX,
     RESTART_DELAY_MIN,
+    HostsDown,
     deaths_after,
     host_shares,
     owner_of,
@@ -176,3 +177,29 @@ async def test_until_stopped_names_the_task_that_crashed_and_not_a_stop() -> Non
     assert await until_stopped(stop, [idle]) == []
     assert not idle.done()  # a stop ends the wait, not the tasks
     idle.cancel()
+
+
+def test_the_node_logs_a_host_down_once_and_back_when_its_last_worker_has_it_back() -> None:
+    hosts = HostsDown()
+    a, b = "cdn-a.example:443", "cdn-b.example:443"
+    assert hosts.admit(1, "host_unavailable", a)  # the first worker to find it down
+    assert not hosts.admit(2, "host_unavailable", a)  # the node said so already
+    assert hosts.admit(2, "host_unavailable", b)  # another host is news
+    assert not hosts.admit(1, "host_recovered", a)  # worker 2 still has it down
+    assert hosts.admit(2, "host_recovered", a)  # the last one: the node has it back
+    assert hosts.admit(2, "host_recovered", b)
+    assert hosts.admit(1, "host_unavailable", a)  # a new outage
+    assert hosts.admit(1, "download_completed", a)  # other events pass
+
+
+def test_a_worker_that_dies_with_a_host_down_leaves_the_others_to_report_it_back() -> None:
+    hosts = HostsDown()
+    host = "cdn.example:443"
+    assert hosts.admit(1, "host_unavailable", host)
+    assert not hosts.admit(2, "host_unavailable", host)
+    hosts.forget(1)  # worker 1 died; its successor knows nothing of the outage
+    assert not hosts.admit(3, "host_unavailable", host)  # worker 2 still has it down
+    assert not hosts.admit(2, "host_recovered", host)
+    assert hosts.admit(3, "host_recovered", host)
+    hosts.forget(2)
+    assert hosts.admit(2, "host_unavailable", host)

@@ -6,7 +6,9 @@ spread over the first ones. A worker never gets a share of 0, so a node runs no 
 than `concurrency`, and a reload that lowers `concurrency` below the number running leaves each
 worker one download. A worker that dies is started again after RESTART_DELAY_MIN seconds,
 doubling with each death that follows within RESTART_CALM seconds of its start, up to
-RESTART_DELAY_MAX; one that ran calmly for that long starts the count over.
+RESTART_DELAY_MAX; one that ran calmly for that long starts the count over. Each worker finds a
+host down on its own; the node logs one host_unavailable when the first finds it down and one
+host_recovered when the last has it back (HostsDown).
 """
 
 from __future__ import annotations
@@ -48,3 +50,37 @@ def deaths_after(previous: int, lived_s: float) -> int:
 def restart_delay(deaths: int) -> float:
     """Seconds before a worker is started again after `deaths` (>= 1) in a row."""
     return min(RESTART_DELAY_MIN * 2.0 ** min(max(deaths, 1) - 1, 32), RESTART_DELAY_MAX)
+
+
+class HostsDown:
+    """Which workers have each host down: the node's one host_unavailable and host_recovered
+    per outage, out of each worker's own."""
+
+    def __init__(self) -> None:
+        self._down: dict[str, set[int]] = {}
+
+    def admit(self, worker: int, event: str, host: str) -> bool:
+        """Whether worker `worker`'s `event` about `host` is the node's to log: the first
+        host_unavailable, and the host_recovered of the last worker that had it down."""
+        if event == "host_unavailable":
+            down = self._down.setdefault(host, set())
+            first = not down
+            down.add(worker)
+            return first
+        if event == "host_recovered":
+            had = self._down.get(host)
+            if had is None or worker not in had:
+                return had is None  # nobody has it down: a lone word, passed on as it came
+            had.discard(worker)
+            if had:
+                return False
+            del self._down[host]
+        return True
+
+    def forget(self, worker: int) -> None:
+        """Worker `worker` ended: what it had down, it will not report back (its successor
+        starts knowing nothing)."""
+        for host, down in list(self._down.items()):
+            down.discard(worker)
+            if not down:
+                del self._down[host]

@@ -43,6 +43,15 @@ def logged(line: bytes) -> bytes | None:
     return line[len(_LOG) : -1] if line.startswith(_LOG) and line.endswith(b"}") else None
 
 
+def decode_event(event: bytes) -> dict[str, Any]:
+    """The fields of an encoded event (as `logged` gives it); empty when it does not parse."""
+    try:
+        value = msgspec.json.decode(event)
+    except msgspec.DecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def decode(line: bytes) -> dict[str, Any] | None:
     """A message read back; None when the line is not one."""
     try:

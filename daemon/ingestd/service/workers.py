@@ -32,7 +32,7 @@ from ingestd.log import Logger
 from ingestd.metrics import Metrics
 from ingestd.ops.live import Snapshot, combine, counters_of, parse_snapshot
 from ingestd.policy.retry import Reason
-from ingestd.policy.workers import deaths_after, host_shares, restart_delay, shares
+from ingestd.policy.workers import HostsDown, deaths_after, host_shares, restart_delay, shares
 from ingestd.service import wire, worker
 
 REAP_WAIT = 2.0  # seconds for a worker that exited (or was killed) to be reaped
@@ -55,9 +55,13 @@ def worker_config(config: Config, index: int, count: int) -> Config:
 class _Channel(asyncio.Protocol):
     """The main process's end of one worker's socket pair."""
 
-    def __init__(self, on_message: Callable[[dict[str, Any]], None]) -> None:
-        """`on_message`: each message but `log`, whose events are written here."""
+    def __init__(
+        self, on_message: Callable[[dict[str, Any]], None], admit: Callable[[bytes], bool]
+    ) -> None:
+        """`on_message`: each message but `log`, whose events are written here if `admit`
+        takes them."""
         self._on_message = on_message
+        self._admit = admit
         self._lines = wire.Lines()
         self._transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -77,7 +81,8 @@ class _Channel(asyncio.Protocol):
         for line in lines:
             event = wire.logged(line)
             if event is not None:
-                events.append(event)
+                if self._admit(event):
+                    events.append(event)
                 continue
             if events:  # written before what follows them (a `synced` says they are)
                 log.emit_encoded(events)
@@ -147,6 +152,7 @@ class Workers:
         self._slots = [_Slot(k) for k in range(1, count + 1)]
         self._context = multiprocessing.get_context("spawn")
         self._ended = Snapshot()  # the counters of the workers that exited
+        self._hosts_down = HostsDown()
         self._syncs = itertools.count(1)
         self._stopping = False
         self._stop_asked = 0.0
@@ -292,7 +298,9 @@ class Workers:
         finally:
             theirs.close()
         loop = asyncio.get_running_loop()
-        channel = _Channel(lambda message: self._received(slot, message))
+        channel = _Channel(
+            lambda message: self._received(slot, message), lambda event: self._admit(slot, event)
+        )
         await loop.create_unix_connection(lambda: channel, sock=ours)
         slot.process, slot.pid, slot.channel, slot.error = process, process.pid, channel, None
         slot.started = slot.heard = time.monotonic()
@@ -326,6 +334,7 @@ class Workers:
         with contextlib.suppress(ValueError):
             process.close()
         slot.process = slot.channel = None
+        self._hosts_down.forget(slot.index)
         if self._stopping and code == 0:
             self._log.info("worker_exited", **_exit_fields(slot, code), restart_in_s=None)
         else:
@@ -354,6 +363,16 @@ class Workers:
         error = None if task.cancelled() else task.exception()
         if error is not None and not self._crashed.done():
             self._crashed.set_exception(error)
+
+    def _admit(self, slot: _Slot, event: bytes) -> bool:
+        """Whether to write a worker's event: host health is logged once for the node."""
+        if b'"host_unavailable"' not in event and b'"host_recovered"' not in event:
+            return True
+        fields = wire.decode_event(event)
+        name, host = fields.get("event"), fields.get("host")
+        if not isinstance(name, str) or not isinstance(host, str):
+            return True
+        return self._hosts_down.admit(slot.index, name, host)
 
     def _received(self, slot: _Slot, message: dict[str, Any]) -> None:
         """One message from worker `slot.index`."""
