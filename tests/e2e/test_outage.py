@@ -30,10 +30,7 @@ def test_an_outage_fails_nothing_and_is_reported_once(
     tmp_path: Any, ingestd_available: None
 ) -> None:
     with RawOrigin(tmp_path / "origin") as origin:
-        rng = random.Random("outage")
-        ids = [new_id(rng) for _ in range(ITEMS)]
-        names = {aweme_id: f"outage-{i}" for i, aweme_id in enumerate(ids)}
-        records = [make_record(a, origin.url(names[a], SIZE), "outage", SIZE) for a in ids]
+        ids, names, records = _queue(origin, "outage", ITEMS)
         daemon = Daemon(
             tmp_path / "daemon",
             ca_bundle=origin.ca_pem_path,
@@ -118,10 +115,7 @@ def test_with_workers_the_node_reports_an_outage_once(
 ) -> None:
     """Each worker finds the host down on its own; the node logs it down once and back once."""
     with RawOrigin(tmp_path / "origin") as origin:
-        rng = random.Random("workers outage")
-        ids = [new_id(rng) for _ in range(40)]
-        names = {aweme_id: f"workers-outage-{i}" for i, aweme_id in enumerate(ids)}
-        records = [make_record(a, origin.url(names[a], SIZE), "outage", SIZE) for a in ids]
+        ids, names, records = _queue(origin, "workers-outage", 40)
         daemon = Daemon(
             tmp_path / "daemon",
             ca_bundle=origin.ca_pem_path,
@@ -152,6 +146,17 @@ def test_with_workers_the_node_reports_an_outage_once(
             assert daemon.events("download_failed") == []
         finally:
             daemon.cleanup()
+
+
+def _queue(
+    origin: RawOrigin, label: str, n: int
+) -> tuple[list[str], dict[str, str], list[dict[str, Any]]]:
+    """`n` items of topic "outage" on `origin`: their ids, origin names by id, and records."""
+    rng = random.Random(label)
+    ids = [new_id(rng) for _ in range(n)]
+    names = {aweme_id: f"{label}-{i}" for i, aweme_id in enumerate(ids)}
+    records = [make_record(a, origin.url(names[a], SIZE), "outage", SIZE) for a in ids]
+    return ids, names, records
 
 
 def _starts_between(daemon: Daemon, start: float, end: float) -> int:
