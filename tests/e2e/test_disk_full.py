@@ -60,6 +60,7 @@ def _published_are_whole(daemon: Daemon, items: list[Item]) -> int:
     return whole
 
 
+@pytest.mark.also_workers
 def test_a_full_disk_pauses_downloads_costs_no_attempts_and_everything_lands_after(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:
@@ -136,6 +137,7 @@ def test_low_space_pauses_new_transfers_and_room_resumes_them(
             daemon.terminate()
 
 
+@pytest.mark.also_workers
 def test_a_read_only_media_folder_pauses_downloads_until_it_is_writable(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:

@@ -243,9 +243,10 @@ class _Stream:
 class _Connection(asyncio.Protocol):
     """One served TLS connection: h2 for the machinery, HEADERS by hand (module docstring)."""
 
-    def __init__(self, origin: RawOrigin, number: int) -> None:
+    def __init__(self, origin: RawOrigin, number: int, drops: int) -> None:
         self._origin = origin
         self.number = number
+        self._drops = drops  # the origin's drop count when its TCP connection was accepted
         self._h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
@@ -257,6 +258,9 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self._origin._drops != self._drops:  # dropped while its TLS handshake ran
+            transport.abort()
+            return
         self._origin._live.add(self)
         self._h2.initiate_connection()
         self._flush()
@@ -487,6 +491,7 @@ class RawOrigin(LoopServer):
         self._accept_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._live: set[_Connection] = set()
+        self._drops = 0  # how many times the served connections were dropped
         self._holes: set[_Blackhole] = set()
 
     # ----------------------------------------------------------------- lifecycle
@@ -563,13 +568,13 @@ class RawOrigin(LoopServer):
             if mode == "blackhole":
                 await loop.connect_accepted_socket(lambda: _Blackhole(self), sock)
             else:
-                self._spawn(self._handshake(sock, number))
+                self._spawn(self._handshake(sock, number, self._drops))
 
-    async def _handshake(self, sock: socket.socket, number: int) -> None:
+    async def _handshake(self, sock: socket.socket, number: int, drops: int) -> None:
         loop = asyncio.get_running_loop()
         try:
             await loop.connect_accepted_socket(
-                lambda: _Connection(self, number),
+                lambda: _Connection(self, number, drops),
                 sock,
                 ssl=self._server_ssl,
                 ssl_handshake_timeout=10,
@@ -580,14 +585,17 @@ class RawOrigin(LoopServer):
                 self.loop_errors.append(f"handshake: {exc!r}")
 
     async def _switch(self, mode: Mode, drop: bool) -> None:
-        if drop:
-            for connection in list(self._live):
-                connection.abort()
+        # The new mode first, then the drop: a client reconnecting at once after the drop
+        # must find the new mode, not a connection accepted and served in the old one.
+        self._mode = mode
         if mode == "refuse":
             await self._stop_accepting()
         elif self._accept_task is None:
             self._start_accepting()
-        self._mode = mode
+        if drop:  # those still in their TLS handshake too (they see the count change)
+            self._drops += 1
+            for connection in list(self._live):
+                connection.abort()
 
     def _run(self, coro: Any, timeout: float = 5.0) -> None:
         assert self._loop is not None, "not started"

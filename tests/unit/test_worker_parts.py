@@ -20,7 +20,7 @@ from ingestd.policy.workers import (
     RESTART_CALM,
     RESTART_DELAY_MAX,
     RESTART_DELAY_MIN,
-    HostsDown,
+    Conditions,
     deaths_after,
     host_shares,
     owner_of,
@@ -179,27 +179,39 @@ async def test_until_stopped_names_the_task_that_crashed_and_not_a_stop() -> Non
     idle.cancel()
 
 
-def test_the_node_logs_a_host_down_once_and_back_when_its_last_worker_has_it_back() -> None:
-    hosts = HostsDown()
-    a, b = "cdn-a.example:443", "cdn-b.example:443"
-    assert hosts.admit(1, "host_unavailable", a)  # the first worker to find it down
-    assert not hosts.admit(2, "host_unavailable", a)  # the node said so already
-    assert hosts.admit(2, "host_unavailable", b)  # another host is news
-    assert not hosts.admit(1, "host_recovered", a)  # worker 2 still has it down
-    assert hosts.admit(2, "host_recovered", a)  # the last one: the node has it back
-    assert hosts.admit(2, "host_recovered", b)
-    assert hosts.admit(1, "host_unavailable", a)  # a new outage
-    assert hosts.admit(1, "download_completed", a)  # other events pass
+def test_the_node_logs_a_host_down_once_and_back_when_its_first_worker_has_it_back() -> None:
+    node = Conditions()
+    a, b = {"host": "cdn-a.example:443"}, {"host": "cdn-b.example:443"}
+    assert node.admit(1, "host_unavailable", a)  # the first worker to find it down
+    assert not node.admit(2, "host_unavailable", a)  # the node said so already
+    assert node.admit(2, "host_unavailable", b)  # another host is news
+    # Worker 1's probe got through: the host serves again. Worker 2 may never probe it (the
+    # queue can drain first), so the node cannot wait for it.
+    assert node.admit(1, "host_recovered", a)
+    assert not node.admit(2, "host_recovered", a)  # old news
+    assert node.admit(2, "host_recovered", b)
+    assert node.admit(1, "host_unavailable", a)  # a new outage
+    assert node.admit(1, "download_completed", a)  # other events pass
 
 
 def test_a_worker_that_dies_with_a_host_down_leaves_the_others_to_report_it_back() -> None:
-    hosts = HostsDown()
-    host = "cdn.example:443"
-    assert hosts.admit(1, "host_unavailable", host)
-    assert not hosts.admit(2, "host_unavailable", host)
-    hosts.forget(1)  # worker 1 died; its successor knows nothing of the outage
-    assert not hosts.admit(3, "host_unavailable", host)  # worker 2 still has it down
-    assert not hosts.admit(2, "host_recovered", host)
-    assert hosts.admit(3, "host_recovered", host)
-    hosts.forget(2)
-    assert hosts.admit(2, "host_unavailable", host)
+    node = Conditions()
+    host = {"host": "cdn.example:443"}
+    assert node.admit(1, "host_unavailable", host)
+    assert not node.admit(2, "host_unavailable", host)
+    node.forget(1)  # worker 1 died; worker 2 still has it down
+    assert not node.admit(3, "host_unavailable", host)
+    assert node.admit(2, "host_recovered", host)
+    assert node.admit(3, "host_unavailable", host)
+    node.forget(3)  # the only one in it died: nobody is left to say it is over
+    assert node.admit(2, "host_unavailable", host)  # so the next finding is heard
+
+
+def test_the_node_logs_downloads_paused_once_and_resumed_once() -> None:
+    node = Conditions()
+    paused = {"reason": "read_only", "detail": "/srv/media_assets"}
+    assert node.admit(1, "downloads_paused", paused)
+    assert not node.admit(2, "downloads_paused", {**paused, "in_flight": 0})
+    assert node.admit(2, "downloads_resumed", {"reason": "read_only"})
+    assert not node.admit(1, "downloads_resumed", {"reason": "read_only"})
+    assert node.admit(2, "downloads_paused", {"reason": "disk_full"})  # the next pause

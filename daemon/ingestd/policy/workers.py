@@ -8,10 +8,12 @@ worker one download. A worker that dies is started again after RESTART_DELAY_MIN
 doubling with each death that follows within RESTART_CALM seconds of its start, up to
 RESTART_DELAY_MAX; one that ran calmly for that long starts the count over. Each worker finds a
 host down on its own; the node logs one host_unavailable when the first finds it down and one
-host_recovered when the last has it back (HostsDown).
+host_recovered when the first has it back; so for downloads_paused (Conditions).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 WORKERS_MAX = 64
 RESTART_DELAY_MIN = 0.5  # seconds before a worker that died is started again
@@ -52,35 +54,46 @@ def restart_delay(deaths: int) -> float:
     return min(RESTART_DELAY_MIN * 2.0 ** min(max(deaths, 1) - 1, 32), RESTART_DELAY_MAX)
 
 
-class HostsDown:
-    """Which workers have each host down: the node's one host_unavailable and host_recovered
-    per outage, out of each worker's own."""
+# What each worker finds on its own and the node reports once: the event that starts such a
+# condition, the one that ends it, and the field that tells one instance from another (None:
+# one for the node).
+CONDITIONS: dict[str, tuple[str, str | None]] = {
+    "host_unavailable": ("host_recovered", "host"),
+    "downloads_paused": ("downloads_resumed", None),
+}
+CONDITION_EVENTS = frozenset(CONDITIONS) | {end for end, _ in CONDITIONS.values()}
+
+
+class Conditions:
+    """Which conditions (a host down, downloads paused) the node is in, out of what its workers
+    report: a condition starts when the first worker reports it and ends when the first one
+    reports it over (the host serves again, the disk takes writes again). The others' reports of
+    the same start or end are not the node's news."""
 
     def __init__(self) -> None:
-        self._down: dict[str, set[int]] = {}
+        self._open: dict[tuple[str, str], set[int]] = {}  # condition -> workers in it
+        self._ends = {end: (start, field) for start, (end, field) in CONDITIONS.items()}
 
-    def admit(self, worker: int, event: str, host: str) -> bool:
-        """Whether worker `worker`'s `event` about `host` is the node's to log: the first
-        host_unavailable, and the host_recovered of the last worker that had it down."""
-        if event == "host_unavailable":
-            down = self._down.setdefault(host, set())
-            first = not down
-            down.add(worker)
+    def admit(self, worker: int, event: str, fields: Mapping[str, object]) -> bool:
+        """Whether worker `worker`'s `event` is the node's to log."""
+        if event in CONDITIONS:
+            key = _key(event, CONDITIONS[event][1], fields)
+            first = key not in self._open
+            self._open.setdefault(key, set()).add(worker)
             return first
-        if event == "host_recovered":
-            had = self._down.get(host)
-            if had is None or worker not in had:
-                return had is None  # nobody has it down: a lone word, passed on as it came
-            had.discard(worker)
-            if had:
-                return False
-            del self._down[host]
-        return True
+        if event not in self._ends:
+            return True
+        start, field = self._ends[event]
+        return self._open.pop(_key(start, field, fields), None) is not None
 
     def forget(self, worker: int) -> None:
-        """Worker `worker` ended: what it had down, it will not report back (its successor
-        starts knowing nothing)."""
-        for host, down in list(self._down.items()):
-            down.discard(worker)
-            if not down:
-                del self._down[host]
+        """Worker `worker` ended. A condition only it was in is closed without a word: nobody is
+        left to report its end, and a worker that finds it again must be heard."""
+        for key, workers in list(self._open.items()):
+            workers.discard(worker)
+            if not workers:
+                del self._open[key]
+
+
+def _key(start: str, field: str | None, fields: Mapping[str, object]) -> tuple[str, str]:
+    return start, "" if field is None else str(fields.get(field, ""))

@@ -32,7 +32,14 @@ from ingestd.log import Logger
 from ingestd.metrics import Metrics
 from ingestd.ops.live import Snapshot, combine, counters_of, parse_snapshot
 from ingestd.policy.retry import Reason
-from ingestd.policy.workers import HostsDown, deaths_after, host_shares, restart_delay, shares
+from ingestd.policy.workers import (
+    CONDITION_EVENTS,
+    Conditions,
+    deaths_after,
+    host_shares,
+    restart_delay,
+    shares,
+)
 from ingestd.service import wire, worker
 
 REAP_WAIT = 2.0  # seconds for a worker that exited (or was killed) to be reaped
@@ -152,7 +159,7 @@ class Workers:
         self._slots = [_Slot(k) for k in range(1, count + 1)]
         self._context = multiprocessing.get_context("spawn")
         self._ended = Snapshot()  # the counters of the workers that exited
-        self._hosts_down = HostsDown()
+        self._conditions = Conditions()
         self._syncs = itertools.count(1)
         self._stopping = False
         self._stop_asked = 0.0
@@ -334,7 +341,7 @@ class Workers:
         with contextlib.suppress(ValueError):
             process.close()
         slot.process = slot.channel = None
-        self._hosts_down.forget(slot.index)
+        self._conditions.forget(slot.index)
         if self._stopping and code == 0:
             self._log.info("worker_exited", **_exit_fields(slot, code), restart_in_s=None)
         else:
@@ -365,14 +372,13 @@ class Workers:
             self._crashed.set_exception(error)
 
     def _admit(self, slot: _Slot, event: bytes) -> bool:
-        """Whether to write a worker's event: host health is logged once for the node."""
-        if b'"host_unavailable"' not in event and b'"host_recovered"' not in event:
+        """Whether to write a worker's event: a host down or a pause is logged once for the
+        node, not once per worker."""
+        if not any(mark in event for mark in _CONDITION_MARKS):
             return True
         fields = wire.decode_event(event)
-        name, host = fields.get("event"), fields.get("host")
-        if not isinstance(name, str) or not isinstance(host, str):
-            return True
-        return self._hosts_down.admit(slot.index, name, host)
+        name = fields.get("event")
+        return not isinstance(name, str) or self._conditions.admit(slot.index, name, fields)
 
     def _received(self, slot: _Slot, message: dict[str, Any]) -> None:
         """One message from worker `slot.index`."""
@@ -396,6 +402,9 @@ class Workers:
                 slot.error = str(message["error"])
         except (KeyError, TypeError, ValueError):
             pass  # not a message this version sends: ignored
+
+
+_CONDITION_MARKS = tuple(f'"{name}"'.encode() for name in sorted(CONDITION_EVENTS))
 
 
 def _settle(future: asyncio.Future[None]) -> None:
