@@ -162,3 +162,13 @@ def test_a_lone_loss_went_down_with_a_host_that_is_down_though_not_cooling_right
     # A host that went down long after (or long before) a loss says nothing about it.
     hosts.lost("cdn", 100.0)
     assert not hosts.went_down("cdn", 100.0, 101.0)
+
+
+def test_the_first_cooldown_to_end_is_when_a_probe_may_go() -> None:
+    hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=8)
+    assert hosts.next_cooldown_end(0.0) is None  # nothing cooling
+    for i in range(HOST_FAILURES_TO_COOL):
+        fail(hosts, float(i), jitter=0.0)
+    until = hosts.cooling_until("cdn")
+    assert hosts.next_cooldown_end(1.2) == until
+    assert hosts.next_cooldown_end(until) is None  # over: the probe may go now

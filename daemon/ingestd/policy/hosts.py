@@ -74,6 +74,13 @@ class HostHealth:
             if h.cooling_until > now or h.probe is not None or h.in_flight >= self._slots
         ]
 
+    def next_cooldown_end(self, now: float) -> float | None:
+        """When the first cooldown still running ends (its host may be probed then); None when
+        no host is cooling."""
+        return min(
+            (h.cooling_until for h in self._hosts.values() if h.cooling_until > now), default=None
+        )
+
     def down(self) -> list[str]:
         """Hosts reported unavailable now."""
         return [name for name, h in self._hosts.items() if h.down_since is not None]

@@ -308,11 +308,15 @@ class DownloadPool:
                 # transfer ends (a slot frees) or a little later, not at once.
                 timeout = PROBE_WAIT
             elif len(self._tasks) < self._config.concurrency:
-                skip = self._hosts.blocked(self._clock())
-                due = await self._db.run(self._db.manifest.next_due, skip)
+                now = self._clock()
+                due = await self._db.run(self._db.manifest.next_due, self._hosts.blocked(now))
                 self._db.outage.answered(self._log)
-                if due is not None:
-                    timeout = min(max(due - self._clock(), 0.01), IDLE_RECHECK)
+                # A cooling host's items are left out of `due`: its probe is due when its
+                # cooldown ends, not at the next idle look.
+                cooled = self._hosts.next_cooldown_end(now)
+                for when in (due, cooled):
+                    if when is not None:
+                        timeout = min(timeout, max(when - self._clock(), 0.01))
             if self._unmarked:
                 timeout = min(timeout, MARK_LAG)
             await self._wait(timeout)
