@@ -47,3 +47,19 @@ def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
     url = postgres_cluster.new_database()
     yield url
     postgres_cluster.drop_database(url)
+
+
+# The suite runs in two pytest-xdist workers (pyproject's addopts: -n 2 --dist loadgroup), each
+# taking one group whole, in file order: the tests that start daemons, servers and machines
+# (end-to-end, system, the benchmark smoke runs) in one, everything else in the other. So two
+# daemon tests never run at once, and the long waits of the outage tests overlap the unit,
+# contract and integration tests instead of adding to them.
+_DAEMON_TESTS = ("e2e", "system", "test_bench_smoke.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath / "tests"
+    for item in items:
+        top = item.path.relative_to(root).parts[0] if item.path.is_relative_to(root) else ""
+        group = "daemons" if top in _DAEMON_TESTS else "rest"
+        item.add_marker(pytest.mark.xdist_group(group))
