@@ -6,6 +6,7 @@ SIGTERM that hands every claim back, and the same on PostgreSQL.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
@@ -236,6 +237,30 @@ def test_a_busy_manifest_makes_the_workers_wait_not_fail(
     _each_completed_once(daemon, names)
     for name in ("download_failed", "download_retry_scheduled", "manifest_error"):
         assert daemon.events(name) == [], name
+    daemon.terminate()
+
+
+def test_a_manifest_locked_past_its_busy_timeout_is_reported_once_for_the_node(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    records, names = _records(origin, prefix, 40, 256 * 1024, "slow", chunk=32 * 1024, delay=0.05)
+    daemon: Daemon = daemon_factory(concurrency=8, workers=2, timeout=5.0)
+    daemon.start()
+    daemon.drop_atomic("extract_20261201T150000.json", records)
+    daemon.wait_for_count("download_completed", 4)
+    with sqlite3.connect(daemon.state_dir / "manifest.sqlite3", isolation_level=None) as db:
+        db.execute("BEGIN IMMEDIATE")  # another writer holds the manifest past busy_timeout
+        time.sleep(8.0)  # the test's subject: an outage of the manifest, for every process
+        db.execute("COMMIT")
+    daemon.wait_for("extract_completed", timeout=60)
+    _each_completed_once(daemon, names)
+    assert daemon.events("download_failed") == []
+    # The published files wait for their `done`, told once a refusal by each worker, not per item.
+    refused = collections.Counter(
+        e.get("worker") for e in daemon.events("download_bookkeeping_failed")
+    )
+    assert refused and set(refused) <= {1, 2} and max(refused.values()) == 1, refused
+    assert daemon.status_json()["items"]["active"] == 0
     daemon.terminate()
 
 
