@@ -24,7 +24,13 @@ from ingestd.policy.merge import State
 from ingestd.store.base import Completion, LapsedClaim, ManifestError, OwnerLoad
 from ingestd.store.manifest import Manifest
 from ingestd.store.open import open_manifest, redact_dsn
-from ingestd.store.postgres import SCHEMA_VERSION, PostgresManifest
+from ingestd.store.postgres import (
+    BORROW_WAIT,
+    BORROW_WAIT_DOWN,
+    RECONNECT_WINDOW,
+    SCHEMA_VERSION,
+    PostgresManifest,
+)
 from support.postgres import PostgresCluster
 
 URL = "https://{}.example/v/{}.mp4?expire=9999999999"
@@ -338,17 +344,87 @@ def test_a_listing_streams_while_the_store_is_written(manifest: PostgresManifest
     assert sorted(first + rest) == [f"{i:04d}" for i in range(1_200)]
 
 
-def test_a_broken_connection_fails_one_call_and_is_made_again(
+def _terminate_sessions(url: str) -> int:
+    """End every other session on `url`'s database, as a server restart or an administrator
+    would; returns once they are gone."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return len(rows)
+
+
+def test_a_connection_the_server_closed_is_replaced_before_a_call_uses_it(
     manifest: PostgresManifest, postgres_url: str
 ) -> None:
+    # The server ends the session (terminate, restart, idle timeout): the next call takes a
+    # new connection instead of failing on the dead one.
     manifest.merge([rec("1")], "e.json", 1.0)
-    pid = manifest._conn.info.backend_pid
-    with psycopg.connect(postgres_url) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    with pytest.raises(ManifestError):
-        manifest.counts()
+    assert _terminate_sessions(postgres_url) >= 1
     assert manifest.counts().items["pending"] == 1
     assert [i.aweme_id for i in manifest.claim_due(2.0, 1)] == ["1"]
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[PostgresCluster]:
+    """A server of this test's own, to stop and start: stopping the session's would fail
+    other tests."""
+    with PostgresCluster() as cluster:
+        yield cluster
+
+
+def test_a_call_during_a_restart_waits_for_the_database(
+    private_cluster: PostgresCluster, capfd: pytest.CaptureFixture[str]
+) -> None:
+    store = PostgresManifest.open(private_cluster.new_database())
+    try:
+        store.merge([rec("1")], "e.json", 1.0)
+        private_cluster.halt()
+        back = threading.Timer(1.5, private_cluster.resume)
+        back.start()
+        started = time.monotonic()
+        try:
+            assert store.counts().items["pending"] == 1
+        finally:
+            back.join(60)
+        assert 1.0 < time.monotonic() - started < BORROW_WAIT
+    finally:
+        store.close()
+    assert capfd.readouterr().err == "", "the pool's own log lines reached stderr"
+
+
+def test_an_outage_fails_calls_quickly_once_known_and_ends_by_itself(
+    private_cluster: PostgresCluster, capfd: pytest.CaptureFixture[str]
+) -> None:
+    store = PostgresManifest.open(private_cluster.new_database())
+    try:
+        store.merge([rec("1")], "e.json", 1.0)
+        private_cluster.halt()
+        timings = []
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(ManifestError) as raised:
+                store.counts()
+            timings.append(time.monotonic() - started)
+        # The first call rode out what might have been a restart; the others fail at once.
+        assert BORROW_WAIT - 0.5 < timings[0] < BORROW_WAIT + 5, timings
+        assert all(t < BORROW_WAIT_DOWN + 1 for t in timings[1:]), timings
+        assert "no connection" in str(raised.value), raised.value
+        assert "No such file" in str(raised.value) or "refused" in str(raised.value)
+        private_cluster.resume()
+        back = time.monotonic()
+        deadline = back + RECONNECT_WINDOW + 5
+        while True:  # the pool reconnects by itself; a call gets through within its backoff
+            try:
+                assert store.counts().items["pending"] == 1
+                break
+            except ManifestError:
+                assert time.monotonic() < deadline, "no reconnection after the outage"
+                time.sleep(0.2)
+    finally:
+        store.close()
+    assert capfd.readouterr().err == "", "the pool's own log lines reached stderr"
 
 
 @dataclass
@@ -556,8 +632,8 @@ def test_the_password_never_appears_in_a_later_error(postgres_cluster: PostgresC
     try:
         m = PostgresManifest.open(with_password(postgres_cluster, url.split("/")[3].split("?")[0]))
         try:
+            _terminate_sessions(url)
             with psycopg.connect(url) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (m._conn.info.backend_pid,))
                 admin.execute("DROP TABLE items, item_totals CASCADE")
             calls = (m.counts, m.counts, lambda: m.claim_due(1.0, 1), lambda: m.item("1"))
             for call in calls:

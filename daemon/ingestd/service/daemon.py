@@ -366,7 +366,7 @@ class Daemon:
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]], parts: _Parts) -> None:
         parts.downloads.request_stop()  # workers stop while this process does
-        parts.db.manifest.interrupt.set()  # a long merge ends at its next transaction
+        parts.db.manifest.interrupt.set()  # a long merge ends; no call waits out an outage
         parts.ingest.stop()  # ... and one in a child process ends now
         for task in [*tasks, *self._background]:
             task.cancel()

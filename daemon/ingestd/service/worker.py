@@ -202,6 +202,7 @@ class Worker:
             asyncio.create_task(self._report(pool), name="report"),
         ]
         code = await self._until_stopped(tasks)
+        db.manifest.interrupt.set()  # what is left to write waits for no database outage
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -340,7 +340,8 @@ class ManifestStore(Protocol):
 
     @property
     def interrupt(self) -> threading.Event:
-        """Set from any thread to end a running `merge` before its next transaction."""
+        """Set from any thread when the store's owner stops: a running `merge` ends before its
+        next transaction, and a call waits no longer for a database to come back."""
         ...
 
     def close(self) -> None:

@@ -2,9 +2,19 @@
 or several, draining one queue. `PostgresManifest` meets store.base.ManifestStore; the contract
 suite (tests/contract) runs on both.
 
-psycopg 3 is imported here only (the `postgres` extra). Its errors become ManifestError at this
-boundary, and no message carries a password: the DSN may hold one (as may PGPASSFILE or the
-environment), so what is shown of it goes through redact_dsn.
+psycopg 3 and psycopg_pool are imported here only (the `postgres` extra). Their errors become
+ManifestError at this boundary, and no message carries a password: the DSN may hold one (as may
+PGPASSFILE or the environment), so what is shown of it goes through redact_dsn.
+
+Connections. Each store has a small pool (psycopg_pool): its thread borrows a connection per
+call, a listing streams on one of its own, and the queue's listener holds one. The pool
+replaces a connection the server closed before a call uses it (a restart, an administrator, an
+idle timeout), reconnects in the background with backoff, and retires connections after
+CONNECTION_LIFETIME, so a server session never lives for the weeks the daemon does. A call
+waits up to BORROW_WAIT for a connection, which rides out a restart; once a wait has timed out
+the database is known to be down, and calls fail after BORROW_WAIT_DOWN until one gets through;
+so do calls once the owner stops. An outage stalls neither the daemon's manifest thread for
+long nor its shutdown.
 
 Concurrency. Each write is one transaction (READ COMMITTED). What it checks before it acts it
 reads FOR UPDATE; where there is no row to lock yet (an item a merge may bring, the data dir
@@ -23,9 +33,12 @@ seconds, so there are never many. Only merges insert items: they append their ow
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
+import logging
+import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,6 +49,7 @@ import psycopg
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ingestd.policy.merge import Known, State
 from ingestd.policy.naming import topic_folder
@@ -93,6 +107,18 @@ _RETRIES = 3  # a transaction chosen as a deadlock's victim runs again, up to th
 _FOLD_EVERY = 5.0  # seconds between two folds of the counts by a store that writes
 _LOCK_TIMEOUT_MS = 30_000  # a lock wait this long is a stuck session elsewhere: fail the write
 _CONNECT_TIMEOUT = 10
+# The pool of one store: its thread's calls, a listing it streams meanwhile (iter_items), and
+# the queue's listener (watch_queue) each hold one connection at most.
+POOL_SIZE = 3
+BORROW_WAIT = 5.0  # seconds a call waits for a connection: a restart takes a few
+# ... and once a wait timed out (until a call gets through again), or once the store's owner
+# stops (`interrupt`): an outage then costs each call this much at most.
+BORROW_WAIT_DOWN = 1.0
+BORROW_WAIT_STOPPING = 0.1  # ... and when both: a stop in an outage writes what it can, at once
+# The pool retries a failed connection after 1, 2, 4 ... s and starts over after this long:
+# it bounds the time from the database's return to the first connection.
+RECONNECT_WINDOW = 10.0
+CONNECTION_LIFETIME = 3600.0  # a connection is retired (and replaced) after about this long
 _URL_EXPIRED = Reason.URL_EXPIRED.value
 # NOTIFY'd when items may have become due (merged, retried, handed back, reclaimed): the
 # other nodes look at the queue at once instead of at their next idle recheck.
@@ -479,28 +505,28 @@ def _storable(text: str) -> bool:
 
 
 class PostgresManifest(DerivedMethods):
-    """The manifest in a PostgreSQL database. One connection: use from one thread at a time
-    (the daemon gives it its own). Many stores, in one process or many, may share a database.
-    No connection pool: the one thread that uses a store needs one connection (remade when it
-    breaks), and the queue's listener (watch_queue) keeps one of its own for as long as it
-    listens; a pool would add its own thread and checks for no second user."""
+    """The manifest in a PostgreSQL database. Use from one thread at a time (the daemon gives
+    it its own), besides watch_queue on a thread of its own. Many stores, in one process or
+    many, may share a database. Connections come from a pool: see the module docstring."""
 
     def __init__(
         self,
-        conn: psycopg.Connection[TupleRow],
+        pool: ConnectionPool[psycopg.Connection[TupleRow]],
         dsn: str,
         *,
         readonly: bool,
         version: int = SCHEMA_VERSION,
     ) -> None:
-        self._conn = conn
+        self._pool = pool
+        self._down = False  # a wait for a connection timed out, and no call got through since
         self._dsn = dsn  # never shown: redact_dsn
         self._readonly = readonly
         self._version = version  # a reader may find an older schema, not migrated yet
         self._cursors = itertools.count(1)
         self._fold_due = time.monotonic() + _FOLD_EVERY
         self._wrote = False  # since the last fold
-        # Set from another thread to end a long merge between two transactions (shutdown).
+        # Set from another thread when the owner stops: a long merge ends between two
+        # transactions, and calls stop waiting for the database (_connection).
         self.interrupt = threading.Event()
 
     @classmethod
@@ -508,35 +534,54 @@ class PostgresManifest(DerivedMethods):
         """Connect to the database `dsn` names and (unless `readonly`) create or migrate the
         manifest's schema there. A schema newer than this code, or none when `readonly`,
         raises ManifestError."""
-        conn = _connect(dsn, readonly)
-        version = SCHEMA_VERSION
-        try:
-            if readonly:
-                version = _check_version(conn)
-            else:
-                _migrate(conn)
-        except psycopg.Error as exc:
-            conn.close()
-            raise ManifestError(f"{redact_dsn(dsn)}: {_scrub(str(exc), dsn)}") from None
-        except BaseException:
-            conn.close()
-            raise
-        return cls(conn, dsn, readonly=readonly, version=version)
+        # A connection of its own first, whose failure says why (the pool's would only time
+        # out): the schema is made or checked there, then the pool takes over.
+        with contextlib.closing(_connect(dsn, readonly)) as conn:
+            version = SCHEMA_VERSION
+            try:
+                if readonly:
+                    version = _check_version(conn)
+                else:
+                    _migrate(conn)
+            except psycopg.Error as exc:
+                raise ManifestError(f"{redact_dsn(dsn)}: {_scrub(str(exc), dsn)}") from None
+        return cls(_pool(dsn, readonly), dsn, readonly=readonly, version=version)
 
     def close(self) -> None:
         """Fold the counts this store moved, and disconnect."""
-        if self._wrote and not self._conn.closed:
+        if self._wrote and not self._down:
             self._fold()
-        self._conn.close()
+        self._pool.close(timeout=BORROW_WAIT_DOWN)
 
     # --- transactions ---------------------------------------------------------------------
 
-    def _connection(self) -> psycopg.Connection[TupleRow]:
-        """The connection, made again if it broke (a server restart, a network cut): the
-        call that saw it break failed, the next one goes on."""
-        if self._conn.closed:
-            self._conn = _connect(self._dsn, self._readonly)
-        return self._conn
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[TupleRow]]:
+        """A connection of the pool for the length of the block. Raises ManifestError when
+        none comes within borrow_limit (the wait is taken in steps, to see `interrupt`)."""
+        waited = 0.0
+        while True:
+            step = min(BORROW_WAIT_DOWN, borrow_limit(self._down, self.interrupt.is_set()) - waited)
+            if step <= 0:
+                self._down = True
+                raise self._unreachable(waited)
+            try:
+                conn = self._pool.getconn(timeout=step)
+                break
+            except PoolTimeout:
+                waited += step
+        self._down = False
+        try:
+            yield conn
+        finally:
+            self._pool.putconn(conn)
+
+    def _unreachable(self, waited: float) -> ManifestError:
+        why = _CONNECT_FAILURES.get(self._dsn)
+        return ManifestError(
+            f"{redact_dsn(self._dsn)}: no connection to the database within {waited:g} s"
+            + (f" ({_scrub(why, self._dsn)})" if why else "")
+        )
 
     def _error(self, exc: psycopg.Error) -> ManifestError:
         return ManifestError(_scrub(str(exc), self._dsn))
@@ -547,8 +592,7 @@ class PostgresManifest(DerivedMethods):
         `body` raises rolls back and passes on."""
         for attempt in itertools.count(1):
             try:
-                conn = self._connection()
-                with conn.transaction(), conn.cursor() as cur:
+                with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
                     result = body(cur)
             except _TRANSIENT as exc:
                 if retry and attempt < _RETRIES:
@@ -565,7 +609,8 @@ class PostgresManifest(DerivedMethods):
     def _read(self, query: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """All rows of one statement (its own snapshot, no transaction held)."""
         try:
-            return self._connection().execute(query, params).fetchall()
+            with self._connection() as conn:
+                return conn.execute(query, params).fetchall()
         except psycopg.Error as exc:
             raise self._error(exc) from exc
 
@@ -578,13 +623,13 @@ class PostgresManifest(DerivedMethods):
         self._fold_due = time.monotonic() + _FOLD_EVERY
         self._wrote = False
         try:
-            with self._conn.transaction(), self._conn.cursor() as cur:
+            with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
                 cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (_FOLD_LOCK,))
                 row = cur.fetchone()
                 if row is not None and row[0]:
                     cur.execute(_FOLD_TOTALS)
                     cur.execute(_FOLD_MOVES)
-        except psycopg.Error:
+        except (psycopg.Error, ManifestError):
             pass  # housekeeping: the deltas stay, correct as they are, for the next fold
 
     # --- the library it belongs to ---------------------------------------------------------
@@ -708,14 +753,18 @@ class PostgresManifest(DerivedMethods):
         failures = 0
         while not stop.is_set():
             try:
-                with _connect(self._dsn, readonly=False) as conn:
+                with self._connection() as conn:
                     conn.execute(f"LISTEN {QUEUE_CHANNEL}")
-                    failures = 0
-                    on_change()
-                    while not stop.is_set():
-                        for _ in conn.notifies(timeout=LISTEN_POLL, stop_after=1):
-                            on_change()
-            except (psycopg.Error, ManifestError):  # the latter: _connect's, translated
+                    try:
+                        failures = 0
+                        on_change()
+                        while not stop.is_set():
+                            for _ in conn.notifies(timeout=LISTEN_POLL, stop_after=1):
+                                on_change()
+                    finally:
+                        with contextlib.suppress(psycopg.Error):  # back to the pool as it was
+                            conn.execute("UNLISTEN *")
+            except (psycopg.Error, ManifestError):  # the latter: no connection
                 failures += 1
                 stop.wait(min(2.0**failures, LISTEN_RETRY_MAX))
 
@@ -1203,8 +1252,10 @@ class PostgresManifest(DerivedMethods):
             columns += ", sha256, path, record"
         fetch = f"SELECT {columns} FROM items WHERE aweme_id = ANY (%s)"
         try:
-            conn = self._connection()
-            with conn.cursor(name=f"ingestd_items_{next(self._cursors)}", withhold=True) as keys:
+            with (
+                self._connection() as conn,
+                conn.cursor(name=f"ingestd_items_{next(self._cursors)}", withhold=True) as keys,
+            ):
                 keys.execute(query, args)
                 while chunk := [str(r[0]) for r in keys.fetchmany(_CHUNK)]:
                     rows = {r[0]: r for r in conn.execute(fetch, (chunk,))}
@@ -1384,10 +1435,9 @@ class PostgresManifest(DerivedMethods):
         try:
             columns = _ITEM_COLUMNS + (_OWNER_COLUMNS if self._version >= 2 else "")
             columns += _NODE_COLUMNS if self._version >= 3 else ""
-            cur = self._connection().execute(
-                f"SELECT {columns} FROM items WHERE aweme_id = %s", (aweme_id,)
-            )
-            row = cur.fetchone()
+            with self._connection() as conn:
+                cur = conn.execute(f"SELECT {columns} FROM items WHERE aweme_id = %s", (aweme_id,))
+                row = cur.fetchone()
         except psycopg.Error as exc:
             raise self._error(exc) from exc
         if row is None:
@@ -1664,22 +1714,94 @@ def _link(
 # --- connecting and migrating ---------------------------------------------------------------------
 
 
-def _connect(dsn: str, readonly: bool) -> psycopg.Connection[TupleRow]:
-    """A connection in autocommit (a write opens its own transaction), with a bounded lock
-    wait, read-only for every transaction when `readonly`."""
-    try:
-        conn = psycopg.connect(
-            dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT, application_name="ingestd"
-        )
-    except psycopg.Error as exc:
-        # Not chained: the driver's message, shown in a traceback, may quote the DSN.
-        raise ManifestError(f"{redact_dsn(dsn)}: {_scrub(str(exc), dsn)}") from None
-    try:
+_CONNECT_ARGS: dict[str, Any] = {
+    "autocommit": True,  # a write opens its own transaction
+    "connect_timeout": _CONNECT_TIMEOUT,
+    "application_name": "ingestd",
+}
+# The last reason each DSN's pool failed to connect: its timeouts say only that they timed out.
+_CONNECT_FAILURES: dict[str, str] = {}
+# The pool logs each failed reconnection; with no handler, Python would print them to stderr
+# (the journal), one per attempt. The daemon tells an outage once itself (manifest_error).
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
+logging.getLogger("psycopg.pool").propagate = False
+
+
+class _PoolConnection(psycopg.Connection[TupleRow]):
+    """A connection that notes why it could not connect, for the error its caller sees."""
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> _PoolConnection:
+        try:
+            conn = super().connect(conninfo, **kwargs)
+        except psycopg.Error as exc:
+            _CONNECT_FAILURES[conninfo] = str(exc)
+            raise
+        _CONNECT_FAILURES.pop(conninfo, None)
+        return conn
+
+
+def _configure(readonly: bool) -> Callable[[psycopg.Connection[TupleRow]], None]:
+    """Set up a new connection: a bounded lock wait, every transaction read-only when
+    `readonly`."""
+
+    def configure(conn: psycopg.Connection[TupleRow]) -> None:
         conn.execute(
             "SELECT set_config('lock_timeout', %s, false),"
             " set_config('default_transaction_read_only', %s, false)",
             (f"{_LOCK_TIMEOUT_MS}ms", "on" if readonly else "off"),
         )
+
+    return configure
+
+
+def _check_unread(conn: psycopg.Connection[TupleRow]) -> None:
+    """Raise if the server closed `conn` while it sat in the pool. An idle connection in
+    autocommit that listens to nothing is sent nothing, so only when its socket has something
+    to read (the server's goodbye, its EOF) does this cost a round trip, which then fails."""
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        conn.execute("")
+
+
+def borrow_limit(down: bool, stopping: bool) -> float:
+    """How long a call waits for a connection: long enough to ride out a restart, unless the
+    database is known to be down (a wait timed out since the last call that got through) or
+    the store's owner is stopping."""
+    if down and stopping:
+        return BORROW_WAIT_STOPPING
+    return BORROW_WAIT_DOWN if down or stopping else BORROW_WAIT
+
+
+def _pool(dsn: str, readonly: bool) -> ConnectionPool[psycopg.Connection[TupleRow]]:
+    """The connections of one store (see the module docstring); it connects in the
+    background."""
+    return ConnectionPool(
+        dsn,
+        connection_class=_PoolConnection,
+        kwargs=_CONNECT_ARGS,
+        min_size=1,
+        max_size=POOL_SIZE,
+        configure=_configure(readonly),
+        check=_check_unread,
+        name="ingestd-manifest",
+        timeout=BORROW_WAIT,
+        max_lifetime=CONNECTION_LIFETIME,
+        reconnect_timeout=RECONNECT_WINDOW,
+        num_workers=1,
+        open=True,
+    )
+
+
+def _connect(dsn: str, readonly: bool) -> psycopg.Connection[TupleRow]:
+    """A connection as the pool makes them, outside of it. Raises ManifestError."""
+    try:
+        conn = psycopg.connect(dsn, **_CONNECT_ARGS)
+    except psycopg.Error as exc:
+        # Not chained: the driver's message, shown in a traceback, may quote the DSN.
+        raise ManifestError(f"{redact_dsn(dsn)}: {_scrub(str(exc), dsn)}") from None
+    try:
+        _configure(readonly)(conn)
     except psycopg.Error as exc:
         conn.close()
         raise ManifestError(f"{redact_dsn(dsn)}: {_scrub(str(exc), dsn)}") from None
