@@ -20,10 +20,12 @@ from typing import Any
 from support.daemon import Daemon, Event, by_id
 from support.extracts import make_record, new_id
 from support.origin import OriginServer, RequestRecord
+from support.postgres import PostgresCluster
 
 SIZE = 16 * 1024
 SLOW_SIZE = 512 * 1024
 SLOW = {"chunk": 32 * 1024, "delay": 0.1}  # 16 chunks: about 1.6 s a file
+OUTAGE_AFTER_ERROR_S = 4.0  # a database outage goes on this long after it is first logged
 
 
 def _each_completed_once(daemon: Daemon, names: dict[str, str]) -> dict[str, list[Event]]:
@@ -196,6 +198,32 @@ def test_workers_drain_the_queue_on_postgresql(
     status = daemon.status_json()
     assert status["items"]["done"] == 60 and status["nodes"] == {}
     daemon.terminate()
+
+
+def test_a_database_outage_is_told_once_by_the_node_not_by_each_worker(
+    daemon_factory: Any, origin: OriginServer, prefix: str
+) -> None:
+    # The main process and both workers each meet the outage; the node logs it once, and its
+    # end once.
+    records, names = _records(origin, prefix, 12, SLOW_SIZE, "slow", **SLOW)
+    with PostgresCluster() as cluster:  # of this test's own: it is stopped
+        daemon: Daemon = daemon_factory(
+            concurrency=4, workers=2, manifest_url=cluster.new_database()
+        )
+        daemon.start()
+        daemon.drop_atomic("extract_20261201T120000.json", records)
+        daemon.wait_for_count("download_started", 4, timeout=30)
+        cluster.halt()
+        daemon.wait_for("manifest_error", timeout=30)
+        time.sleep(OUTAGE_AFTER_ERROR_S)  # for every process to meet it
+        cluster.resume()
+        daemon.wait_for("extract_completed", timeout=90)
+        _each_completed_once(daemon, names)
+        daemon.wait_for("manifest_recovered", timeout=30)
+        time.sleep(1.0)  # a late duplicate would come now
+        assert len(daemon.events("manifest_error")) == 1, daemon.events("manifest_error")
+        assert len(daemon.events("manifest_recovered")) == 1, daemon.events("manifest_recovered")
+        daemon.terminate()
 
 
 def test_a_reload_reaches_the_workers_and_workers_need_a_restart(

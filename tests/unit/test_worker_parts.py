@@ -215,3 +215,16 @@ def test_the_node_logs_downloads_paused_once_and_resumed_once() -> None:
     assert node.admit(2, "downloads_resumed", {"reason": "read_only"})
     assert not node.admit(1, "downloads_resumed", {"reason": "read_only"})
     assert node.admit(2, "downloads_paused", {"reason": "disk_full"})  # the next pause
+
+
+def test_a_manifest_outage_is_the_nodes_whichever_process_meets_it_first() -> None:
+    # The main process reports as 0: it meets the outage on its own calls (merges, links).
+    node = Conditions()
+    error = {"error": "no connection to the database within 5 s", "retry_in_s": 5.0}
+    assert node.admit(0, "manifest_error", error)
+    assert not node.admit(1, "manifest_error", error)
+    assert not node.admit(2, "manifest_error", {**error, "retry_in_s": 1.0})
+    assert node.admit(2, "manifest_recovered", {"down_s": 6.1})  # the first through
+    assert not node.admit(0, "manifest_recovered", {"down_s": 6.5})
+    assert not node.admit(1, "manifest_recovered", {"down_s": 7.0})
+    assert node.admit(1, "manifest_error", error)  # the next outage

@@ -60,6 +60,7 @@ def restart_delay(deaths: int) -> float:
 CONDITIONS: dict[str, tuple[str, str | None]] = {
     "host_unavailable": ("host_recovered", "host"),
     "downloads_paused": ("downloads_resumed", None),
+    "manifest_error": ("manifest_recovered", None),
 }
 CONDITION_EVENTS = frozenset(CONDITIONS) | {end for end, _ in CONDITIONS.values()}
 

@@ -345,6 +345,7 @@ class Daemon:
             await fetcher.aclose()  # it proved the HTTP setup; each worker makes its own
             relinker = Relinker(config, db, Publisher(config.media_dir), self._log)
             workers = Workers(config, count, self._log, self._metrics, relinker.merged)
+            db.outage.gate = workers.admit_own  # an outage is the node's, not each process's
             downloads = _InWorkers(workers, relinker)
             # An extract completes after the outcome events of its items, wherever logged.
             completions = ExtractCompletions(

@@ -22,22 +22,27 @@ R = TypeVar("R")
 
 class Outage:
     """A manifest outage, told once whoever meets it (the feeder, the relinker, the extract
-    completions each retry on their own) and its end once, by the first that gets through."""
+    completions each retry on their own) and its end once, by the first that gets through.
+    `gate`, given an event, says whether it is news for the node: with worker processes, which
+    meet the same outage, the main process's tells go through the node's Conditions."""
 
     def __init__(self) -> None:
-        self._since: float | None = None  # monotonic; when manifest_error was logged
+        self._since: float | None = None  # monotonic; when this process met the outage
+        self.gate: Callable[[str], bool] = lambda event: True
 
     def failed(self, log: Logger, exc: ManifestError, retry_in_s: float) -> None:
         """A manifest call failed; logs `manifest_error` unless this outage was told."""
         if self._since is None:
             self._since = time.monotonic()
-            log.error("manifest_error", error=str(exc), retry_in_s=retry_in_s)
+            if self.gate("manifest_error"):
+                log.error("manifest_error", error=str(exc), retry_in_s=retry_in_s)
 
     def answered(self, log: Logger) -> None:
         """A manifest call worked; logs `manifest_recovered` if an outage was told."""
         if self._since is not None:
             down, self._since = time.monotonic() - self._since, None
-            log.info("manifest_recovered", down_s=round(down, 1))
+            if self.gate("manifest_recovered"):
+                log.info("manifest_recovered", down_s=round(down, 1))
 
 
 class Db:

@@ -371,6 +371,11 @@ class Workers:
         if error is not None and not self._crashed.done():
             self._crashed.set_exception(error)
 
+    def admit_own(self, event: str) -> bool:
+        """Whether the main process's own `event` (a condition it met too, such as a manifest
+        outage) is the node's news: it counts as one more reporter, numbered 0."""
+        return self._conditions.admit(0, event, {})
+
     def _admit(self, slot: _Slot, event: bytes) -> bool:
         """Whether to write a worker's event: a host down or a pause is logged once for the
         node, not once per worker."""
