@@ -1,21 +1,23 @@
 """The daemon, a real process, with its manifest in PostgreSQL (`manifest_url`): the sample
 extract becomes the same library as on SQLite, the operator commands read the database, a
-restart resumes from it, and the URL's password is never shown."""
+restart resumes from it, and the password, in the URL or a systemd credential, is never shown."""
 
 from __future__ import annotations
 
 import json
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ingestd.policy.extract import Record
-from ingestd.store.postgres import PostgresManifest
+from ingestd.store.postgres import CREDENTIAL, PostgresManifest
 from support.daemon import by_id
 from support.extracts import SAMPLE_FIRST, load_sample, localize, origin_records, samples_dir
 from support.origin import OriginServer
+from support.postgres import PostgresCluster
 
 pytestmark = pytest.mark.skipif(samples_dir() is None, reason="shared sample extracts not found")
 
@@ -58,6 +60,34 @@ def test_the_daemon_runs_on_postgresql(
     assert len(by_id(daemon.events("download_completed"))) == 0  # this run's events only
     assert not any(SECRET in line for line in daemon.log_lines_containing("postgresql"))
     assert not daemon.log_lines_containing(SECRET)
+
+
+def test_the_password_may_come_from_a_systemd_credential(
+    daemon_factory: Any,
+    origin: OriginServer,
+    prefix: str,
+    postgres_cluster: PostgresCluster,
+    tmp_path: Path,
+) -> None:
+    # As under `LoadCredential=manifest_password:/etc/ingestd/manifest_password`: the URL names
+    # no password, the server demands one, and the main process, its workers and `status` all
+    # connect with the credential's.
+    user = f"node_{prefix.lower()}"
+    url = postgres_cluster.new_password_user(user, SECRET)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    (credentials / CREDENTIAL).write_text(SECRET + "\n")
+    (credentials / CREDENTIAL).chmod(0o400)
+    extract, items = localize(load_sample(SAMPLE_FIRST), origin, prefix)
+    daemon = daemon_factory(manifest_url=url, workers=2)
+    daemon.extra_env["CREDENTIALS_DIRECTORY"] = str(credentials)
+    daemon.start()
+    daemon.drop_atomic(SAMPLE_FIRST, extract)
+    daemon.wait_for_count("download_completed", len(items), timeout=60)
+    assert daemon.status_json()["items"]["done"] == len(items)
+    daemon.terminate()
+    assert not daemon.log_lines_containing(SECRET)
+    assert not daemon.events("manifest_error")
 
 
 def test_a_node_lets_go_of_its_own_claims_only_and_takes_back_lapsed_ones(

@@ -27,6 +27,7 @@ from ingestd.store.open import open_manifest, redact_dsn
 from ingestd.store.postgres import (
     BORROW_WAIT,
     BORROW_WAIT_DOWN,
+    CREDENTIAL,
     RECONNECT_WINDOW,
     SCHEMA_VERSION,
     PostgresManifest,
@@ -644,6 +645,38 @@ def test_the_password_never_appears_in_a_later_error(postgres_cluster: PostgresC
             m.close()
     finally:
         postgres_cluster.drop_database(url)
+
+
+def test_the_password_may_come_from_a_systemd_credential(
+    private_cluster: PostgresCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Under systemd, LoadCredential=manifest_password:FILE puts the password in
+    # $CREDENTIALS_DIRECTORY/manifest_password; the URL then needs none.
+    url = private_cluster.new_password_user("ingestd_node", "cred-s3cr@t")
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(ManifestError, match="password"):
+        PostgresManifest.open(url)  # none given: refused
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    (credentials / CREDENTIAL).write_text("wrong-s3cr@t\n")
+    with pytest.raises(ManifestError) as raised:
+        PostgresManifest.open(url)
+    assert "password authentication failed" in str(raised.value)
+    assert "wrong-s3cr" not in shown(raised.value)
+    (credentials / CREDENTIAL).write_text("cred-s3cr@t\n")  # systemd keeps a trailing newline
+    store = PostgresManifest.open(url)
+    try:
+        store.merge([rec("1")], "e.json", 1.0)
+        _terminate_sessions(private_cluster.url(url.split("/")[3].split("?")[0]))
+        assert store.counts().items["pending"] == 1  # the pool's new connections use it too
+    finally:
+        store.close()
+    (credentials / CREDENTIAL).write_text("")
+    with pytest.raises(ManifestError, match=f"credential {CREDENTIAL} is empty"):
+        PostgresManifest.open(url)
 
 
 def test_redact_dsn() -> None:

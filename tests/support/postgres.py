@@ -183,13 +183,38 @@ class PostgresCluster:
             self.stop()
             raise
 
-    def new_database(self) -> str:
+    def new_database(self, owner: str = SERVER_USER) -> str:
         """Create an empty database (a copy of template0) and return its URL."""
         name = f"test_{next(self._names)}"
         self._admin_execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+            sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
+                sql.Identifier(name), sql.Identifier(owner)
+            )
         )
         return self.url(name)
+
+    def new_password_user(self, user: str, password: str) -> str:
+        """Create the login role `user`, which must give `password` (SCRAM: the server checks
+        it, unlike the trusted `postgres`), and a database it owns; return that database's URL
+        for `user`, with no password in it."""
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text(f"local all {user} scram-sha-256\n" + hba.read_text())
+        self._admin_execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(user), sql.Literal(password)
+            )
+        )
+        self._admin_execute(sql.SQL("SELECT pg_reload_conf()").format())
+        url = self.new_database(owner=user).replace(f"{SERVER_USER}@", f"{user}@", 1)
+        deadline = time.monotonic() + self.timeout
+        while True:  # the server reads pg_hba.conf again a moment after it is told to
+            try:
+                psycopg.connect(url, password="", connect_timeout=2).close()
+            except psycopg.OperationalError:
+                return url
+            if time.monotonic() > deadline:
+                raise PostgresError(f"{user} still logs in without a password")
+            time.sleep(0.05)
 
     def drop_database(self, url: str) -> None:
         """Drop the database ``url`` names, ending any sessions still on it."""

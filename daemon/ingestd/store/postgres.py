@@ -4,7 +4,9 @@ suite (tests/contract) runs on both.
 
 psycopg 3 and psycopg_pool are imported here only (the `postgres` extra). Their errors become
 ManifestError at this boundary, and no message carries a password: the DSN may hold one (as may
-PGPASSFILE or the environment), so what is shown of it goes through redact_dsn.
+PGPASSFILE or the environment), so what is shown of it goes through redact_dsn. Under systemd
+the password may also come as the credential CREDENTIAL (`LoadCredential=`), used when the DSN
+names none, and scrubbed from messages likewise.
 
 Connections. Each store has a small pool (psycopg_pool): its thread borrows a connection per
 call, a listing streams on one of its own, and the queue's listener holds one. The pool
@@ -38,6 +40,7 @@ import functools
 import itertools
 import json
 import logging
+import os
 import select
 import threading
 import time
@@ -107,6 +110,8 @@ _RETRIES = 3  # a transaction chosen as a deadlock's victim runs again, up to th
 _FOLD_EVERY = 5.0  # seconds between two folds of the counts by a store that writes
 _LOCK_TIMEOUT_MS = 30_000  # a lock wait this long is a stuck session elsewhere: fail the write
 _CONNECT_TIMEOUT = 10
+# The systemd credential ($CREDENTIALS_DIRECTORY/manifest_password) that holds the password.
+CREDENTIAL = "manifest_password"
 # The pool of one store: its thread's calls, a listing it streams meanwhile (iter_items), and
 # the queue's listener (watch_queue) each hold one connection at most.
 POOL_SIZE = 3
@@ -430,8 +435,9 @@ FROM items
 
 
 def _scrub(message: str, dsn: str) -> str:
-    """A message about `dsn` without its password, in any spelling (libpq's parse too)."""
-    secrets = dsn_passwords(dsn)
+    """A message about `dsn` without its password, in any spelling (libpq's parse too), nor
+    any password read from a credential."""
+    secrets = dsn_passwords(dsn) | _CREDENTIAL_PASSWORDS
     try:
         parsed = conninfo_to_dict(dsn).get("password")
     except psycopg.Error:
@@ -534,9 +540,10 @@ class PostgresManifest(DerivedMethods):
         """Connect to the database `dsn` names and (unless `readonly`) create or migrate the
         manifest's schema there. A schema newer than this code, or none when `readonly`,
         raises ManifestError."""
+        args = _connect_args(dsn, os.environ.get("CREDENTIALS_DIRECTORY"))
         # A connection of its own first, whose failure says why (the pool's would only time
         # out): the schema is made or checked there, then the pool takes over.
-        with contextlib.closing(_connect(dsn, readonly)) as conn:
+        with contextlib.closing(_connect(dsn, readonly, args)) as conn:
             version = SCHEMA_VERSION
             try:
                 if readonly:
@@ -545,7 +552,7 @@ class PostgresManifest(DerivedMethods):
                     _migrate(conn)
             except psycopg.Error as exc:
                 raise ManifestError(f"{redact_dsn(dsn)}: {_scrub(str(exc), dsn)}") from None
-        return cls(_pool(dsn, readonly), dsn, readonly=readonly, version=version)
+        return cls(_pool(dsn, readonly, args), dsn, readonly=readonly, version=version)
 
     def close(self) -> None:
         """Fold the counts this store moved, and disconnect."""
@@ -1719,6 +1726,36 @@ _CONNECT_ARGS: dict[str, Any] = {
     "connect_timeout": _CONNECT_TIMEOUT,
     "application_name": "ingestd",
 }
+_CREDENTIAL_PASSWORDS: set[str] = set()  # read from credentials: what _scrub also hides
+
+
+def _connect_args(dsn: str, credentials: str | None) -> dict[str, Any]:
+    """How to connect to `dsn`: with the password in the credential CREDENTIAL of the
+    directory `credentials` ($CREDENTIALS_DIRECTORY) when there is one and `dsn` names none
+    (libpq then prefers it to PGPASSWORD and PGPASSFILE). Raises ManifestError if that
+    credential is empty or unreadable."""
+    if not credentials or _named_password(dsn):
+        return _CONNECT_ARGS
+    path = Path(credentials) / CREDENTIAL
+    try:
+        password = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except FileNotFoundError:
+        return _CONNECT_ARGS
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"credential {CREDENTIAL} ({path}): unreadable: {exc}") from None
+    if not password:
+        raise ManifestError(f"credential {CREDENTIAL} is empty ({path})")
+    _CREDENTIAL_PASSWORDS.add(password)
+    return {**_CONNECT_ARGS, "password": password}
+
+
+def _named_password(dsn: str) -> bool:
+    try:
+        return bool(conninfo_to_dict(dsn).get("password"))
+    except psycopg.Error:
+        return False  # connecting will say what is wrong with it
+
+
 # The last reason each DSN's pool failed to connect: its timeouts say only that they timed out.
 _CONNECT_FAILURES: dict[str, str] = {}
 # The pool logs each failed reconnection; with no handler, Python would print them to stderr
@@ -1773,13 +1810,15 @@ def borrow_limit(down: bool, stopping: bool) -> float:
     return BORROW_WAIT_DOWN if down or stopping else BORROW_WAIT
 
 
-def _pool(dsn: str, readonly: bool) -> ConnectionPool[psycopg.Connection[TupleRow]]:
+def _pool(
+    dsn: str, readonly: bool, args: dict[str, Any]
+) -> ConnectionPool[psycopg.Connection[TupleRow]]:
     """The connections of one store (see the module docstring); it connects in the
     background."""
     return ConnectionPool(
         dsn,
         connection_class=_PoolConnection,
-        kwargs=_CONNECT_ARGS,
+        kwargs=args,
         min_size=1,
         max_size=POOL_SIZE,
         configure=_configure(readonly),
@@ -1793,10 +1832,10 @@ def _pool(dsn: str, readonly: bool) -> ConnectionPool[psycopg.Connection[TupleRo
     )
 
 
-def _connect(dsn: str, readonly: bool) -> psycopg.Connection[TupleRow]:
+def _connect(dsn: str, readonly: bool, args: dict[str, Any]) -> psycopg.Connection[TupleRow]:
     """A connection as the pool makes them, outside of it. Raises ManifestError."""
     try:
-        conn = psycopg.connect(dsn, **_CONNECT_ARGS)
+        conn = psycopg.connect(dsn, **args)
     except psycopg.Error as exc:
         # Not chained: the driver's message, shown in a traceback, may quote the DSN.
         raise ManifestError(f"{redact_dsn(dsn)}: {_scrub(str(exc), dsn)}") from None
