@@ -288,11 +288,14 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
     if args.watch:
         return _watch(config, args)
-    counts, owners = _read(config, lambda m: (m.counts(), m.in_flight_by_owner()))
+    counts, owners, fleet = _read(
+        config, lambda m: (m.counts(), m.in_flight_by_owner(), m.node_reports())
+    )
+    now = time.time()
     if args.json:
-        print(json.dumps(status_document(counts, owners)))
+        print(json.dumps(status_document(counts, owners, fleet, now)))
     else:
-        print(status_table(counts, config.manifest_label, owners))
+        print(status_table(counts, config.manifest_label, owners, fleet, now))
     return EXIT_OK
 
 

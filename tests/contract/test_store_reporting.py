@@ -1,11 +1,12 @@
 """What the store reports and the CLI changes: status counts, listings and their filters,
-`ingestd retry`, the queue's age and raw records."""
+`ingestd retry`, the queue's age and raw records, and what each node says of itself."""
 
 import random
+from collections.abc import Callable
 
 from ingestd.policy.merge import State
 from ingestd.policy.naming import UNTAGGED, topic_folder
-from ingestd.store.base import ManifestStore
+from ingestd.store.base import NODE_FORGET_S, ManifestStore, NodeReport
 from support.store import NEW, OLD, done, r
 
 
@@ -169,3 +170,26 @@ def test_the_oldest_pending_item_dates_the_queue(store: ManifestStore) -> None:
     assert store.oldest_pending() == 5.0
     store.claim(12.0, start=0, hold=2)
     assert store.oldest_pending() == 5.0, "held items still wait"
+
+
+def test_each_node_reports_itself_and_a_silent_one_is_forgotten(
+    open_store: Callable[[], ManifestStore],
+) -> None:
+    store = open_store()
+    assert store.node_reports() == []
+    first = NodeReport("edge-a", 100.0, "running", 3, 12_345, 1.5e6)
+    other = NodeReport("edge-b", 101.0, "paused", 1, 2**40, 0.0)  # bytes past 32 bits
+    store.report_node(first)
+    store.report_node(other)
+    latest = NodeReport("edge-a", 105.0, "running", 2, 50_000, 2.25e6)
+    store.report_node(latest)  # replaces the node's earlier report
+    assert store.node_reports() == [latest, other]
+    store.close()
+    store = open_store()  # kept: a node that stopped is still shown, as stopped
+    try:
+        assert store.node_reports() == [latest, other]
+        gone = NodeReport("edge-a", 101.5 + NODE_FORGET_S, "stopped", 0, 0, 0.0)
+        store.report_node(gone)  # edge-b was last heard over NODE_FORGET_S before
+        assert store.node_reports() == [gone]
+    finally:
+        store.close()

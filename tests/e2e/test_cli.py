@@ -80,12 +80,15 @@ def test_status_table_json_and_watch(
     daemon = run.daemon
 
     doc = _json(daemon.cli("status", "--json"))
+    fleet = doc.pop("fleet")
     assert doc == {
         "items": {"pending": 0, "active": 0, "done": 2, "expired": 0, "failed": 1},
         "extracts": {"merged": 1, "rejected": 0, "duplicate": 0},
         "bytes_done": 2 * SIZE,
         "nodes": {},  # nothing in flight
     }
+    (node,) = fleet.values()  # the one daemon, as it reported itself (every 5 s)
+    assert node["state"] == "running" and abs(node["seen_at"] - time.time()) < 30, fleet
 
     table = _ok(daemon.cli("status"))
     rows = dict(re.findall(r"^\s+(\w+)\s+(\d+)$", table, re.MULTILINE))

@@ -7,7 +7,9 @@ from __future__ import annotations
 import collections
 import datetime
 import random
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -106,6 +108,50 @@ def test_the_end_of_a_queue_goes_to_free_slots_not_held_ahead_by_one_node(
             time.sleep(0.2)
     assert sum(shares.values()) == len(records), shares
     assert max(shares.values()) <= 6, shares
+
+
+def test_status_shows_each_node_its_transfers_and_bytes_and_which_stopped(
+    daemon_factory: Any, origin: OriginServer, prefix: str, postgres_url: str
+) -> None:
+    # Transfers of about 10 s each keep both nodes busy past a report or two (every 5 s).
+    records, _ = origin_records(origin, prefix, random.Random(8), 8, "cats", 50 * SIZE, mode="slow")
+    nodes = [
+        daemon_factory(manifest_url=postgres_url, node_name=f"edge-{n}", concurrency=2)
+        for n in "ab"
+    ]
+    for node in nodes:
+        node.start()
+    nodes[0].drop_atomic("extract_fleet.json", records)
+
+    def busy(fleet: dict[str, Any]) -> bool:
+        return all(
+            fleet.get(f"edge-{n}", {}).get("state") == "running"
+            and fleet[f"edge-{n}"]["in_flight"] == 2
+            and fleet[f"edge-{n}"]["bytes_in_flight"] > 0
+            for n in "ab"
+        )
+
+    fleet = _fleet_until(nodes[1], busy, "both nodes reported two transfers with bytes")
+    assert all(f["rate_bytes_per_s"] > 0 for f in fleet.values()), fleet
+    nodes[1].terminate()
+    fleet = _fleet_until(nodes[0], lambda f: f["edge-b"]["state"] == "stopped", "edge-b stopped")
+    assert fleet["edge-b"]["in_flight"] == 0 and fleet["edge-a"]["state"] == "running"
+    table = nodes[0].cli("status")
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"edge-a +running .* 2 +[0-9.]+ [KM]iB", table.stdout), table.stdout
+    assert re.search(r"edge-b +stopped", table.stdout), table.stdout
+    nodes[0].terminate()
+
+
+def _fleet_until(node: Any, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+    """`status --json`'s fleet, read again until `done` holds of it (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while True:
+        fleet: dict[str, Any] = node.status_json()["fleet"]
+        if done(fleet):
+            return fleet
+        assert time.monotonic() < deadline, f"not seen in status: {what}: {fleet}"
+        time.sleep(0.5)
 
 
 def test_a_killed_nodes_items_are_finished_by_another_after_its_leases_lapse(

@@ -564,13 +564,14 @@ def test_owners_and_leases_come_with_schema_2(postgres_url: str) -> None:
     reader = PostgresManifest.open(postgres_url, readonly=True)
     try:
         assert reader.in_flight_by_owner() == {"": OwnerLoad(active=1, held=1)}
+        assert reader.node_reports() == []  # none before migration 4
         item = reader.item("1")
         assert item is not None and "owner" not in item
     finally:
         reader.close()
     m = PostgresManifest.open(postgres_url)
     try:
-        assert migrations(postgres_url) == [1, 2, 3]
+        assert migrations(postgres_url) == list(range(1, SCHEMA_VERSION + 1))
         item = m.item("1")
         assert item is not None and (item["owner"], item["lease_until"]) == (None, None)
         assert m.reclaim_lapsed(now=1e12) == []

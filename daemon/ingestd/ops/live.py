@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ingestd.store.base import NodeReport
+
 LIVE_FILE = "live.json"
 LIVE_VERSION = 1
 LIVE_PERIOD = 1.0  # seconds between rewrites while something changes
@@ -81,6 +83,23 @@ class Snapshot:
     transfers: tuple[InFlight, ...] = ()
     pause: tuple[str, str, float] | None = None  # reason, detail, seconds paused
     hosts_down: tuple[str, ...] = ()
+
+
+def node_report(
+    node: str, snapshot: Snapshot, rate: float, now: float, *, stopped: bool = False
+) -> NodeReport:
+    """What node `node` says of itself at `now` (see NodeReport), from its snapshot and the
+    bytes a second it received lately."""
+    if stopped:
+        return NodeReport(node, now, "stopped", 0, 0, 0.0)
+    return NodeReport(
+        node,
+        now,
+        "running" if snapshot.pause is None else "paused",
+        snapshot.in_flight,
+        sum(t.offset + t.received for t in snapshot.transfers),
+        rate,
+    )
 
 
 def combine(snapshots: Iterable[Snapshot]) -> Snapshot:

@@ -6,16 +6,32 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-from ingestd.ops.live import human_bytes
+from ingestd.ops.live import human_bytes, human_duration, human_rate
 from ingestd.policy.naming import topic_folder
-from ingestd.store.base import Counts, ItemSummary, OwnerLoad
+from ingestd.store.base import Counts, ItemSummary, NodeReport, OwnerLoad
+
+# A node reports every 5 s (service/daemon.py, STATUS_PERIOD); one not heard of for this long,
+# and not stopped, is taken for not responding (dead, cut off, or its clock far off).
+NODE_SILENT_S = 30.0
+
+
+def node_state(report: NodeReport, now: float) -> str:
+    """What `status` says a node is: its own word, unless it went silent without stopping."""
+    if report.state != "stopped" and now - report.seen_at > NODE_SILENT_S:
+        return "not_responding"
+    return report.state
 
 
 def status_document(
-    counts: Counts, owners: Mapping[str, OwnerLoad] | None = None
+    counts: Counts,
+    owners: Mapping[str, OwnerLoad] | None = None,
+    fleet: Sequence[NodeReport] = (),
+    now: float = 0.0,
 ) -> dict[str, object]:
     """The stable JSON shape of `ingestd status --json`; `nodes`: the items each owner (a node,
-    or `node/worker`; "" for claims without one) has running (`active`) and claimed ahead."""
+    or `node/worker`; "" for claims without one) has running (`active`) and claimed ahead;
+    `fleet`: what each node last reported of itself (at `seen_at`, epoch seconds), its state
+    judged at `now`."""
     return {
         "items": {
             k: counts.items.get(k, 0) for k in ("pending", "active", "done", "expired", "failed")
@@ -29,6 +45,16 @@ def status_document(
         "nodes": {
             name: {"active": load.active, "held": load.held}
             for name, load in (owners or {}).items()
+        },
+        "fleet": {
+            r.node: {
+                "state": node_state(r, now),
+                "seen_at": r.seen_at,
+                "in_flight": r.in_flight,
+                "bytes_in_flight": r.bytes_in_flight,
+                "rate_bytes_per_s": round(r.rate),
+            }
+            for r in fleet
         },
     }
 
@@ -45,7 +71,11 @@ def status_line(counts: Counts, in_flight: int, rate_bytes_per_s: float) -> str:
 
 
 def status_table(
-    counts: Counts, manifest: str, owners: Mapping[str, OwnerLoad] | None = None
+    counts: Counts,
+    manifest: str,
+    owners: Mapping[str, OwnerLoad] | None = None,
+    fleet: Sequence[NodeReport] = (),
+    now: float = 0.0,
 ) -> str:
     """A readable summary for a terminal."""
     doc = status_document(counts, owners)
@@ -58,6 +88,15 @@ def status_table(
     lines += [f"  {'total':<9}{total:>10}", "", "extracts"]
     lines += [f"  {k:<9}{n:>10}" for k, n in extracts.items()]
     lines += ["", f"downloaded {human_bytes(counts.bytes_done)} ({counts.bytes_done} bytes)"]
+    if fleet:
+        head = f"{'node':<18} {'state':<14} {'seen':>9} {'in flight':>9} {'received':>10}"
+        lines += ["", f"{head} {'rate':>11}"]
+        for r in fleet:
+            seen = human_duration(max(now - r.seen_at, 0.0)) + " ago"
+            lines.append(
+                f"  {r.node:<16} {node_state(r, now):<14} {seen:>9} {r.in_flight:>9}"
+                f" {human_bytes(r.bytes_in_flight):>10} {human_rate(r.rate):>11}"
+            )
     if owners:
         lines += ["", f"in flight by node {'active':>9} {'held':>6}"]
         lines += [f"  {name or '-':<16}{o.active:>10} {o.held:>6}" for name, o in owners.items()]

@@ -28,6 +28,7 @@ from ingestd.ops.live import (
     Live,
     RateMeter,
     Snapshot,
+    node_report,
     summary_line,
     write_live,
 )
@@ -41,7 +42,7 @@ from ingestd.service.publish import Publisher
 from ingestd.service.relink import Relinker
 from ingestd.service.tasks import until_stopped
 from ingestd.service.workers import Workers
-from ingestd.store.base import ManifestError
+from ingestd.store.base import ManifestError, NodeReport
 
 STOP_BUDGET = 8.0  # seconds for the whole shutdown; systemd and users expect exit within 10
 # Of it, what download workers get to stop once told (then they are killed): the rest covers
@@ -374,6 +375,9 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2.0)
         await parts.downloads.shutdown()
+        node = self._config.node_name
+        stopped = node_report(node, parts.downloads.snapshot(), 0.0, time.time(), stopped=True)
+        await self._report_node(parts, stopped)
         await parts.db.close()
 
     # --- reload ----------------------------------------------------------------------------
@@ -444,8 +448,11 @@ class Daemon:
         self._log.info("metrics_serving", address=f"{host}:{port}")
 
     async def _report_status(self, parts: _Parts) -> None:
-        """Keep `systemctl status` (STATUS=) and the Prometheus gauges current."""
-        last_bytes, last_time = parts.downloads.snapshot().bytes, time.monotonic()
+        """Keep `systemctl status` (STATUS=), the Prometheus gauges and this node's report in
+        the manifest (what `status` shows of the fleet) current."""
+        first = parts.downloads.snapshot()
+        last_bytes, last_received, last_time = first.bytes, first.received, time.monotonic()
+        await self._report_node(parts, node_report(self._config.node_name, first, 0.0, time.time()))
         while True:
             await asyncio.sleep(STATUS_PERIOD)
             try:
@@ -454,11 +461,21 @@ class Daemon:
             except ManifestError:  # the feeder reports an outage; the next round tries again
                 continue
             now, snapshot = time.monotonic(), parts.downloads.snapshot()
-            rate = (snapshot.bytes - last_bytes) / max(now - last_time, 1e-6)
-            last_bytes, last_time = snapshot.bytes, now
+            elapsed = max(now - last_time, 1e-6)
+            rate = (snapshot.bytes - last_bytes) / elapsed
+            received = (snapshot.received - last_received) / elapsed
+            last_bytes, last_received, last_time = snapshot.bytes, snapshot.received, now
             age = 0.0 if oldest is None else time.time() - oldest
             self._metrics.snapshot(counts.items, age, snapshot.in_flight)
             self._notifier.status(status_line(counts, snapshot.in_flight, rate))
+            await self._report_node(
+                parts, node_report(self._config.node_name, snapshot, received, time.time())
+            )
+
+    @staticmethod
+    async def _report_node(parts: _Parts, report: NodeReport) -> None:
+        with contextlib.suppress(ManifestError):  # the feeder reports an outage
+            await parts.db.run(parts.db.manifest.report_node, report)
 
     @staticmethod
     def _live(snapshot: Snapshot, stopped: bool = False) -> Live:

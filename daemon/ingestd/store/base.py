@@ -153,6 +153,29 @@ class OwnerLoad:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeReport:
+    """What a node last said of itself (report_node): `status` shows the fleet from these."""
+
+    node: str
+    seen_at: float  # epoch seconds, in the node's clock
+    state: str  # running, paused or stopped
+    in_flight: int  # transfers running
+    bytes_in_flight: int  # of their files, received so far (a resumed part's included)
+    rate: float  # bytes a second received, over the node's last report period
+
+
+# A node silent this long (renamed, retired) is dropped from the reports: they stay few.
+NODE_FORGET_S = 7 * 24 * 3600.0
+NODE_COLUMNS = "name, seen_at, state, in_flight, bytes_in_flight, rate"  # NodeReport's order
+
+
+def node_row(report: NodeReport) -> tuple[str, float, str, int, int, float]:
+    """`report` as a row of NODE_COLUMNS."""
+    r = report
+    return (r.node, r.seen_at, r.state, r.in_flight, r.bytes_in_flight, r.rate)
+
+
+@dataclass(frozen=True, slots=True)
 class Relink:
     """A done item whose file must also appear under further topic folders."""
 
@@ -507,6 +530,15 @@ class ManifestStore(Protocol):
 
     def in_flight_by_owner(self) -> dict[str, OwnerLoad]:
         """Items active and held, per owner ("" for no owner); only owners with some."""
+        ...
+
+    def report_node(self, report: NodeReport) -> None:
+        """Keep `report` as its node's latest, and drop the reports of nodes silent for
+        NODE_FORGET_S before it."""
+        ...
+
+    def node_reports(self) -> list[NodeReport]:
+        """Each node's latest report, by name; none from a manifest older than them."""
         ...
 
     def next_due(self, skip: Sequence[str] = ()) -> float | None:

@@ -27,6 +27,8 @@ from ingestd.policy.urls import origin_of
 from ingestd.store.base import (
     EXPIRED_IDS_KEPT,
     META_DATA_DIR,
+    NODE_COLUMNS,
+    NODE_FORGET_S,
     Completion,
     Counts,
     DerivedMethods,
@@ -42,6 +44,7 @@ from ingestd.store.base import (
     ManifestStore,
     MergeCounts,
     MergeInterrupted,
+    NodeReport,
     OwnerLoad,
     Relink,
     SettledExtract,
@@ -53,6 +56,7 @@ from ingestd.store.base import (
     data_dir_key,
     holder_node,
     library_path,
+    node_row,
     plan_binding,
     same_dir,
 )
@@ -91,10 +95,10 @@ __all__ = [  # with the values, so that importing them from here goes on working
     "same_dir",
 ]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # The columns readers use are the same in all (in_flight_by_owner and item() do without owners
-# before 7, and without `held` before 5).
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+# before 7, and without `held` before 5; node_reports finds none before 9).
+READABLE_VERSIONS = tuple(range(1, SCHEMA_VERSION + 1))
 _CHUNK = 500  # ids per SELECT ... IN (...), records per write transaction, rows per export chunk
 _URL_EXPIRED = Reason.URL_EXPIRED.value
 # Passes over the items of origins that cannot take work (their URL's host:port, worked out
@@ -300,6 +304,17 @@ _MIGRATIONS: dict[int, str] = {
     # Each node's data dir is recorded in meta as `data_dir/<node>` (see plan_binding).
     8: """
     ALTER TABLE items ADD COLUMN node TEXT;
+    """,
+    # What each node last said of itself (report_node), for `status` across the fleet.
+    9: """
+    CREATE TABLE nodes (
+        name            TEXT PRIMARY KEY,
+        seen_at         REAL NOT NULL,
+        state           TEXT NOT NULL,
+        in_flight       INTEGER NOT NULL,
+        bytes_in_flight INTEGER NOT NULL,
+        rate            REAL NOT NULL
+    );
     """,
 }
 # An item as a restart finds it (reset_active): an active one is pending again, the attempt it
@@ -1301,6 +1316,25 @@ class Manifest(DerivedMethods):
                     (aweme_id,),
                 )
         return True
+
+    def report_node(self, report: NodeReport) -> None:
+        """Keep `report` as its node's latest; forget nodes silent for NODE_FORGET_S."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " seen_at = excluded.seen_at, state = excluded.state,"
+                " in_flight = excluded.in_flight, bytes_in_flight = excluded.bytes_in_flight,"
+                " rate = excluded.rate",
+                node_row(report),
+            )
+            db.execute("DELETE FROM nodes WHERE seen_at < ?", (report.seen_at - NODE_FORGET_S,))
+
+    def node_reports(self) -> list[NodeReport]:
+        """Each node's latest report, by name (none before schema 9)."""
+        if self._version < 9:
+            return []
+        rows = self._conn.execute(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY name")
+        return [NodeReport(*row) for row in rows]
 
     def oldest_pending(self) -> float | None:
         """Creation time of the oldest item still pending (for the queue-age metric)."""

@@ -60,6 +60,8 @@ from ingestd.policy.retry import Reason
 from ingestd.policy.urls import origin_of
 from ingestd.store.base import (
     META_DATA_DIR,
+    NODE_COLUMNS,
+    NODE_FORGET_S,
     Completion,
     Counts,
     DerivedMethods,
@@ -75,6 +77,7 @@ from ingestd.store.base import (
     ManifestStore,
     MergeCounts,
     MergeInterrupted,
+    NodeReport,
     OwnerLoad,
     Relink,
     SettledExtract,
@@ -82,6 +85,7 @@ from ingestd.store.base import (
     data_dir_key,
     holder_node,
     library_path,
+    node_row,
     plan_binding,
     same_dir,
 )
@@ -102,7 +106,7 @@ if TYPE_CHECKING:
 Cursor = psycopg.Cursor[TupleRow]
 R = TypeVar("R")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _CHUNK = 500  # ids per listing fetch, done items per verify page
 _MERGE_CHUNK = 5_000  # records per merge transaction: its rows stay locked until it commits
 _IDS_PER_READ = 10_000  # ids bound in one `= ANY(%s)`
@@ -326,6 +330,17 @@ _MIGRATIONS: dict[int, str] = {
     # library's own). Each node's data dir is in meta as `data_dir/<node>` (see plan_binding).
     3: """
     ALTER TABLE items ADD COLUMN node text;
+    """,
+    # What each node last said of itself (report_node), for `status` across the fleet.
+    4: """
+    CREATE TABLE nodes (
+        name            text COLLATE "C" PRIMARY KEY,
+        seen_at         double precision NOT NULL,
+        state           text NOT NULL,
+        in_flight       integer NOT NULL,
+        bytes_in_flight bigint NOT NULL,
+        rate            double precision NOT NULL
+    );
     """,
 }
 
@@ -1046,6 +1061,31 @@ class PostgresManifest(DerivedMethods):
             ):
                 counts.setdefault(name, [0, 0])[n] = int(count)
         return {name: OwnerLoad(*pair) for name, pair in sorted(counts.items())}
+
+    def report_node(self, report: NodeReport) -> None:
+        """Keep `report` as its node's latest; forget nodes silent for NODE_FORGET_S."""
+
+        def report_(cur: Cursor) -> None:
+            cur.execute(
+                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at,"
+                " state = excluded.state, in_flight = excluded.in_flight,"
+                " bytes_in_flight = excluded.bytes_in_flight, rate = excluded.rate",
+                node_row(report),
+            )
+            cur.execute("DELETE FROM nodes WHERE seen_at < %s", (report.seen_at - NODE_FORGET_S,))
+
+        self._write(report_)
+
+    def node_reports(self) -> list[NodeReport]:
+        """Each node's latest report, by name (none before migration 4)."""
+        if self._version < 4:
+            return []
+        rows = self._read(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY name")
+        return [
+            NodeReport(str(n), float(s), str(st), int(i), int(b), float(r))
+            for n, s, st, i, b, r in rows
+        ]
 
     def next_due(self, skip: Sequence[str] = ()) -> float | None:
         """The earliest retry time among pending items not claimed (and not of the origins
