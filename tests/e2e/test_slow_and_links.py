@@ -7,6 +7,8 @@ import random
 import time
 from typing import Any
 
+import pytest
+
 from support.daemon import Daemon, event_time
 from support.extracts import make_record, new_id
 from support.origin import OriginServer
@@ -84,6 +86,7 @@ def test_per_host_concurrency_caps_one_hosts_slots(
     daemon.terminate()
 
 
+@pytest.mark.also_workers
 def test_a_link_that_fails_is_retried_by_relinking_never_by_downloading(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:

@@ -369,6 +369,36 @@ async def test_relinking_ends_however_many_links_fail_and_survives_a_manifest_er
     assert (media / "dogs" / f"{recs[0].aweme_id}.mp4").exists()
 
 
+async def test_a_link_that_keeps_failing_is_tried_again_later_each_time(tmp_path: Path) -> None:
+    # Each pass that finds its parked item due tries it again; a failure then counts on from
+    # the last, so the wait keeps growing up to backoff_max instead of starting over.
+    async def attempt(item: Item) -> Any:
+        raise AssertionError("nothing is downloaded")
+
+    (rec,) = records(1)
+    pool, db, _, events = await setup(tmp_path, [rec], attempt, backoff_base=1.0, backoff_max=60)
+    now = time.time()
+    await db.run(db.manifest.claim, now, 1, 0)
+    done = Completion(rec.aweme_id, 7, "0" * 64, f"cats/{rec.aweme_id}.mp4", ("cats",), now)
+    await db.run(db.manifest.complete_many, [done])
+    await db.run(db.manifest.merge, [Record(rec.aweme_id, rec.url, "dogs", "{}")], "e2.json", now)
+    media = tmp_path / "media_assets"
+    (media / "cats").mkdir(parents=True)
+    (media / "dogs").write_text("a file where a folder should be")
+    for failures in (1, 2, 3, 4):
+        await asyncio.wait_for(pool.relink(), 30)
+        assert pool._relink_parked[rec.aweme_id][0] == failures
+        assert events.named("link_failed")[-1]["failures"] == failures
+        pool._relink_parked[rec.aweme_id] = (failures, 0.0)  # its wait is over
+    delays = [e["retry_in_s"] for e in events.named("link_failed")]
+    assert delays[-1] >= 4.0, delays  # 1 s doubled three times, less up to half in jitter
+    (media / "dogs").unlink()
+    (media / "cats" / f"{rec.aweme_id}.mp4").write_bytes(b"v")
+    await asyncio.wait_for(pool.relink(), 30)
+    assert (media / "dogs" / f"{rec.aweme_id}.mp4").exists()
+    assert pool._relink_parked == {}  # linked: nothing left to remember
+
+
 def _published(item: Item) -> Published:
     return Published(PurePosixPath(f"cats/{item.aweme_id}.mp4"), 10, "ab" * 32, False, ("cats",))
 

@@ -92,18 +92,21 @@ class Relinker:
         never downloaded again for it."""
         now = time.monotonic()
         parked = self.parked
-        for aweme_id in [i for i, (_, at) in parked.items() if at <= now]:
-            del parked[aweme_id]  # due again
+        # Due again: tried in this pass, their failures kept, so that another failure waits
+        # longer; waiting still: skipped.
+        due = {i for i, (_, at) in parked.items() if at <= now}
+        waiting = tuple(i for i in parked if i not in due)
         after = ""
         while True:
             batch = await self._db.run(
                 self._db.manifest.pending_relinks,
                 RELINK_BATCH,
-                tuple(parked),
+                waiting,
                 after,
                 node=self._config.manifest_node,  # the files this node holds
             )
             for relink in batch:
+                due.discard(relink.aweme_id)
                 try:
                     made = await asyncio.to_thread(
                         functools.partial(
@@ -117,11 +120,14 @@ class Relinker:
                     self._park(relink.aweme_id, exc, relink.path)
                     continue
                 await self._db.run(self._db.manifest.clear_relink, relink.aweme_id, relink.topics)
+                parked.pop(relink.aweme_id, None)
                 if made:
                     self._log.info("video_linked", aweme_id=relink.aweme_id, links=made)
             if len(batch) < RELINK_BATCH:
                 break
             after = batch[-1].aweme_id
+        for aweme_id in due:  # not left to link any more (relinked elsewhere, requeued)
+            del parked[aweme_id]
         if parked:  # come back when the first parked item is due
             self._due = True
             self._at = min(at for _, at in parked.values())
