@@ -11,6 +11,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from support.daemon import Daemon
 from support.extracts import make_record, new_id
 from support.origin import OriginServer
@@ -23,6 +25,7 @@ def _hinted(daemon: Daemon) -> list[dict[str, Any]]:
     return [e for e in daemon.events() if "hint" in e]
 
 
+@pytest.mark.also_workers  # once per host for the node: not once per worker
 def test_an_untrusted_certificate_hints_at_ca_bundle_once_per_host(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:
@@ -55,6 +58,7 @@ def test_an_untrusted_certificate_hints_at_ca_bundle_once_per_host(
     daemon.terminate()
 
 
+@pytest.mark.also_workers
 def test_a_non_public_address_hints_at_allowed_hosts(
     daemon_factory: Any, origin: OriginServer, prefix: str
 ) -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from ingestd.policy.hosts import HOST_FAILURES_TO_COOL, PROBE_WAIT, HostHealth
+from ingestd.policy.hosts import (
+    HINTED_MAX,
+    HOST_FAILURES_TO_COOL,
+    PROBE_WAIT,
+    Hinted,
+    HostHealth,
+)
 
 
 def fail(hosts: HostHealth, now: float, ticket: str = "t", **kw: object) -> object:
@@ -172,3 +178,16 @@ def test_the_first_cooldown_to_end_is_when_a_probe_may_go() -> None:
     until = hosts.cooling_until("cdn")
     assert hosts.next_cooldown_end(1.2) == until
     assert hosts.next_cooldown_end(until) is None  # over: the probe may go now
+
+
+def test_a_hint_is_news_once_per_host_within_a_bounded_memory() -> None:
+    told = Hinted()
+    assert told.first("cdn:443", "set ca_bundle")
+    assert not told.first("cdn:443", "set ca_bundle")  # the next item's failure: old news
+    assert told.first("cdn:443", "list it in allowed_hosts")  # another hint is news
+    assert told.first("img:443", "set ca_bundle")  # and so is another host
+    for n in range(HINTED_MAX):  # past the bound the oldest is forgotten, and told again
+        told.first(f"h{n}:443", "hint")
+    assert told.first("cdn:443", "set ca_bundle")
+    told.clear()  # a reload
+    assert told.first("h5:443", "hint")

@@ -189,3 +189,30 @@ class HostHealth:
         idle = [n for n, h in self._hosts.items() if not h.in_flight and h.down_since is None]
         for name in idle[: max(len(idle) // 2, 1)]:
             del self._hosts[name]
+
+
+HINTED_MAX = 1024  # (host, hint) pairs remembered as told: a hint is logged once per host
+
+
+class Hinted:
+    """Which hints (about `ca_bundle`, `allowed_hosts`...) were told for which host: a hint
+    rides on the first event of a host's failure, not on every item's. One per download pool,
+    and one in the main process over its workers' events, so that a node tells it once.
+    Bounded: past HINTED_MAX pairs the oldest is forgotten, and may be told again."""
+
+    def __init__(self) -> None:
+        self._told: dict[tuple[str, str], None] = {}  # oldest first
+
+    def first(self, host: str, hint: str) -> bool:
+        """Whether `hint` about `host` is news (and note it told)."""
+        key = (host, hint)
+        if key in self._told:
+            return False
+        self._told[key] = None
+        if len(self._told) > HINTED_MAX:
+            del self._told[next(iter(self._told))]
+        return True
+
+    def clear(self) -> None:
+        """Forget every hint told (a reload may have changed what they are about)."""
+        self._told.clear()

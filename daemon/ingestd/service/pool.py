@@ -27,7 +27,7 @@ from ingestd.log import Logger
 from ingestd.metrics import Attempts
 from ingestd.net.fetch import Fetcher
 from ingestd.ops.live import InFlight, Snapshot
-from ingestd.policy.hosts import PROBE_WAIT, HostHealth
+from ingestd.policy.hosts import PROBE_WAIT, Hinted, HostHealth
 from ingestd.policy.lease import at_risk, lost, renewal_interval
 from ingestd.policy.merge import State
 from ingestd.policy.retry import (
@@ -72,7 +72,6 @@ STOP_WAIT = 3.0  # seconds stopped transfers get to checkpoint and hand their it
 # unless the host turns out to be going down: judged after this long.
 TRANSPORT_GRACE = 1.0
 PROBE_BYTES = 1024 * 1024  # one write batch, written (and removed) to prove a folder takes files
-HINTED_MAX = 1024  # (host, hint) pairs remembered as told: a hint is logged once per host
 # Local faults that stop every download until they clear, by the name the log gives them.
 PAUSE_REASONS = {
     errno.EROFS: "read_only",
@@ -188,7 +187,7 @@ class DownloadPool:
         self._links_due = self.merged if on_links_due is None else on_links_due
         self._probes: dict[Path, asyncio.Future[tuple[str, str, int | None] | None]] = {}
         self._deferred: dict[str, float] = {}  # origin: the cooldown end its items were moved to
-        self._hinted: dict[tuple[str, str], None] = {}  # (origin, hint) told, oldest first
+        self._hinted = Hinted()
         self.stats = PoolStats()
 
     @property
@@ -729,18 +728,13 @@ class DownloadPool:
             await self._db.run(self._db.manifest.defer_origin, host, until, now)
 
     def _hint(self, host: str, failure: Failure | None) -> dict[str, str]:
-        """`{"hint": ...}` for the event that reports `failure`, the first time this host fails
-        with that hint; else nothing: told once per host, not once per item (a bounded
-        memory: past HINTED_MAX pairs the oldest is forgotten, and may be told again)."""
-        if failure is None or not failure.hint:
+        """`{"hint": ..., "host": ...}` for the event that reports `failure`, the first time
+        this host fails with that hint; else nothing: told once per host, not once per item
+        (policy.hosts.Hinted). The host goes with it: a node's main process tells it once over
+        its workers by it."""
+        if failure is None or not failure.hint or not self._hinted.first(host, failure.hint):
             return {}
-        key = (host, failure.hint)
-        if key in self._hinted:
-            return {}
-        self._hinted[key] = None
-        if len(self._hinted) > HINTED_MAX:
-            del self._hinted[next(iter(self._hinted))]
-        return {"hint": failure.hint}
+        return {"hint": failure.hint, "host": host}
 
     async def _host_caused(self, failure: Failure, host: str, started_at: float) -> bool:
         """Whether a failure is the host's, not the item's: 429/503 and no connection are;

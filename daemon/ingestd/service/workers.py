@@ -28,9 +28,10 @@ from typing import Any
 
 from ingestd import log
 from ingestd.config import Config, config_document
-from ingestd.log import Logger
+from ingestd.log import Logger, encode_event
 from ingestd.metrics import Metrics
 from ingestd.ops.live import Snapshot, combine, counters_of, parse_snapshot
+from ingestd.policy.hosts import Hinted
 from ingestd.policy.retry import Reason
 from ingestd.policy.workers import (
     CONDITION_EVENTS,
@@ -63,10 +64,12 @@ class _Channel(asyncio.Protocol):
     """The main process's end of one worker's socket pair."""
 
     def __init__(
-        self, on_message: Callable[[dict[str, Any]], None], admit: Callable[[bytes], bool]
+        self,
+        on_message: Callable[[dict[str, Any]], None],
+        admit: Callable[[bytes], bytes | None],
     ) -> None:
-        """`on_message`: each message but `log`, whose events are written here if `admit`
-        takes them."""
+        """`on_message`: each message but `log`, whose events are written here as `admit`
+        gives them back (None: not at all)."""
         self._on_message = on_message
         self._admit = admit
         self._lines = wire.Lines()
@@ -88,8 +91,9 @@ class _Channel(asyncio.Protocol):
         for line in lines:
             event = wire.logged(line)
             if event is not None:
-                if self._admit(event):
-                    events.append(event)
+                admitted = self._admit(event)
+                if admitted is not None:
+                    events.append(admitted)
                 continue
             if events:  # written before what follows them (a `synced` says they are)
                 log.emit_encoded(events)
@@ -160,6 +164,7 @@ class Workers:
         self._context = multiprocessing.get_context("spawn")
         self._ended = Snapshot()  # the counters of the workers that exited
         self._conditions = Conditions()
+        self._hinted = Hinted()  # over the workers' events: see _admit
         self._syncs = itertools.count(1)
         self._stopping = False
         self._stop_asked = 0.0
@@ -218,6 +223,7 @@ class Workers:
     def reconfigure(self, config: Config) -> None:
         """Give every worker the reloaded config (with its shares); restarts get it too."""
         self._config = config
+        self._hinted.clear()  # as each worker's pool does: allowed_hosts may have changed
         for slot in self._slots:
             if slot.channel is not None:
                 slot.channel.send(self._config_message(slot))
@@ -376,14 +382,24 @@ class Workers:
         outage) is the node's news: it counts as one more reporter, numbered 0."""
         return self._conditions.admit(0, event, {})
 
-    def _admit(self, slot: _Slot, event: bytes) -> bool:
-        """Whether to write a worker's event: a host down or a pause is logged once for the
-        node, not once per worker."""
-        if not any(mark in event for mark in _CONDITION_MARKS):
-            return True
+    def _admit(self, slot: _Slot, event: bytes) -> bytes | None:
+        """A worker's event as the node writes it, or None: a host down, a pause or an outage
+        is logged once for the node, not once per worker, and so is a hint about a host (the
+        event stays, without it)."""
+        hinted = _HINT_MARK in event
+        if not hinted and not any(mark in event for mark in _CONDITION_MARKS):
+            return event
         fields = wire.decode_event(event)
         name = fields.get("event")
-        return not isinstance(name, str) or self._conditions.admit(slot.index, name, fields)
+        if isinstance(name, str) and not self._conditions.admit(slot.index, name, fields):
+            return None
+        hint, host = fields.get("hint"), fields.get("host")
+        if not hinted or not isinstance(hint, str) or not isinstance(host, str):
+            return event
+        if self._hinted.first(host, hint):
+            return event
+        del fields["hint"]
+        return encode_event(fields)
 
     def _received(self, slot: _Slot, message: dict[str, Any]) -> None:
         """One message from worker `slot.index`."""
@@ -410,6 +426,7 @@ class Workers:
 
 
 _CONDITION_MARKS = tuple(f'"{name}"'.encode() for name in sorted(CONDITION_EVENTS))
+_HINT_MARK = b'"hint":'
 
 
 def _settle(future: asyncio.Future[None]) -> None:
