@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import sys
 import uuid
@@ -52,16 +53,19 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OriginServer]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Modules that set BOTH_HTTP2_CLIENTS run each test on ours and on httpx's HTTP/2 stack
     # (but those marked `builtin_only`); tests marked `also_workers` run once more with
-    # `workers = 2` (on ours).
+    # `workers = 2` (on ours). E2E_WORKERS=N runs every test with `workers = N` (the
+    # whole suite on worker processes: not in CI, which runs the marked ones; not INGESTD_*,
+    # which the daemons read as config).
     if "http2_client" not in metafunc.fixturenames:
         return
-    runs = [("builtin", 1)]
+    every = int(os.environ.get("E2E_WORKERS", "1"))
+    runs = [("builtin", every)]
     marked = metafunc.definition.get_closest_marker
     if getattr(metafunc.module, "BOTH_HTTP2_CLIENTS", False) and marked("builtin_only") is None:
-        runs.append(("h2", 1))
-    if marked("also_workers") is not None:
+        runs.append(("h2", every))
+    if marked("also_workers") is not None and every == 1:
         runs.append(("builtin", 2))
-    if len(runs) > 1:
+    if len(runs) > 1 or every != 1:
         ids = [client if workers == 1 else f"{client}-workers{workers}" for client, workers in runs]
         metafunc.parametrize(("http2_client", "workers"), runs, indirect=True, ids=ids)
 

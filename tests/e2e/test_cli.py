@@ -50,6 +50,7 @@ def _settled(daemon_factory: Any, origin: OriginServer, prefix: str, **config: A
     daemon.drop_atomic("extract_20261126T090000.json", ok + missing)
     daemon.wait_for_count("download_completed", 2)
     daemon.wait_for("download_failed")
+    daemon.wait_for("extract_completed")  # the last event of the run: nothing is logged after
     (missing_id,) = missing_names
     return Settled(daemon, list(ok_names), missing_id, {**ok_names, **missing_names})
 

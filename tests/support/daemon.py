@@ -7,6 +7,7 @@ keeps every line of every run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -250,10 +251,15 @@ class Daemon:
         self.config.update(changes)
         write_toml(self.config_path, self.config)
 
-    def kill(self) -> None:
+    def kill(self, *, whole_node: bool = False) -> None:
         """SIGKILL: no chance to clean up. Returns once its worker processes (`workers`) are
-        gone too: they stop by themselves when the main process dies."""
+        gone too: they stop by themselves when the main process dies (handing back their
+        claims), unless `whole_node`, where they are killed first, as when the host dies."""
         assert self.proc is not None
+        if whole_node:
+            for event in self.events("worker_started"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(event["pid"]), signal.SIGKILL)
         self.proc.kill()
         self.proc.wait(10)
         self._join_readers()
