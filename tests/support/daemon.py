@@ -138,7 +138,9 @@ class Daemon:
         return [sys.executable, "-m", "ingestd", *args, "--config", str(self.config_path)]
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # The test harness's own settings (INGESTD_TEST_*) are not config: the daemon would
+        # refuse them as unknown keys.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_TEST_")}
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env.update(self.extra_env)
