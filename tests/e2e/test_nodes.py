@@ -92,12 +92,7 @@ def test_the_end_of_a_queue_goes_to_free_slots_not_held_ahead_by_one_node(
         aweme_id = new_id(rng)
         url = origin.url(f"{prefix}-{aweme_id}", mode="slow", size=SIZE, delay=0.25)
         records.append(make_record(aweme_id, url, "cats", SIZE))
-    nodes = [
-        daemon_factory(manifest_url=postgres_url, node_name=f"edge-{n}", concurrency=4)
-        for n in "ab"
-    ]
-    for node in nodes:
-        node.start()
+    nodes = _two_nodes(daemon_factory, postgres_url, concurrency=4)
     nodes[0].drop_atomic("extract_tail.json", records)
     with psycopg.connect(postgres_url, autocommit=True) as db:
         deadline = time.monotonic() + 60
@@ -116,12 +111,7 @@ def test_status_shows_each_node_its_transfers_and_bytes_and_which_stopped(
 ) -> None:
     # Transfers of about 10 s each keep both nodes busy past a report or two (every 5 s).
     records, _ = origin_records(origin, prefix, random.Random(8), 8, "cats", 50 * SIZE, mode="slow")
-    nodes = [
-        daemon_factory(manifest_url=postgres_url, node_name=f"edge-{n}", concurrency=2)
-        for n in "ab"
-    ]
-    for node in nodes:
-        node.start()
+    nodes = _two_nodes(daemon_factory, postgres_url, concurrency=2)
     nodes[0].drop_atomic("extract_fleet.json", records)
 
     def busy(fleet: dict[str, Any]) -> bool:
@@ -142,6 +132,17 @@ def test_status_shows_each_node_its_transfers_and_bytes_and_which_stopped(
     assert re.search(r"edge-a +running .* 2 +[0-9.]+ [KM]iB", table.stdout), table.stdout
     assert re.search(r"edge-b +stopped", table.stdout), table.stdout
     nodes[0].terminate()
+
+
+def _two_nodes(daemon_factory: Any, postgres_url: str, concurrency: int) -> list[Any]:
+    """Nodes edge-a and edge-b on one database, started."""
+    nodes = [
+        daemon_factory(manifest_url=postgres_url, node_name=f"edge-{n}", concurrency=concurrency)
+        for n in "ab"
+    ]
+    for node in nodes:
+        node.start()
+    return nodes
 
 
 def _fleet_until(node: Any, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:

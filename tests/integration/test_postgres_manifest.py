@@ -375,57 +375,58 @@ def private_cluster() -> Iterator[PostgresCluster]:
         yield cluster
 
 
-def test_a_call_during_a_restart_waits_for_the_database(
+@pytest.fixture
+def halted(
     private_cluster: PostgresCluster, capfd: pytest.CaptureFixture[str]
-) -> None:
+) -> Iterator[PostgresManifest]:
+    """A store holding one pending item, whose server has just stopped. Nothing may reach
+    stderr meanwhile (the pool's own log lines)."""
     store = PostgresManifest.open(private_cluster.new_database())
     try:
         store.merge([rec("1")], "e.json", 1.0)
         private_cluster.halt()
-        back = threading.Timer(1.5, private_cluster.resume)
-        back.start()
-        started = time.monotonic()
-        try:
-            assert store.counts().items["pending"] == 1
-        finally:
-            back.join(60)
-        assert 1.0 < time.monotonic() - started < BORROW_WAIT
+        yield store
     finally:
         store.close()
     assert capfd.readouterr().err == "", "the pool's own log lines reached stderr"
+
+
+def test_a_call_during_a_restart_waits_for_the_database(
+    private_cluster: PostgresCluster, halted: PostgresManifest
+) -> None:
+    back = threading.Timer(1.5, private_cluster.resume)
+    back.start()
+    started = time.monotonic()
+    try:
+        assert halted.counts().items["pending"] == 1
+    finally:
+        back.join(60)
+    assert 1.0 < time.monotonic() - started < BORROW_WAIT
 
 
 def test_an_outage_fails_calls_quickly_once_known_and_ends_by_itself(
-    private_cluster: PostgresCluster, capfd: pytest.CaptureFixture[str]
+    private_cluster: PostgresCluster, halted: PostgresManifest
 ) -> None:
-    store = PostgresManifest.open(private_cluster.new_database())
-    try:
-        store.merge([rec("1")], "e.json", 1.0)
-        private_cluster.halt()
-        timings = []
-        for _ in range(3):
-            started = time.monotonic()
-            with pytest.raises(ManifestError) as raised:
-                store.counts()
-            timings.append(time.monotonic() - started)
-        # The first call rode out what might have been a restart; the others fail at once.
-        assert BORROW_WAIT - 0.5 < timings[0] < BORROW_WAIT + 5, timings
-        assert all(t < BORROW_WAIT_DOWN + 1 for t in timings[1:]), timings
-        assert "no connection" in str(raised.value), raised.value
-        assert "No such file" in str(raised.value) or "refused" in str(raised.value)
-        private_cluster.resume()
-        back = time.monotonic()
-        deadline = back + RECONNECT_WINDOW + 5
-        while True:  # the pool reconnects by itself; a call gets through within its backoff
-            try:
-                assert store.counts().items["pending"] == 1
-                break
-            except ManifestError:
-                assert time.monotonic() < deadline, "no reconnection after the outage"
-                time.sleep(0.2)
-    finally:
-        store.close()
-    assert capfd.readouterr().err == "", "the pool's own log lines reached stderr"
+    timings = []
+    for _ in range(3):
+        started = time.monotonic()
+        with pytest.raises(ManifestError) as raised:
+            halted.counts()
+        timings.append(time.monotonic() - started)
+    # The first call rode out what might have been a restart; the others fail at once.
+    assert BORROW_WAIT - 0.5 < timings[0] < BORROW_WAIT + 5, timings
+    assert all(t < BORROW_WAIT_DOWN + 1 for t in timings[1:]), timings
+    assert "no connection" in str(raised.value), raised.value
+    assert "No such file" in str(raised.value) or "refused" in str(raised.value)
+    private_cluster.resume()
+    deadline = time.monotonic() + RECONNECT_WINDOW + 5
+    while True:  # the pool reconnects by itself; a call gets through within its backoff
+        try:
+            assert halted.counts().items["pending"] == 1
+            break
+        except ManifestError:
+            assert time.monotonic() < deadline, "no reconnection after the outage"
+            time.sleep(0.2)
 
 
 @dataclass
