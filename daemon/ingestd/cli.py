@@ -288,10 +288,9 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
     if args.watch:
         return _watch(config, args)
-    counts, owners, fleet = _read(
-        config, lambda m: (m.counts(), m.in_flight_by_owner(), m.node_reports())
+    counts, owners, fleet, now = _read(
+        config, lambda m: (m.counts(), m.in_flight_by_owner(), m.node_reports(), m.clock())
     )
-    now = time.time()
     if args.json:
         print(json.dumps(status_document(counts, owners, fleet, now)))
     else:
@@ -400,7 +399,7 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     with _writable(config) as manifest:
         manifest.check_data_dir(config.data_dir, config.manifest_node)
-        requeued, refused = manifest.retry(states, args.ids, time.time())
+        requeued, refused = manifest.retry(states, args.ids, manifest.clock())
     if args.json:
         doc = {"requeued": requeued, "refused": list(refused), "reasons": refused}
         print(json.dumps(doc))

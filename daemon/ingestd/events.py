@@ -45,6 +45,7 @@ EVENTS: Final = frozenset(
         "claims_lost",
         "claims_at_risk",
         "claims_reclaimed",
+        "clock_skew",
         "claim_lost",
         "worker_started",
         "worker_exited",

@@ -2,6 +2,7 @@
 when they lapse, let go by owner (and its workers) after a restart, and never clobbered by the
 outcome of an owner that lost them."""
 
+import time
 from collections.abc import Callable
 
 from ingestd.policy.extract import Record
@@ -308,3 +309,12 @@ def test_items_are_listed_by_node(store: ManifestStore) -> None:
     assert [i.aweme_id for i in store.list_items("done", node="edge-a")] == [a_started[0].aweme_id]
     assert store.list_items(node="edge") == []  # a name, not a prefix
     assert len(store.list_items()) == 6
+
+
+def test_the_manifest_clock_is_this_hosts_when_they_agree(store: ManifestStore) -> None:
+    # The database here runs on this host: no skew, and the manifest's time is this host's,
+    # exactly (a skewed host is tests/e2e/test_nodes.py's, under libfaketime).
+    assert store.clock_skew() == 0.0
+    before = time.time()
+    now = store.clock()
+    assert before <= now <= time.time()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import glob
 import random
 import re
 import time
@@ -26,6 +27,7 @@ DB_OUTAGE_S = 30.0  # how long the database is down under a running node, as iss
 # A stop in an outage must end well within systemd's TimeoutStopSec (20 s in systemd/).
 STOP_BUDGET_S = 12.0
 FLEET_SIZE = 4 * 1024  # at full speed: 3,000 of them keep three nodes busy for seconds
+SKEW_S = 90  # how far behind the other node's clock is: far past a third of any lease here
 
 
 def test_three_nodes_fetch_every_item_exactly_once(
@@ -203,6 +205,52 @@ def test_a_killed_nodes_items_are_finished_by_another_after_its_leases_lapse(
         aweme_id = str(record["aweme_id"])
         body = second.media_path("cats", aweme_id).read_bytes()
         assert body == origin.content(names[aweme_id], SIZE)
+
+
+def test_nodes_whose_clocks_disagree_still_agree_on_leases(
+    daemon_factory: Any, origin: OriginServer, prefix: str, postgres_url: str
+) -> None:
+    # edge-a's clock is SKEW_S behind (libfaketime): a lease it writes in its own clock has
+    # ended by edge-b's before it starts, and edge-b would take its transfers over. Leases and
+    # reports are in the manifest's clock, so neither node notices the other's.
+    records, names = origin_records(
+        origin, prefix, random.Random(9), 4, "cats", 25 * SIZE, mode="slow"
+    )  # 5 s each: past a renewal or two of edge-b
+    (library,) = glob.glob("/usr/lib/*/faketime/libfaketime.so.1") or [None]
+    assert library is not None, "libfaketime is missing (.ci/run installs it)"
+    nodes = [
+        daemon_factory(
+            manifest_url=postgres_url, node_name=f"edge-{n}", concurrency=2, lease_seconds=6
+        )
+        for n in "ab"
+    ]
+    nodes[0].extra_env.update(
+        LD_PRELOAD=library, FAKETIME=f"-{SKEW_S}s", FAKETIME_DONT_FAKE_MONOTONIC="1"
+    )
+    nodes[0].start()
+    skew = nodes[0].wait_for("clock_skew", timeout=30)
+    assert abs(skew["skew_s"] - SKEW_S) < 2, skew
+    nodes[0].drop_atomic("extract_skew.json", records)
+    nodes[0].wait_for_count("download_started", 2, timeout=30)
+    nodes[1].start()
+    fleet = _fleet_until(
+        nodes[1],
+        lambda f: all(f.get(f"edge-{n}", {}).get("state") == "running" for n in "ab"),
+        "both nodes running",
+    )
+    for node in nodes:
+        node.wait_until(
+            lambda node=node: len(node.events("download_completed")) == 2,
+            "two items each",
+            timeout=60,
+        )
+    assert not nodes[1].events("clock_skew"), "edge-b's clock is the database's"
+    for node in nodes:
+        assert not node.events("claims_reclaimed") and not node.events("claims_lost")
+        node.terminate()
+    for aweme_id, name in names.items():
+        answers = [r for r in origin.requests_for(name) if r.status == 200]
+        assert len(answers) == 1, f"{aweme_id} fetched {len(answers)} times; fleet: {fleet}"
 
 
 def test_a_node_keeps_its_transfers_through_a_database_outage(

@@ -123,7 +123,7 @@ class ExtractCompletions:
         await self._order.through(ticket, ORDER_WAIT)
         if self._barrier is not None:
             await self._barrier()
-        now = time.time()
+        now = self._db.manifest.clock()
         for extract in settled:
             self._report(extract, now)
         self._unmarked.extend(extract.id for extract in settled)
@@ -135,7 +135,9 @@ class ExtractCompletions:
             ids = list(self._unmarked)
             # Shielded: a stop that comes now still marks them (the write runs before the
             # manifest closes), so they are not reported again after the restart.
-            await asyncio.shield(self._db.run(self._db.manifest.close_extracts, ids, time.time()))
+            await asyncio.shield(
+                self._db.run(self._db.manifest.close_extracts, ids, self._db.manifest.clock())
+            )
             del self._unmarked[: len(ids)]
 
     def _report(self, extract: SettledExtract, now: float) -> None:

@@ -33,6 +33,7 @@ from ingestd.ops.live import (
     write_live,
 )
 from ingestd.ops.status import status_line
+from ingestd.policy.lease import CLOCK_TOLERANCE
 from ingestd.policy.workers import worker_count
 from ingestd.service.completion import ORDER_WAIT, EventOrder, ExtractCompletions
 from ingestd.service.db import Db
@@ -285,7 +286,9 @@ class Daemon:
             # A SQLite manifest is this node's alone; on a shared one, only this node's own
             # claims (and its workers') are left over from its last run.
             own = config.manifest_node
-            recovered = await parts.db.run(parts.db.manifest.reset_active, time.time(), own)
+            recovered = await parts.db.run(
+                parts.db.manifest.reset_active, parts.db.manifest.clock(), own
+            )
             if recovered:
                 logger.info("items_recovered", count=recovered, reason="left_active_by_crash")
             watcher = ExtractWatcher(config.raw_dir, parts.ingest.notify)
@@ -376,7 +379,9 @@ class Daemon:
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2.0)
         await parts.downloads.shutdown()
         node = self._config.node_name
-        stopped = node_report(node, parts.downloads.snapshot(), 0.0, time.time(), stopped=True)
+        stopped = node_report(
+            node, parts.downloads.snapshot(), 0.0, parts.db.manifest.clock(), stopped=True
+        )
         await self._report_node(parts, stopped)
         await parts.db.close()
 
@@ -452,8 +457,16 @@ class Daemon:
         the manifest (what `status` shows of the fleet) current."""
         first = parts.downloads.snapshot()
         last_bytes, last_received, last_time = first.bytes, first.received, time.monotonic()
-        await self._report_node(parts, node_report(self._config.node_name, first, 0.0, time.time()))
+        manifest = parts.db.manifest
+        await self._report_node(
+            parts, node_report(self._config.node_name, first, 0.0, manifest.clock())
+        )
+        skew = 0.0
         while True:
+            if manifest.clock_skew() != skew:
+                skew = manifest.clock_skew()
+                level = self._log.warning if skew else self._log.info
+                level("clock_skew", skew_s=skew, tolerance_s=CLOCK_TOLERANCE)
             await asyncio.sleep(STATUS_PERIOD)
             try:
                 counts = await parts.db.run(parts.db.manifest.counts)
@@ -465,11 +478,12 @@ class Daemon:
             rate = (snapshot.bytes - last_bytes) / elapsed
             received = (snapshot.received - last_received) / elapsed
             last_bytes, last_received, last_time = snapshot.bytes, snapshot.received, now
-            age = 0.0 if oldest is None else time.time() - oldest
+            age = 0.0 if oldest is None else parts.db.manifest.clock() - oldest
             self._metrics.snapshot(counts.items, age, snapshot.in_flight)
             self._notifier.status(status_line(counts, snapshot.in_flight, rate))
             await self._report_node(
-                parts, node_report(self._config.node_name, snapshot, received, time.time())
+                parts,
+                node_report(self._config.node_name, snapshot, received, parts.db.manifest.clock()),
             )
 
     @staticmethod

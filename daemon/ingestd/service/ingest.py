@@ -138,7 +138,7 @@ class Ingestor:
                 content.sha256,
                 signature.size,
                 "duplicate",
-                time.time(),
+                self._db.manifest.clock(),
             )
             self._done[path] = signature
             self._log.info(
@@ -171,7 +171,7 @@ class Ingestor:
                 content.sha256,
                 signature.size,
                 "merged",
-                time.time(),
+                self._db.manifest.clock(),
                 None,
                 (merged.total, merged.new, merged.updated, merged.unusable),
             )
@@ -220,7 +220,7 @@ class Ingestor:
                 key,
                 signature.size,
                 "rejected",
-                time.time(),
+                self._db.manifest.clock(),
                 reason.value,
             )
             self._log.warning(

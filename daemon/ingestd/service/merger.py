@@ -77,7 +77,7 @@ def _merge_in_child(
         parsed_at = time.monotonic()
         store = open_manifest(manifest if is_database_url(manifest) else Path(manifest))
         try:
-            counts = store.merge(parsed.records, source, time.time(), sha256)
+            counts = store.merge(parsed.records, source, store.clock(), sha256)
         finally:
             store.close()
         timing = (parsed_at - started, time.monotonic() - parsed_at)
@@ -117,7 +117,11 @@ class Merger:
             parsed = await asyncio.to_thread(parse_extract, content.data)
             parsed_at = time.monotonic()
             counts = await self._db.run(
-                self._db.manifest.merge, parsed.records, path.name, time.time(), content.sha256
+                self._db.manifest.merge,
+                parsed.records,
+                path.name,
+                self._db.manifest.clock(),
+                content.sha256,
             )
             return Merged(
                 parsed.total,

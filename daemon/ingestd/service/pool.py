@@ -138,14 +138,16 @@ class DownloadPool:
         log: Logger,
         metrics: Attempts,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         jitter: Callable[[], float] = random.random,
         order: EventOrder | None = None,
         owner: str | None = None,
         on_links_due: Callable[[], None] | None = None,
     ) -> None:
-        """`on_links_due`: told when a completion leaves links to make, instead of making them
-        here (a worker process's pool: its main process makes them, see service.relink)."""
+        """`clock`: the manifest's (the default), for every time written into it and every
+        decision taken against one. `on_links_due`: told when a completion leaves links to
+        make, instead of making them here (a worker process's pool: its main process makes
+        them, see service.relink)."""
         self._config = config
         # Whose claims these are (the node's name; a worker's later): every claim and outcome
         # carries it, and the manifest refuses outcomes of claims another owner has taken.
@@ -155,7 +157,7 @@ class DownloadPool:
         # Each outcome's event is logged before an extract_completed that counts it.
         self._order = order if order is not None else EventOrder()
         self._metrics = metrics
-        self._clock = clock
+        self._clock = clock = clock or db.manifest.clock
         self._jitter = jitter
         self._publisher = Publisher(config.media_dir)
         self._transfers = Transfers(config, db, fetcher, self._publisher, clock, self._owner)

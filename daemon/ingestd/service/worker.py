@@ -18,7 +18,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import MutableMapping
 from http.cookiejar import CookieJar
 from typing import Any
@@ -176,7 +175,7 @@ class Worker:
         self._fetcher = fetcher
         owner = owner_of(config.node_name, self._index)
         try:  # the claims of the worker this one replaces, if it died
-            recovered = await db.run(db.manifest.reset_active, time.time(), owner)
+            recovered = await db.run(db.manifest.reset_active, db.manifest.clock(), owner)
         except ManifestError as exc:
             self._fatal(f"startup: {exc}")
             await fetcher.aclose()

@@ -1,7 +1,9 @@
 """What every manifest backend shares: the values it takes and gives, its errors, and
 `ManifestStore`, the protocol whose contract `tests/contract` checks on each backend.
 
-Times are epoch seconds. An item is `pending`, `active` (in flight, its attempt counted),
+Times are epoch seconds, in the manifest's clock (`clock`): the callers read every time they
+pass from it, so that the hosts sharing one database agree on them whatever their own clocks
+say (see policy.lease). An item is `pending`, `active` (in flight, its attempt counted),
 `done`, `expired` or `failed` (policy.merge.State); a pending item may also be `held`: claimed
 ahead of a free slot, not in flight, no attempt counted. Its topics keep the order they came in,
 the first naming the folder its file lives in.
@@ -369,6 +371,17 @@ class ManifestStore(Protocol):
 
     def close(self) -> None:
         """Release the store; nothing written is lost."""
+        ...
+
+    def clock(self) -> float:
+        """The manifest's time now, epoch seconds: this host's clock plus `clock_skew`. Never
+        waits (it is read on the event loop)."""
+        ...
+
+    def clock_skew(self) -> float:
+        """How far the manifest's clock is ahead of this host's, in seconds, as last measured:
+        0 when they agree within policy.lease.CLOCK_TOLERANCE, and always for a manifest only
+        one host uses."""
         ...
 
     # --- the library it belongs to -----------------------------------------------------------

@@ -15,6 +15,7 @@ import functools
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -384,6 +385,14 @@ class Manifest(DerivedMethods):
     def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
         self._conn.close()
+
+    def clock(self) -> float:
+        """This host's clock: every process that opens one SQLite file runs on this host."""
+        return time.time()
+
+    def clock_skew(self) -> float:
+        """0: see `clock`."""
+        return 0.0
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

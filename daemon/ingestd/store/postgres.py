@@ -26,6 +26,11 @@ Writers that lock several items by id lock them in id order (aweme_id is COLLATE
 order); a deadlock that remains (a statement locking by predicate against one locking by id) is
 retried, unless the transaction ran a callback.
 
+Clock. Leases, due times and reports written by one host are read by others, so every store
+measures how far the database's clock is from its host's (`clock_timestamp()`, halfway through
+one round trip) when it opens and every CLOCK_CHECK_EVERY while it writes, and applies the skew
+policy.lease.adopted_skew keeps: `clock` is the database's time, read without a round trip.
+
 Counts. SQLite keeps item_totals and extract_progress by triggers that update one row per state
 or extract. Here every writer of every node would queue on those rows (and deadlock, taking
 them in different orders), so the trigger `items_moved` appends a row of deltas instead
@@ -54,6 +59,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from ingestd.policy.lease import adopted_skew
 from ingestd.policy.merge import Known, State
 from ingestd.policy.naming import topic_folder
 from ingestd.policy.retry import Reason
@@ -128,6 +134,7 @@ BORROW_WAIT_STOPPING = 0.1  # ... and when both: a stop in an outage writes what
 # it bounds the time from the database's return to the first connection.
 RECONNECT_WINDOW = 10.0
 CONNECTION_LIFETIME = 3600.0  # a connection is retired (and replaced) after about this long
+CLOCK_CHECK_EVERY = 10.0  # seconds between two measurements of the database's clock (writes)
 _URL_EXPIRED = Reason.URL_EXPIRED.value
 # NOTIFY'd when items may have become due (merged, retried, handed back, reclaimed): the
 # other nodes look at the queue at once instead of at their next idle recheck.
@@ -537,6 +544,7 @@ class PostgresManifest(DerivedMethods):
         *,
         readonly: bool,
         version: int = SCHEMA_VERSION,
+        skew: float = 0.0,
     ) -> None:
         self._pool = pool
         self._down = False  # a wait for a connection timed out, and no call got through since
@@ -546,6 +554,8 @@ class PostgresManifest(DerivedMethods):
         self._cursors = itertools.count(1)
         self._fold_due = time.monotonic() + _FOLD_EVERY
         self._wrote = False  # since the last fold
+        self._skew = skew  # see clock_skew
+        self._clock_due = time.monotonic() + CLOCK_CHECK_EVERY
         # Set from another thread when the owner stops: a long merge ends between two
         # transactions, and calls stop waiting for the database (_connection).
         self.interrupt = threading.Event()
@@ -565,15 +575,34 @@ class PostgresManifest(DerivedMethods):
                     version = _check_version(conn)
                 else:
                     _migrate(conn)
+                skew = adopted_skew(0.0, *_measure_skew(conn))
             except psycopg.Error as exc:
                 raise ManifestError(f"{redact_dsn(dsn)}: {_scrub(str(exc), dsn)}") from None
-        return cls(_pool(dsn, readonly, args), dsn, readonly=readonly, version=version)
+        pool = _pool(dsn, readonly, args)
+        return cls(pool, dsn, readonly=readonly, version=version, skew=skew)
 
     def close(self) -> None:
         """Fold the counts this store moved, and disconnect."""
         if self._wrote and not self._down:
             self._fold()
         self._pool.close(timeout=BORROW_WAIT_DOWN)
+
+    def clock(self) -> float:
+        """The database's time now: this host's clock plus the skew last adopted."""
+        return time.time() + self._skew
+
+    def clock_skew(self) -> float:
+        """The skew `clock` applies (see the module docstring)."""
+        return self._skew
+
+    def _check_clock(self) -> None:
+        """Measure the database's clock again (housekeeping: on failure the skew stays)."""
+        self._clock_due = time.monotonic() + CLOCK_CHECK_EVERY
+        try:
+            with self._connection() as conn:
+                self._skew = adopted_skew(self._skew, *_measure_skew(conn))
+        except (psycopg.Error, ManifestError):
+            pass
 
     # --- transactions ---------------------------------------------------------------------
 
@@ -626,6 +655,8 @@ class PostgresManifest(DerivedMethods):
         self._wrote = True
         if time.monotonic() >= self._fold_due:
             self._fold()
+        if time.monotonic() >= self._clock_due:
+            self._check_clock()
         return result
 
     def _read(self, query: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
@@ -1885,6 +1916,15 @@ def _connect(dsn: str, readonly: bool, args: dict[str, Any]) -> psycopg.Connecti
         conn.close()
         raise ManifestError(f"{redact_dsn(dsn)}: {_scrub(str(exc), dsn)}") from None
     return conn
+
+
+def _measure_skew(conn: psycopg.Connection[TupleRow]) -> tuple[float, float]:
+    """(how far the database's clock is ahead of this host's, the round trip it took)."""
+    before = time.time()
+    row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+    after = time.time()
+    assert row is not None
+    return float(row[0]) - (before + after) / 2, after - before
 
 
 def _schema_version(conn: psycopg.Connection[TupleRow]) -> int | None:
