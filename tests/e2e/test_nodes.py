@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from ingestd.policy.lease import renewal_interval
 from ingestd.store.postgres import PostgresManifest
 from support.extracts import make_record, new_id, origin_records
 from support.origin import OriginServer
@@ -159,52 +160,83 @@ def _fleet_until(node: Any, done: Callable[[dict[str, Any]], bool], what: str) -
 
 
 @pytest.mark.also_workers
-def test_a_killed_nodes_items_are_finished_by_another_after_its_leases_lapse(
+def test_a_node_killed_midway_its_items_are_taken_over_and_only_they_fetched_twice(
     daemon_factory: Any, origin: OriginServer, prefix: str, postgres_url: str
 ) -> None:
-    records, names = origin_records(
-        origin,
-        prefix,
-        random.Random(4),
-        12,
-        "cats",
-        SIZE,
-        mode="slow",
-    )
+    # Three nodes of four slots, 36 transfers of 2 s: three rounds. edge-a is killed (kill -9,
+    # workers too, as when its host dies) in the middle of its first round.
+    size = 10 * SIZE
+    records, names = origin_records(origin, prefix, random.Random(4), 36, "cats", size, "slow")
     lease = 3.0
-    first = daemon_factory(
-        manifest_url=postgres_url, node_name="edge-a", concurrency=4, lease_seconds=lease
+    nodes = [
+        daemon_factory(
+            manifest_url=postgres_url, node_name=f"edge-{n}", concurrency=4, lease_seconds=lease
+        )
+        for n in "abc"
+    ]
+    for node in nodes:
+        node.start()
+    victim, survivors = nodes[0], nodes[1:]
+    victim.drop_atomic("extract_kill.json", records)
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+
+        def victims() -> set[str]:
+            query = "SELECT aweme_id FROM items WHERE state = 'active' AND owner ^@ 'edge-a'"
+            return {aweme_id for (aweme_id,) in db.execute(query).fetchall()}
+
+        def receiving() -> bool:  # edge-a's four transfers have bytes coming, not just started
+            ids = victims()
+            sent = [[r.bytes_sent for r in origin.requests_for(names[i])] for i in ids]
+            return len(ids) == 4 and all(any(sent_) for sent_ in sent)
+
+        victim.wait_until(receiving, "edge-a's four transfers under way", timeout=30)
+        victim.kill(whole_node=True)
+        killed_at = time.time()  # as the events' timestamps
+        in_flight = victims()  # as edge-a left them
+    assert in_flight, "nothing was in flight on the killed node"
+
+    def reclaimed() -> list[dict[str, Any]]:
+        return [e for node in survivors for e in node.events("claims_reclaimed")]
+
+    survivors[0].wait_until(
+        lambda: sum(e["in_flight"] for e in reclaimed()) >= len(in_flight),
+        "the killed node's transfers taken over",
+        timeout=lease + renewal_interval(lease) + 5.0,  # the lease, its last renewal, and a few s
+        detail=reclaimed,
     )
-    first.start()
-    first.drop_atomic("extract_kill.json", records)
-    first.wait_for_count("download_started", 4, timeout=30)
-    first.kill(whole_node=True)  # mid-transfer: four claims left active, the rest untouched
-    killed_at = time.monotonic()
-    second = daemon_factory(
-        manifest_url=postgres_url, node_name="edge-b", concurrency=4, lease_seconds=lease
+    taken_over = min(_seconds(e) for e in reclaimed()) - killed_at
+    assert taken_over >= lease - renewal_interval(lease) - 0.5, "before the lease could end"
+    # The node's, or its workers' (edge-a/1, edge-a/2); an attempt for each one in flight.
+    assert {o.split("/")[0] for e in reclaimed() for o in e["owners"]} == {"edge-a"}
+    assert sum(e["in_flight"] for e in reclaimed()) == len(in_flight), (reclaimed(), in_flight)
+    survivors[0].wait_until(
+        lambda: sum(len(n.events("download_completed")) for n in nodes) >= len(records),
+        "every item completed",
+        timeout=60,
     )
-    second.start()
-    reclaimed = second.wait_for("claims_reclaimed", timeout=30)
-    assert time.monotonic() - killed_at >= lease - 1.0, "reclaimed before the lease could end"
-    # The node's, or its workers' (edge-a/1, edge-a/2).
-    assert {owner.split("/")[0] for owner in reclaimed["owners"]} == {"edge-a"}, reclaimed
-    assert reclaimed["in_flight"] >= 1
-    second.wait_for_count("download_completed", len(records), timeout=60)
     store = PostgresManifest.open(postgres_url)
     try:
         assert store.counts().items.get("done") == len(records)
         assert store.in_flight_by_owner() == {}
-        interrupted = [e["aweme_id"] for e in first.events("download_started")]
-        for aweme_id in interrupted:  # the killed attempt counts, as after a crash
+        for aweme_id in in_flight:  # the killed attempt counts, as after a crash
             item = store.item(aweme_id)
-            assert item is not None and item["node"] == "edge-b" and item["attempts"] == 2
+            assert item is not None and item["attempts"] == 2, item
+            assert item["node"] in ("edge-b", "edge-c"), item
     finally:
         store.close()
-    second.terminate()
-    for record in records:  # each file whole, on the node that finished it
-        aweme_id = str(record["aweme_id"])
-        body = second.media_path("cats", aweme_id).read_bytes()
-        assert body == origin.content(names[aweme_id], SIZE)
+    for node in survivors:
+        node.terminate()
+    answers = collections.Counter(
+        r.name for r in origin.requests() if r.status == 200 and r.name in set(names.values())
+    )
+    twice = {i for i, name in names.items() if answers[name] == 2}
+    assert {answers[name] for name in names.values()} <= {1, 2}, answers
+    assert twice and twice <= in_flight, (twice, in_flight)
+    holders = {f"edge-{n}": node for n, node in zip("abc", nodes, strict=True)}
+    with psycopg.connect(postgres_url) as db:
+        for aweme_id, holder in db.execute("SELECT aweme_id, node FROM items").fetchall():
+            body = holders[holder].media_path("cats", aweme_id).read_bytes()
+            assert body == origin.content(names[aweme_id], size), (aweme_id, holder)
 
 
 def test_nodes_whose_clocks_disagree_still_agree_on_leases(
