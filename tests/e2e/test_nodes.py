@@ -285,11 +285,11 @@ def test_nodes_whose_clocks_disagree_still_agree_on_leases(
         assert len(answers) == 1, f"{aweme_id} fetched {len(answers)} times; fleet: {fleet}"
 
 
-def test_a_node_keeps_its_transfers_through_a_database_outage(
+def test_nodes_keep_their_transfers_through_a_database_outage(
     daemon_factory: Any, origin: OriginServer, prefix: str, workers: int
 ) -> None:
-    # Four transfers of about 15 s run into a 30 s outage and finish in it; four more items
-    # wait in the queue, to be claimed once the database is back.
+    # Two nodes; four transfers of about 15 s, two on each, run into a 30 s outage and finish
+    # in it; four more items wait in the queue, to be claimed once the database is back.
     long_size = 75 * SIZE  # "slow": 16 KiB every 50 ms, 15 s
     long, long_names = origin_records(
         origin, f"{prefix}l", random.Random(5), 4, "cats", long_size, mode="slow"
@@ -302,45 +302,58 @@ def test_a_node_keeps_its_transfers_through_a_database_outage(
     # A server of this test's own: stopping the session's would fail other tests.
     with PostgresCluster() as cluster:
         url = cluster.new_database()
-        node = daemon_factory(manifest_url=url, node_name="edge-a", concurrency=4)
-        node.start()
-        node.drop_atomic("extract_outage_long.json", long)
-        node.wait_for_count("download_started", 4, timeout=30)
-        node.drop_atomic("extract_outage_short.json", short)
-        node.wait_for_count("extract_merged", 2, timeout=30)
+        nodes = _two_nodes(daemon_factory, url, concurrency=2)
+        nodes[0].drop_atomic("extract_outage_long.json", long)
+        for node in nodes:
+            node.wait_for_count("download_started", 2, timeout=30)
+        nodes[0].drop_atomic("extract_outage_short.json", short)
+        nodes[0].wait_for_count("extract_merged", 2, timeout=30)
         cluster.halt()
         down_at = time.monotonic()
         # Transfers go on; their `done` waits for the database, refused once, not per file.
-        failed = node.wait_for("download_bookkeeping_failed", timeout=30)
-        node.wait_until(
-            lambda: all(node.media_path("cats", i).exists() for i in long_names),
+        failed = [node.wait_for("download_bookkeeping_failed", timeout=30) for node in nodes]
+        nodes[0].wait_until(
+            lambda: all(
+                any(node.media_path("cats", i).exists() for node in nodes) for i in long_names
+            ),
             "the long transfers published during the outage",
             timeout=DB_OUTAGE_S,
         )
         time.sleep(max(0.0, down_at + DB_OUTAGE_S - time.monotonic()))  # the outage itself
-        assert node.events("download_completed") == [], "logged before `done` was written"
-        assert node.running, "the node went down with its database"
+        for node in nodes:
+            assert node.events("download_completed") == [], "logged before `done` was written"
+            assert node.running, "a node went down with its database"
         cluster.resume()
-        node.wait_for_count("download_completed", len(names), timeout=60)
-        # Once by the node, or by each of its workers, whose completions wait each on its own.
-        assert len(node.events("download_bookkeeping_failed")) <= workers, failed
-        assert not node.events("claims_at_risk") and not node.events("claims_lost")
-        # The outage is told once by each part that met it, not once per item or per retry:
-        # once by the node; its checkpoints and renewals, once by each worker.
-        assert len(node.events("manifest_error")) <= 1, node.events("manifest_error")
-        for name in ("checkpoint_failed", "lease_renewal_failed"):
-            assert len(node.events(name)) <= workers, node.events(name)
-        if node.events("manifest_error"):
-            node.wait_for("manifest_recovered", timeout=10)
+        nodes[0].wait_until(
+            lambda: sum(len(node.events("download_completed")) for node in nodes) == len(names),
+            "every item completed",
+            timeout=60,
+        )
+        for node in nodes:
+            # Once by the node, or by each of its workers, whose completions wait each on its own.
+            assert len(node.events("download_bookkeeping_failed")) <= workers, failed
+            assert not node.events("claims_at_risk") and not node.events("claims_lost")
+            # The outage is told once by each part that met it, not once per item or per
+            # retry: once by the node; its checkpoints and renewals, once by each worker.
+            assert len(node.events("manifest_error")) <= 1, node.events("manifest_error")
+            for name in ("checkpoint_failed", "lease_renewal_failed"):
+                assert len(node.events(name)) <= workers, node.events(name)
+            if node.events("manifest_error"):
+                node.wait_for("manifest_recovered", timeout=10)
         store = PostgresManifest.open(url)
         try:
             assert store.counts().items.get("done") == len(names)
             assert store.in_flight_by_owner() == {}, "left active or held"
+            holders = {aweme_id: store.item(aweme_id) for aweme_id in names}
         finally:
             store.close()
-        node.terminate()
+        for node in nodes:
+            node.terminate()
+    by_node = {"edge-a": nodes[0], "edge-b": nodes[1]}
     for aweme_id, name in names.items():
-        body = node.media_path("cats", aweme_id).read_bytes()
+        item = holders[aweme_id]
+        assert item is not None
+        body = by_node[str(item["node"])].media_path("cats", aweme_id).read_bytes()
         assert body == origin.content(name, sizes[aweme_id])
         answers = [r for r in origin.requests_for(name) if r.status == 200]
         assert len(answers) == 1, f"{aweme_id} fetched {len(answers)} times"
