@@ -228,3 +228,11 @@ def test_a_manifest_outage_is_the_nodes_whichever_process_meets_it_first() -> No
     assert not node.admit(0, "manifest_recovered", {"down_s": 6.5})
     assert not node.admit(1, "manifest_recovered", {"down_s": 7.0})
     assert node.admit(1, "manifest_error", error)  # the next outage
+
+
+def test_a_node_tells_its_renewals_failing_once_whichever_worker_meets_it() -> None:
+    node = Conditions()
+    assert node.admit(2, "lease_renewal_failed", {"error": "no connection", "claims": 3})
+    assert not node.admit(1, "lease_renewal_failed", {"error": "no connection", "claims": 5})
+    assert node.admit(1, "leases_renewed", {"claims": 5, "down_s": 31.0})
+    assert not node.admit(2, "leases_renewed", {"claims": 3, "down_s": 31.4})

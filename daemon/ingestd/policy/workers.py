@@ -61,6 +61,7 @@ CONDITIONS: dict[str, tuple[str, str | None]] = {
     "host_unavailable": ("host_recovered", "host"),
     "downloads_paused": ("downloads_resumed", None),
     "manifest_error": ("manifest_recovered", None),
+    "lease_renewal_failed": ("leases_renewed", None),
 }
 CONDITION_EVENTS = frozenset(CONDITIONS) | {end for end, _ in CONDITIONS.values()}
 
