@@ -46,6 +46,7 @@ EVENTS: Final = frozenset(
         "claims_at_risk",
         "claims_reclaimed",
         "clock_skew",
+        "node_name_held",
         "claim_lost",
         "worker_started",
         "worker_exited",

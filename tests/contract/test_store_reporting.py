@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ingestd.policy.merge import State
 from ingestd.policy.naming import UNTAGGED, topic_folder
-from ingestd.store.base import NODE_FORGET_S, ManifestStore, NodeReport
+from ingestd.store.base import NODE_FORGET_S, NODE_SILENT_S, ManifestStore, NodeReport
 from support.store import NEW, OLD, done, r
 
 
@@ -193,3 +193,22 @@ def test_each_node_reports_itself_and_a_silent_one_is_forgotten(
         assert store.node_reports() == [gone]
     finally:
         store.close()
+
+
+def test_a_nodes_name_is_held_by_one_running_daemon_at_a_time(store: ManifestStore) -> None:
+    def report(at: float, instance: str, state: str = "running") -> NodeReport:
+        return NodeReport("edge-a", at, state, 0, 0, 0.0, instance)
+
+    assert store.report_node(report(100.0, "run-1")) is None  # the name was free
+    assert store.report_node(report(105.0, "run-1")) is None  # its own run goes on
+    # Another daemon named edge-a (a cloned host) is refused while run-1 reports...
+    assert store.report_node(report(106.0, "other")) == report(105.0, "run-1")
+    assert store.report_node(report(105.0 + NODE_SILENT_S - 1, "other")) is not None
+    assert store.node_reports() == [report(105.0, "run-1")], "a refused report is not kept"
+    # ... but not the next run of the same node, after a crash (it knows run-1 was its last),
+    assert store.report_node(report(107.0, "run-2"), previous="run-1") is None
+    # and the name is free once its holder stopped, or went silent for NODE_SILENT_S.
+    assert store.report_node(report(108.0, "run-2", "stopped")) is None
+    assert store.report_node(report(109.0, "run-3")) is None
+    assert store.report_node(report(109.0 + NODE_SILENT_S + 1, "run-4")) is None
+    assert store.node_reports() == [report(109.0 + NODE_SILENT_S + 1, "run-4")]

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from ingestd.policy.lease import renewal_interval
+from ingestd.store.base import NODE_SILENT_S
 from ingestd.store.postgres import PostgresManifest
 from support.extracts import make_record, new_id, origin_records
 from support.origin import OriginServer
@@ -283,6 +284,46 @@ def test_nodes_whose_clocks_disagree_still_agree_on_leases(
     for aweme_id, name in names.items():
         answers = [r for r in origin.requests_for(name) if r.status == 200]
         assert len(answers) == 1, f"{aweme_id} fetched {len(answers)} times; fleet: {fleet}"
+
+
+def test_a_nodes_name_is_held_by_one_running_daemon(
+    daemon_factory: Any, origin: OriginServer, prefix: str, postgres_url: str
+) -> None:
+    # A cloned host with the same node_name would let go of the first one's claims at its
+    # start: it is refused while the first runs, and takes the name once its holder is dead.
+    records, names = origin_records(origin, prefix, random.Random(10), 4, "cats", 25 * SIZE, "slow")
+    first = daemon_factory(manifest_url=postgres_url, node_name="edge-a", concurrency=4)
+    # The clone's data dir has the first one's path, as on another host: its own folder is
+    # mounted there in a mount namespace of its own (else its data dir would be another's).
+    clone = daemon_factory(
+        manifest_url=postgres_url, node_name="edge-a", concurrency=4, data_dir=str(first.data_dir)
+    )
+    mount = f'mount --bind "{clone.data_dir}" "{first.data_dir}" && exec "$@"'
+    clone.launcher = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh"]
+    first.start()
+    first.drop_atomic("extract_name.json", records)
+    first.wait_for_count("download_started", 4, timeout=30)
+    clone.start(wait_ready=False)
+    held = clone.wait_for("node_name_held", timeout=30)
+    assert held["node"] == "edge-a" and held["wait_s"] > 0, held
+    failed = clone.wait_for("daemon_failed", timeout=NODE_SILENT_S)
+    assert failed["reason"] == "node_name_in_use" and "edge-a" in failed["error"], failed
+    assert clone.proc is not None and clone.proc.wait(10) == 4  # systemd does not restart it
+    assert not clone.events("items_recovered") and not clone.events("download_started")
+    first.wait_for_count("download_completed", 4, timeout=30)  # its claims were left alone
+    assert not first.events("claims_lost")
+    # The node's own next run, after a crash, takes its name back at once.
+    first.kill(whole_node=True)
+    first.start()
+    assert not first.events("node_name_held")
+    # A host taking the name of one that died waits until it has been silent NODE_SILENT_S.
+    first.kill(whole_node=True)
+    killed_at = time.monotonic()
+    clone.start(timeout=NODE_SILENT_S + 15)
+    assert clone.events("node_name_held")
+    assert time.monotonic() - killed_at >= NODE_SILENT_S - 6.0  # its last report, 5 s before
+    assert first.media_path("cats", next(iter(names))).exists()
+    clone.terminate()
 
 
 def test_nodes_keep_their_transfers_through_a_database_outage(

@@ -21,7 +21,7 @@ import pytest
 
 from ingestd.policy.extract import Record
 from ingestd.policy.merge import State
-from ingestd.store.base import Completion, LapsedClaim, ManifestError, OwnerLoad
+from ingestd.store.base import Completion, LapsedClaim, ManifestError, NodeReport, OwnerLoad
 from ingestd.store.manifest import Manifest
 from ingestd.store.open import open_manifest, redact_dsn
 from ingestd.store.postgres import (
@@ -742,3 +742,28 @@ def test_other_connections_hear_of_items_made_due(postgres_url: str) -> None:
         listener.close()
         writer.close()
     assert not thread.is_alive(), "the listener did not stop"
+
+
+def test_node_reports_of_migration_4_are_read_before_and_after_instances_come(
+    postgres_url: str,
+) -> None:
+    from ingestd.store import postgres
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(postgres._MIGRATIONS_TABLE)
+        for version in range(1, 5):
+            conn.execute(postgres._MIGRATIONS[version])
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+        conn.execute("INSERT INTO nodes VALUES ('edge-a', 100.0, 'running', 1, 10, 2.0)")
+    old = NodeReport("edge-a", 100.0, "running", 1, 10, 2.0, "")
+    reader = PostgresManifest.open(postgres_url, readonly=True)
+    try:
+        assert reader.node_reports() == [old]
+    finally:
+        reader.close()
+    m = PostgresManifest.open(postgres_url)  # migrated: the report of an older daemon is free
+    try:
+        assert m.node_reports() == [old]
+        assert m.report_node(NodeReport("edge-a", 101.0, "running", 0, 0, 0.0, "run-1")) is None
+    finally:
+        m.close()

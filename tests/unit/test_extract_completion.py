@@ -119,5 +119,5 @@ def test_version_5_manifests_are_migrated_and_their_extracts_closed(path: Path) 
     finally:
         m.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
     conn.close()

@@ -74,7 +74,7 @@ def test_version_1_manifests_are_migrated_with_their_rows(tmp_path: Path) -> Non
     assert (items["pending"], items["done"]) == (1, 1)
     m.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'items'").fetchone()[0]
     assert "WITHOUT ROWID" not in sql
     indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -137,7 +137,7 @@ def test_version_2_manifests_are_migrated_and_adopted_by_the_first_bind(tmp_path
     assert (m.counts().items["done"], m.counts().bytes_done) == (1, 99)
     m.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'meta'").fetchone()[0]
     assert "WITHOUT ROWID" in sql
     assert conn.execute("SELECT key, value FROM meta").fetchall() == [
@@ -181,7 +181,7 @@ def test_version_6_manifests_gain_owners_and_leases(tmp_path: Path) -> None:
     ]
     m.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'items_held'").fetchone()[0]
     assert "WHERE held = 1" in sql
     conn.close()

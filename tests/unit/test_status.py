@@ -86,11 +86,11 @@ def test_a_node_reports_its_transfers_bytes_resumed_parts_included() -> None:
         InFlight("2", "dogs", offset=0, received=300, total=None, seconds=0.5),
     )
     snapshot = Snapshot(in_flight=2, received=800, transfers=transfers)
-    assert node_report("edge-a", snapshot, 1e6, 5.0) == NodeReport(
-        "edge-a", 5.0, "running", 2, 1800, 1e6
+    assert node_report("edge-a", snapshot, 1e6, 5.0, "run-1") == NodeReport(
+        "edge-a", 5.0, "running", 2, 1800, 1e6, "run-1"
     )
     paused = Snapshot(pause=("disk_full", "/srv", 3.0))
-    assert node_report("edge-a", paused, 0.0, 6.0).state == "paused"
-    assert node_report("edge-a", snapshot, 1e6, 7.0, stopped=True) == NodeReport(
-        "edge-a", 7.0, "stopped", 0, 0, 0.0
+    assert node_report("edge-a", paused, 0.0, 6.0, "run-1").state == "paused"
+    assert node_report("edge-a", snapshot, 1e6, 7.0, "run-1", stopped=True) == NodeReport(
+        "edge-a", 7.0, "stopped", 0, 0, 0.0, "run-1"
     )

@@ -86,12 +86,18 @@ class Snapshot:
 
 
 def node_report(
-    node: str, snapshot: Snapshot, rate: float, now: float, *, stopped: bool = False
+    node: str,
+    snapshot: Snapshot,
+    rate: float,
+    now: float,
+    instance: str,
+    *,
+    stopped: bool = False,
 ) -> NodeReport:
-    """What node `node` says of itself at `now` (see NodeReport), from its snapshot and the
-    bytes a second it received lately."""
+    """What node `node` (its daemon run `instance`) says of itself at `now` (see NodeReport),
+    from its snapshot and the bytes a second it received lately."""
     if stopped:
-        return NodeReport(node, now, "stopped", 0, 0, 0.0)
+        return NodeReport(node, now, "stopped", 0, 0, 0.0, instance)
     return NodeReport(
         node,
         now,
@@ -99,6 +105,7 @@ def node_report(
         snapshot.in_flight,
         sum(t.offset + t.received for t in snapshot.transfers),
         rate,
+        instance,
     )
 
 

@@ -8,11 +8,7 @@ from pathlib import Path, PurePosixPath
 
 from ingestd.ops.live import human_bytes, human_duration, human_rate
 from ingestd.policy.naming import topic_folder
-from ingestd.store.base import Counts, ItemSummary, NodeReport, OwnerLoad
-
-# A node reports every 5 s (service/daemon.py, STATUS_PERIOD); one not heard of for this long,
-# and not stopped, is taken for not responding (dead, cut off, or its clock far off).
-NODE_SILENT_S = 30.0
+from ingestd.store.base import NODE_SILENT_S, Counts, ItemSummary, NodeReport, OwnerLoad
 
 
 def node_state(report: NodeReport, now: float) -> str:

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
 from http.cookiejar import CookieJar
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 
 from ingestd import __version__, log
 from ingestd.config import Config, ConfigError, load_cookies
+from ingestd.fs.files import write_file_atomic
 from ingestd.fs.watch import ExtractWatcher, WatchError
 from ingestd.log import Logger, get_logger
 from ingestd.metrics import Metrics
@@ -43,7 +45,7 @@ from ingestd.service.publish import Publisher
 from ingestd.service.relink import Relinker
 from ingestd.service.tasks import until_stopped
 from ingestd.service.workers import Workers
-from ingestd.store.base import ManifestError, NodeReport
+from ingestd.store.base import NODE_SILENT_S, ManifestError, NodeReport
 
 STOP_BUDGET = 8.0  # seconds for the whole shutdown; systemd and users expect exit within 10
 # Of it, what download workers get to stop once told (then they are killed): the rest covers
@@ -51,6 +53,12 @@ STOP_BUDGET = 8.0  # seconds for the whole shutdown; systemd and users expect ex
 WORKERS_STOP_WAIT = STOP_BUDGET - 2.0
 WATCH_RESTART_DELAY = 2.0
 STATUS_PERIOD = 5.0  # seconds between STATUS= updates for `systemctl status`
+# This node's last daemon run, in its state dir: the next run takes the node's name over from
+# it at once (after a crash), where it waits to see whether another holder is alive.
+INSTANCE_FILE = "instance"
+INSTANCE_MAX = 64  # bytes read of it
+NAME_CHECK_EVERY = 1.0  # seconds between two looks at a name another run holds
+EXIT_NAME_IN_USE = 4  # as a data dir locked by another daemon: systemd does not restart it
 # Keys that name places, the TLS/HTTP setup of the shared client, or the processes that run:
 # changing them needs a restart.
 RESTART_ONLY = frozenset(
@@ -206,6 +214,14 @@ class _Parts:
     completions: ExtractCompletions
 
 
+class NameInUse(Exception):
+    """Another running daemon reports under this node's name."""
+
+
+class _StoppedEarly(Exception):
+    """A stop came before the daemon could start its work."""
+
+
 class Daemon:
     """Owns the manifest, the watcher, the ingestor and the download pool for one run."""
 
@@ -229,6 +245,7 @@ class Daemon:
         self._reloading = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._metrics = Metrics()
+        self._instance = uuid.uuid4().hex  # this run: see _take_name
 
     def request_stop(self, signame: str) -> None:
         """Begin a clean shutdown (signal handler)."""
@@ -283,6 +300,7 @@ class Daemon:
         code = 0
         tasks: list[asyncio.Task[None]] = []
         try:
+            await self._take_name(parts)
             # A SQLite manifest is this node's alone; on a shared one, only this node's own
             # claims (and its workers') are left over from its last run.
             own = config.manifest_node
@@ -320,6 +338,11 @@ class Daemon:
         except ManifestError as exc:
             logger.critical("daemon_failed", reason="manifest", error=str(exc))
             code = 1
+        except NameInUse as exc:
+            logger.critical("daemon_failed", reason="node_name_in_use", error=str(exc))
+            code = EXIT_NAME_IN_USE
+        except _StoppedEarly:
+            code = 0
         finally:
             self._notifier.stopping()
             await self._shutdown([*tasks, watchdog], parts)
@@ -366,8 +389,46 @@ class Daemon:
     async def _until_stopped(self, tasks: list[asyncio.Task[None]]) -> int:
         crashed = await until_stopped(self._stop, tasks)
         for name, error in crashed:
+            if isinstance(error, NameInUse):
+                raise error
             self._log.critical("daemon_failed", reason=f"{name}_crashed", error=repr(error))
         return 1 if crashed else 0
+
+    async def _take_name(self, parts: _Parts) -> None:
+        """Hold this node's name in the manifest before touching its claims: another daemon
+        with the same name (a cloned host) would have its claims let go by this one's start.
+        A name this node's last run held (it crashed) is taken at once; one another run holds
+        is waited for while that run is silent, until it has been for NODE_SILENT_S. Raises
+        NameInUse when that run reports meanwhile (it is alive), _StoppedEarly on a stop."""
+        path = self._config.state_dir / INSTANCE_FILE
+        try:
+            with path.open("rb") as file:
+                previous = file.read(INSTANCE_MAX).decode("ascii", "replace").strip()
+        except OSError:
+            previous = ""
+        manifest, name = parts.db.manifest, self._config.node_name
+        held: NodeReport | None = None
+        while True:
+            report = node_report(name, Snapshot(), 0.0, manifest.clock(), self._instance)
+            holder = await parts.db.run(manifest.report_node, report, previous)
+            if holder is None:
+                break
+            if held is None:
+                held = holder
+                self._log.warning(
+                    "node_name_held",
+                    node=name,
+                    instance=holder.instance,
+                    silent_s=round(report.seen_at - holder.seen_at, 3),
+                    wait_s=round(NODE_SILENT_S - (report.seen_at - holder.seen_at), 3),
+                )
+            elif holder != held:
+                raise NameInUse(_name_in_use(name, holder, manifest.clock()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), NAME_CHECK_EVERY)
+            if self._stop.is_set():
+                raise _StoppedEarly
+        await asyncio.to_thread(write_file_atomic, path, self._instance.encode())
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]], parts: _Parts) -> None:
         parts.downloads.request_stop()  # workers stop while this process does
@@ -378,11 +439,11 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2.0)
         await parts.downloads.shutdown()
-        node = self._config.node_name
-        stopped = node_report(
-            node, parts.downloads.snapshot(), 0.0, parts.db.manifest.clock(), stopped=True
+        snapshot, now = parts.downloads.snapshot(), parts.db.manifest.clock()
+        node, instance = self._config.node_name, self._instance
+        await self._report_node(
+            parts, node_report(node, snapshot, 0.0, now, instance, stopped=True)
         )
-        await self._report_node(parts, stopped)
         await parts.db.close()
 
     # --- reload ----------------------------------------------------------------------------
@@ -458,9 +519,6 @@ class Daemon:
         first = parts.downloads.snapshot()
         last_bytes, last_received, last_time = first.bytes, first.received, time.monotonic()
         manifest = parts.db.manifest
-        await self._report_node(
-            parts, node_report(self._config.node_name, first, 0.0, manifest.clock())
-        )
         skew = 0.0
         while True:
             if manifest.clock_skew() != skew:
@@ -481,15 +539,20 @@ class Daemon:
             age = 0.0 if oldest is None else parts.db.manifest.clock() - oldest
             self._metrics.snapshot(counts.items, age, snapshot.in_flight)
             self._notifier.status(status_line(counts, snapshot.in_flight, rate))
-            await self._report_node(
-                parts,
-                node_report(self._config.node_name, snapshot, received, parts.db.manifest.clock()),
+            report = node_report(
+                self._config.node_name, snapshot, received, manifest.clock(), self._instance
             )
+            holder = await self._report_node(parts, report)
+            if holder is not None:  # it took the name while this node could not report
+                raise NameInUse(_name_in_use(self._config.node_name, holder, manifest.clock()))
 
     @staticmethod
-    async def _report_node(parts: _Parts, report: NodeReport) -> None:
+    async def _report_node(parts: _Parts, report: NodeReport) -> NodeReport | None:
+        """Write `report`; the report of the run that holds the node's name instead, if
+        another does."""
         with contextlib.suppress(ManifestError):  # the feeder reports an outage
-            await parts.db.run(parts.db.manifest.report_node, report)
+            return await parts.db.run(parts.db.manifest.report_node, report)
+        return None
 
     @staticmethod
     def _live(snapshot: Snapshot, stopped: bool = False) -> Live:
@@ -591,3 +654,10 @@ def run(
         return asyncio.run(Daemon(config, get_logger(), notifier, reload_config, cookies).run())
     finally:
         notifier.close()
+
+
+def _name_in_use(name: str, holder: NodeReport, now: float) -> str:
+    return (
+        f"node_name {name!r} is in use by another running daemon (instance {holder.instance},"
+        f" which reported {now - holder.seen_at:.1f} s ago): give each host its own node_name"
+    )

@@ -159,22 +159,27 @@ class NodeReport:
     """What a node last said of itself (report_node): `status` shows the fleet from these."""
 
     node: str
-    seen_at: float  # epoch seconds, in the node's clock
+    seen_at: float  # epoch seconds, in the manifest's clock
     state: str  # running, paused or stopped
     in_flight: int  # transfers running
     bytes_in_flight: int  # of their files, received so far (a resumed part's included)
     rate: float  # bytes a second received, over the node's last report period
+    instance: str = ""  # the daemon run that wrote it (see report_node); "": written before them
 
 
+# A node reports every 5 s (service/daemon.py, STATUS_PERIOD); one not heard of for this long,
+# and not stopped, is taken for not responding (dead, cut off), and its name is free.
+NODE_SILENT_S = 30.0
 # A node silent this long (renamed, retired) is dropped from the reports: they stay few.
 NODE_FORGET_S = 7 * 24 * 3600.0
-NODE_COLUMNS = "name, seen_at, state, in_flight, bytes_in_flight, rate"  # NodeReport's order
+# NodeReport's order.
+NODE_COLUMNS = "name, seen_at, state, in_flight, bytes_in_flight, rate, instance"
 
 
-def node_row(report: NodeReport) -> tuple[str, float, str, int, int, float]:
+def node_row(report: NodeReport) -> tuple[str, float, str, int, int, float, str]:
     """`report` as a row of NODE_COLUMNS."""
     r = report
-    return (r.node, r.seen_at, r.state, r.in_flight, r.bytes_in_flight, r.rate)
+    return (r.node, r.seen_at, r.state, r.in_flight, r.bytes_in_flight, r.rate, r.instance)
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,9 +550,11 @@ class ManifestStore(Protocol):
         """Items active and held, per owner ("" for no owner); only owners with some."""
         ...
 
-    def report_node(self, report: NodeReport) -> None:
-        """Keep `report` as its node's latest, and drop the reports of nodes silent for
-        NODE_FORGET_S before it."""
+    def report_node(self, report: NodeReport, previous: str = "") -> NodeReport | None:
+        """Keep `report` as its node's latest, unless another daemon holds the node's name: its
+        report is of another instance than `report`'s and `previous` (this node's last run),
+        not stopped, and less than NODE_SILENT_S older than `report`. Returns None when kept,
+        else that report. Drops the reports of nodes silent for NODE_FORGET_S before it."""
         ...
 
     def node_reports(self) -> list[NodeReport]:

@@ -30,6 +30,7 @@ from ingestd.store.base import (
     META_DATA_DIR,
     NODE_COLUMNS,
     NODE_FORGET_S,
+    NODE_SILENT_S,
     Completion,
     Counts,
     DerivedMethods,
@@ -96,7 +97,7 @@ __all__ = [  # with the values, so that importing them from here goes on working
     "same_dir",
 ]
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 # The columns readers use are the same in all (in_flight_by_owner and item() do without owners
 # before 7, and without `held` before 5; node_reports finds none before 9).
 READABLE_VERSIONS = tuple(range(1, SCHEMA_VERSION + 1))
@@ -317,7 +318,23 @@ _MIGRATIONS: dict[int, str] = {
         rate            REAL NOT NULL
     );
     """,
+    # Which daemon run wrote each report: a node's name is held by one running daemon.
+    10: """
+    ALTER TABLE nodes ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+    """,
 }
+# A report replaces its node's last one when the name is free for it: the same daemon run, this
+# node's last one (the second parameter), a run that stopped or went silent NODE_SILENT_S (the
+# third) before, or one of a version before instances.
+_NODE_UPDATE = (
+    "seen_at = excluded.seen_at, state = excluded.state, in_flight = excluded.in_flight,"
+    " bytes_in_flight = excluded.bytes_in_flight, rate = excluded.rate,"
+    " instance = excluded.instance"
+)
+_NODE_FREE = (
+    "nodes.instance IN (excluded.instance, ?, '') OR nodes.state = 'stopped'"
+    " OR nodes.seen_at < excluded.seen_at - ?"
+)
 # An item as a restart finds it (reset_active): an active one is pending again, the attempt it
 # was charged spent; a held one is let go (held, owner and lease are not read). Its updated_at
 # stays: exporting twice gives the very same rows.
@@ -1326,23 +1343,29 @@ class Manifest(DerivedMethods):
                 )
         return True
 
-    def report_node(self, report: NodeReport) -> None:
-        """Keep `report` as its node's latest; forget nodes silent for NODE_FORGET_S."""
+    def report_node(self, report: NodeReport, previous: str = "") -> NodeReport | None:
+        """Keep `report` as its node's latest, unless another daemon holds the name (see
+        store.base); forget nodes silent for NODE_FORGET_S."""
         with self._write() as db:
-            db.execute(
-                "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
-                " seen_at = excluded.seen_at, state = excluded.state,"
-                " in_flight = excluded.in_flight, bytes_in_flight = excluded.bytes_in_flight,"
-                " rate = excluded.rate",
-                node_row(report),
-            )
+            kept = db.execute(
+                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                f" ON CONFLICT (name) DO UPDATE SET {_NODE_UPDATE} WHERE {_NODE_FREE}",
+                (*node_row(report), previous, NODE_SILENT_S),
+            ).rowcount
             db.execute("DELETE FROM nodes WHERE seen_at < ?", (report.seen_at - NODE_FORGET_S,))
+            if kept:
+                return None
+            row = db.execute(
+                f"SELECT {NODE_COLUMNS} FROM nodes WHERE name = ?", (report.node,)
+            ).fetchone()
+        return NodeReport(*row)
 
     def node_reports(self) -> list[NodeReport]:
         """Each node's latest report, by name (none before schema 9)."""
         if self._version < 9:
             return []
-        rows = self._conn.execute(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY name")
+        columns = NODE_COLUMNS if self._version >= 10 else NODE_COLUMNS.replace("instance", "''")
+        rows = self._conn.execute(f"SELECT {columns} FROM nodes ORDER BY name")
         return [NodeReport(*row) for row in rows]
 
     def oldest_pending(self) -> float | None:

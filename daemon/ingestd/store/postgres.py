@@ -68,6 +68,7 @@ from ingestd.store.base import (
     META_DATA_DIR,
     NODE_COLUMNS,
     NODE_FORGET_S,
+    NODE_SILENT_S,
     Completion,
     Counts,
     DerivedMethods,
@@ -112,7 +113,7 @@ if TYPE_CHECKING:
 Cursor = psycopg.Cursor[TupleRow]
 R = TypeVar("R")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _CHUNK = 500  # ids per listing fetch, done items per verify page
 _MERGE_CHUNK = 5_000  # records per merge transaction: its rows stay locked until it commits
 _IDS_PER_READ = 10_000  # ids bound in one `= ANY(%s)`
@@ -348,6 +349,10 @@ _MIGRATIONS: dict[int, str] = {
         bytes_in_flight bigint NOT NULL,
         rate            double precision NOT NULL
     );
+    """,
+    # Which daemon run wrote each report: a node's name is held by one running daemon.
+    5: """
+    ALTER TABLE nodes ADD COLUMN instance text NOT NULL DEFAULT '';
     """,
 }
 
@@ -1093,29 +1098,41 @@ class PostgresManifest(DerivedMethods):
                 counts.setdefault(name, [0, 0])[n] = int(count)
         return {name: OwnerLoad(*pair) for name, pair in sorted(counts.items())}
 
-    def report_node(self, report: NodeReport) -> None:
-        """Keep `report` as its node's latest; forget nodes silent for NODE_FORGET_S."""
+    def report_node(self, report: NodeReport, previous: str = "") -> NodeReport | None:
+        """Keep `report` as its node's latest, unless another daemon holds the name (see
+        store.base); forget nodes silent for NODE_FORGET_S."""
 
-        def report_(cur: Cursor) -> None:
+        def report_(cur: Cursor) -> NodeReport | None:
             cur.execute(
-                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)"
+                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at,"
                 " state = excluded.state, in_flight = excluded.in_flight,"
-                " bytes_in_flight = excluded.bytes_in_flight, rate = excluded.rate",
-                node_row(report),
+                " bytes_in_flight = excluded.bytes_in_flight, rate = excluded.rate,"
+                " instance = excluded.instance"
+                " WHERE nodes.instance IN (excluded.instance, %s, '')"
+                " OR nodes.state = 'stopped' OR nodes.seen_at < excluded.seen_at - %s",
+                (*node_row(report), previous, NODE_SILENT_S),
             )
+            kept = cur.rowcount
             cur.execute("DELETE FROM nodes WHERE seen_at < %s", (report.seen_at - NODE_FORGET_S,))
+            if kept:
+                return None
+            cur.execute(f"SELECT {NODE_COLUMNS} FROM nodes WHERE name = %s", (report.node,))
+            row = cur.fetchone()
+            assert row is not None  # the row the insert ran into, locked by it
+            return NodeReport(*row)
 
-        self._write(report_)
+        return self._write(report_)
 
     def node_reports(self) -> list[NodeReport]:
         """Each node's latest report, by name (none before migration 4)."""
         if self._version < 4:
             return []
-        rows = self._read(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY name")
+        columns = NODE_COLUMNS if self._version >= 5 else NODE_COLUMNS.replace("instance", "''")
+        rows = self._read(f"SELECT {columns} FROM nodes ORDER BY name")
         return [
-            NodeReport(str(n), float(s), str(st), int(i), int(b), float(r))
-            for n, s, st, i, b, r in rows
+            NodeReport(str(n), float(s), str(st), int(i), int(b), float(r), str(inst))
+            for n, s, st, i, b, r, inst in rows
         ]
 
     def next_due(self, skip: Sequence[str] = ()) -> float | None:
