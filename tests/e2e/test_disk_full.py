@@ -77,16 +77,18 @@ def test_a_full_disk_pauses_downloads_costs_no_attempts_and_everything_lands_aft
             paused = daemon.wait_for("downloads_paused", timeout=30)
             assert paused["reason"] == "disk_full", paused
             assert "No space left" in paused["detail"] and str(daemon.media_dir) in paused["detail"]
-            requests_at_pause = len(origin.requests())
-            since = daemon.event_count()
-            # While paused: no request to any CDN, no attempt spent, nothing logged per item.
-            daemon.wait_until(
-                lambda: (
-                    daemon.event_count() == since and len(origin.requests()) == requests_at_pause
-                ),
-                "a quiet pause",
-                timeout=5,
-            )
+            # While paused: no request to any CDN, no attempt spent, nothing logged per item;
+            # once the transfers the fault had not reached yet (another worker's) have ended.
+            quiet = [len(origin.requests()), daemon.event_count(), time.monotonic()]
+
+            def quiet_for_a_second() -> bool:
+                now = [len(origin.requests()), daemon.event_count()]
+                if now != quiet[:2]:
+                    quiet[:] = [*now, time.monotonic()]
+                return time.monotonic() - quiet[2] >= 1.0
+
+            daemon.wait_until(quiet_for_a_second, "a quiet pause", timeout=10)
+            requests_at_pause, since = len(origin.requests()), daemon.event_count()
             time_paused = time.monotonic()
             while time.monotonic() - time_paused < 3:  # a pause that lasts: still nothing
                 assert len(origin.requests()) == requests_at_pause

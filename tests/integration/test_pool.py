@@ -26,7 +26,7 @@ from ingestd.policy.extract import Record
 from ingestd.policy.retry import Failure, Reason
 from ingestd.service import pool as pool_module
 from ingestd.service.db import Db
-from ingestd.service.pool import DownloadPool
+from ingestd.service.pool import LOW_SPACE, DownloadPool
 from ingestd.service.transfer import Published
 from ingestd.store.manifest import Completion, Item, ManifestError
 
@@ -661,3 +661,35 @@ async def test_an_outcome_for_a_claim_lost_meanwhile_is_not_written(tmp_path: Pa
     runner.cancel()
     await asyncio.gather(runner, return_exceptions=True)
     await pool.shutdown()
+
+
+@pytest.mark.parametrize(("reason", "stops_transfers"), [("disk_full", True), (LOW_SPACE, False)])
+async def test_a_pause_another_worker_met_pauses_this_pool_until_its_own_look_clears_it(
+    tmp_path: Path, reason: str, stops_transfers: bool
+) -> None:
+    # workers = N: the main process passes one worker's pause on to the others (pool.pause).
+    async def attempt(item: Item) -> Any:
+        await asyncio.sleep(3600)
+
+    pool, db, scripted, events = await setup(tmp_path, records(6), attempt, concurrency=2)
+    runner = asyncio.create_task(pool.run())
+    try:
+        await until_started(scripted, 2)
+        await pool.pause(reason, "told by the node")
+        (paused,) = events.named("downloads_paused")
+        assert (paused["reason"], paused["detail"]) == (reason, "told by the node")
+        assert scripted.cancelled == (2 if stops_transfers else 0)
+        # The media folder takes files: this pool's own look (after 1 s) ends the pause.
+        async with asyncio.timeout(10):
+            while not events.count("downloads_resumed"):
+                await asyncio.sleep(0.05)
+        await until_started(scripted, 2)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await pool.shutdown()
+    rows = await asyncio.get_running_loop().run_in_executor(
+        db._executor,
+        lambda: db.manifest._conn.execute("SELECT max(attempts) FROM items").fetchone(),
+    )
+    assert rows[0] == 0, "a pause cost an attempt"

@@ -13,7 +13,8 @@ import pytest
 
 from ingestd.cli import _config, build_parser
 from ingestd.config import Config, config_document, config_from_document
-from ingestd.log import encode_event
+from ingestd.log import encode_event, get_logger
+from ingestd.metrics import Metrics
 from ingestd.ops.live import InFlight, Snapshot, combine, counters_of, parse_snapshot
 from ingestd.ops.live import snapshot_document as document
 from ingestd.policy.workers import (
@@ -32,7 +33,7 @@ from ingestd.service import wire
 from ingestd.service.pool import hold_ahead
 from ingestd.service.tasks import until_stopped
 from ingestd.service.worker import Outbox
-from ingestd.service.workers import worker_config
+from ingestd.service.workers import Workers, worker_config
 
 
 def test_the_workers_share_the_node_concurrency_and_never_get_nothing() -> None:
@@ -236,3 +237,31 @@ def test_a_node_tells_its_renewals_failing_once_whichever_worker_meets_it() -> N
     assert not node.admit(1, "lease_renewal_failed", {"error": "no connection", "claims": 5})
     assert node.admit(1, "leases_renewed", {"claims": 5, "down_s": 31.0})
     assert not node.admit(2, "leases_renewed", {"claims": 3, "down_s": 31.4})
+
+
+class _Sent:
+    """A worker's channel, as far as the main process writes to it."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, object] | None] = []
+
+    def send(self, message: bytes) -> None:
+        self.messages.append(wire.decode(message.rstrip(b"\n")))
+
+
+async def test_a_pause_the_node_logs_is_passed_on_to_its_other_workers(tmp_path: Path) -> None:
+    # The media folder is every worker's: the one that met the fault speaks for the node, and
+    # the others pause too, rather than start transfers that would meet it.
+    config = Config(data_dir=tmp_path, state_dir=tmp_path)
+    workers = Workers(config, 3, get_logger(), Metrics(), lambda: None)
+    channels = [_Sent() for _ in range(3)]
+    for slot, channel in zip(workers._slots, channels, strict=True):
+        slot.channel = channel  # type: ignore[assignment]
+    paused = {"event": "downloads_paused", "reason": "disk_full", "detail": "No space left: /srv"}
+    event = encode_event({**paused, "worker": 2})
+    assert workers._admit(workers._slots[1], event) == event
+    told = {"t": "pause", "reason": "disk_full", "detail": "No space left: /srv"}
+    assert [c.messages for c in channels] == [[told], [], [told]]
+    # Their own pauses that follow are not the node's news, and pass nothing on.
+    assert workers._admit(workers._slots[0], encode_event({**paused, "worker": 1})) is None
+    assert [len(c.messages) for c in channels] == [1, 0, 1]

@@ -73,6 +73,7 @@ STOP_WAIT = 3.0  # seconds stopped transfers get to checkpoint and hand their it
 TRANSPORT_GRACE = 1.0
 PROBE_BYTES = 1024 * 1024  # one write batch, written (and removed) to prove a folder takes files
 # Local faults that stop every download until they clear, by the name the log gives them.
+LOW_SPACE = "low_disk_space"  # under min_free_bytes: running transfers finish, none starts
 PAUSE_REASONS = {
     errno.EROFS: "read_only",
     errno.ENOSPC: "disk_full",
@@ -572,6 +573,12 @@ class DownloadPool:
             return False
         return True
 
+    async def pause(self, reason: str, detail: str) -> None:
+        """Pause as if this pool had met `reason` itself: the node's media folder is another
+        worker's too. Resumes when this pool's own look at the folder finds it fine."""
+        cancel = reason != LOW_SPACE
+        await self._pause_downloads(reason, detail, None, self._config.media_dir, cancel=cancel)
+
     def _pause_delay(self, checks: int) -> float:
         return backoff_delay(checks, 1.0, PAUSE_RECHECK_MAX, self._jitter())
 
@@ -586,7 +593,7 @@ class DownloadPool:
             free = None
         floor = self._config.min_free_bytes
         if free is not None and free < floor:
-            return "low_disk_space", f"{free} bytes free, min_free_bytes {floor}", free
+            return LOW_SPACE, f"{free} bytes free, min_free_bytes {floor}", free
         if not probe:
             return None
         try:

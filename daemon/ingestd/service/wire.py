@@ -3,7 +3,8 @@ service.worker): one JSON object a line over a Unix socket pair, both ways, its 
 
 From the main process: `config` (the config the worker runs with, its shares applied), `wake`
 (an extract was merged: look at the queue now), `sync` (answer `synced` with the same `n` once
-every outcome written so far is logged), `stop`.
+every outcome written so far is logged), `pause` (another worker paused the node's downloads:
+its `reason` and `detail`), `stop`.
 From a worker: `log` (one event, in `e`, as log.encode_event wrote it, its `worker` field
 included: the main process writes it as it came), `attempt` (a finished attempt, for the
 metrics), `report` (its ops.live.Snapshot, every second), `links` (a completion left links to

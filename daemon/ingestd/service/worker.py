@@ -256,6 +256,9 @@ class Worker:
                     self._pool.wake()
             elif kind == "config":
                 await self._reconfigure(config_from_document(message["config"]))
+            elif kind == "pause":  # another worker found the node's media folder refusing files
+                if self._pool is not None:
+                    await self._pool.pause(str(message["reason"]), str(message["detail"]))
             elif kind == "sync":  # waits for events: the next messages do not wait for it
                 task = asyncio.create_task(self._sync(message.get("n")))
                 self._syncs.add(task)

@@ -385,7 +385,7 @@ class Workers:
     def _admit(self, slot: _Slot, event: bytes) -> bytes | None:
         """A worker's event as the node writes it, or None: a host down, a pause or an outage
         is logged once for the node, not once per worker, and so is a hint about a host (the
-        event stays, without it)."""
+        event stays, without it). A pause the node logs is passed on to the other workers."""
         hinted = _HINT_MARK in event
         if not hinted and not any(mark in event for mark in _CONDITION_MARKS):
             return event
@@ -393,6 +393,11 @@ class Workers:
         name = fields.get("event")
         if isinstance(name, str) and not self._conditions.admit(slot.index, name, fields):
             return None
+        if name == "downloads_paused":  # the media folder is every worker's: all pause
+            pause = wire.encode("pause", reason=fields.get("reason"), detail=fields.get("detail"))
+            for other in self._slots:
+                if other is not slot and other.channel is not None:
+                    other.channel.send(pause)
         hint, host = fields.get("hint"), fields.get("host")
         if not hinted or not isinstance(hint, str) or not isinstance(host, str):
             return event
