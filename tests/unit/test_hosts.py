@@ -191,3 +191,35 @@ def test_a_hint_is_news_once_per_host_within_a_bounded_memory() -> None:
     assert told.first("cdn:443", "set ca_bundle")
     told.clear()  # a reload
     assert told.first("h5:443", "hint")
+
+
+def test_a_host_another_worker_found_down_is_sent_nothing_then_probed_once() -> None:
+    hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=8)
+    hosts.told_down("cdn", 12.0, "unreachable", now=10.0)
+    assert hosts.down() == ["cdn"] and hosts.blocked(11.0) == ["cdn"]
+    assert hosts.admit("cdn", 11.0, "a") == 12.0  # nothing before the cooldown ends
+    assert hosts.admit("cdn", 12.0, "a") is None  # then one probe
+    assert hosts.admit("cdn", 12.0, "b") == 12.0 + PROBE_WAIT
+    # Its failure doubles the wait, and tells nothing: the node said it was down.
+    assert (
+        hosts.finished("cdn", 12.5, "a", host_fault=True, reason="unreachable", jitter=0.0) is None
+    )
+    assert hosts.cooling_until("cdn") == pytest.approx(13.5)
+    # Its success ends the outage; the node already knows it began: the event says so.
+    assert hosts.admit("cdn", 13.5, "c") is None
+    event = hosts.finished("cdn", 14.0, "c", host_fault=False)
+    assert event is not None and event.event == "host_recovered" and event.down_s == 4.0
+
+
+def test_a_host_another_worker_has_back_is_sent_requests_at_once() -> None:
+    hosts = HostHealth(backoff_base=1.0, backoff_max=900.0, slots=8)
+    hosts.told_up("cdn", 1.0)  # never down here: nothing to do
+    assert hosts.admit("cdn", 1.0, "a") is None
+    hosts.told_down("cdn", 60.0, "rate_limited", now=2.0)
+    assert hosts.finished("cdn", 2.5, "a", host_fault=True, reason="rate_limited") is None
+    hosts.told_up("cdn", 3.0)
+    assert hosts.down() == [] and hosts.blocked(3.0) == []
+    assert hosts.admit("cdn", 3.0, "b") is None and hosts.admit("cdn", 3.0, "c") is None
+    assert hosts.finished("cdn", 3.5, "b", host_fault=False) is None  # no second recovery
+    # A later outage is found as ever: HOST_FAILURES_TO_COOL failures in a row.
+    assert hosts.finished("cdn", 4.0, "c", host_fault=True, reason="unreachable") is None

@@ -249,7 +249,9 @@ class _Sent:
         self.messages.append(wire.decode(message.rstrip(b"\n")))
 
 
-async def test_a_pause_the_node_logs_is_passed_on_to_its_other_workers(tmp_path: Path) -> None:
+async def test_what_the_node_logs_of_its_disk_and_hosts_is_passed_on_to_other_workers(
+    tmp_path: Path,
+) -> None:
     # The media folder is every worker's: the one that met the fault speaks for the node, and
     # the others pause too, rather than start transfers that would meet it.
     config = Config(data_dir=tmp_path, state_dir=tmp_path)
@@ -265,3 +267,16 @@ async def test_a_pause_the_node_logs_is_passed_on_to_its_other_workers(tmp_path:
     # Their own pauses that follow are not the node's news, and pass nothing on.
     assert workers._admit(workers._slots[0], encode_event({**paused, "worker": 1})) is None
     assert [len(c.messages) for c in channels] == [1, 0, 1]
+    # So is a host found down, then back by one of those told of it (the one that found it
+    # may never try it again), which passes that on as well.
+    for channel in channels:
+        channel.messages.clear()
+    down = {"event": "host_unavailable", "host": "cdn:443", "reason": "rate_limited"}
+    assert workers._admit(workers._slots[0], encode_event({**down, "retry_in_s": 30.0}))
+    told_down = {"t": "host_down", "host": "cdn:443", "retry_in_s": 30.0, "reason": "rate_limited"}
+    assert [c.messages for c in channels] == [[], [told_down], [told_down]]
+    workers._conditions.forget(1)  # it died: the others were told, and are in it too
+    up = encode_event({"event": "host_recovered", "host": "cdn:443", "down_s": 31.0})
+    assert workers._admit(workers._slots[2], up) == up
+    told_up = {"t": "host_up", "host": "cdn:443"}
+    assert [c.messages for c in channels] == [[told_up], [told_down, told_up], [told_down]]

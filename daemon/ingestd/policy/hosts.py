@@ -185,6 +185,29 @@ class HostHealth:
         state.down_since = state.went_down_at = now
         return HostEvent("host_unavailable", host, reason, round(delay, 3), failures=state.failures)
 
+    def told_down(self, host: str, until: float, reason: str, now: float) -> None:
+        """Another worker of the node found `host` down, cooling until `until`: send it
+        nothing before then, then probe it as if this pool had found it down (its failure
+        doubles the wait; its success ends the outage, already told by the node: no event)."""
+        state = self._hosts.get(host)
+        if state is None:
+            if len(self._hosts) >= MAX_HOSTS:
+                self._forget_idle()
+            state = self._hosts[host] = _Host()
+        state.cooling_until = max(state.cooling_until, until)
+        state.failures = max(state.failures, HOST_FAILURES_TO_COOL)
+        state.reason = reason
+        if state.down_since is None:
+            state.down_since = state.went_down_at = now
+
+    def told_up(self, host: str, now: float) -> None:
+        """Another worker of the node has `host` serving again: it may be sent requests now."""
+        state = self._hosts.get(host)
+        if state is None or state.down_since is None:
+            return
+        state.failures, state.cooling_until, state.down_since = 0, 0.0, None
+        state.served_at = now
+
     def _forget_idle(self) -> None:
         idle = [n for n, h in self._hosts.items() if not h.in_flight and h.down_since is None]
         for name in idle[: max(len(idle) // 2, 1)]:

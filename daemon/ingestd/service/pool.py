@@ -573,6 +573,16 @@ class DownloadPool:
             return False
         return True
 
+    def host_down(self, host: str, retry_in_s: float, reason: str) -> None:
+        """Another worker of the node found `host` down (see HostHealth.told_down)."""
+        now = self._clock()
+        self._hosts.told_down(host, now + max(retry_in_s, 0.0), reason, now)
+
+    def host_up(self, host: str) -> None:
+        """Another worker of the node has `host` back: what waits for it may start."""
+        self._hosts.told_up(host, self._clock())
+        self.wake()
+
     async def pause(self, reason: str, detail: str) -> None:
         """Pause as if this pool had met `reason` itself: the node's media folder is another
         worker's too. Resumes when this pool's own look at the folder finds it fine."""

@@ -4,7 +4,8 @@ service.worker): one JSON object a line over a Unix socket pair, both ways, its 
 From the main process: `config` (the config the worker runs with, its shares applied), `wake`
 (an extract was merged: look at the queue now), `sync` (answer `synced` with the same `n` once
 every outcome written so far is logged), `pause` (another worker paused the node's downloads:
-its `reason` and `detail`), `stop`.
+its `reason` and `detail`), `host_down` (another worker found `host` down, for `retry_in_s`, for
+`reason`), `host_up` (another worker has `host` back), `stop`.
 From a worker: `log` (one event, in `e`, as log.encode_event wrote it, its `worker` field
 included: the main process writes it as it came), `attempt` (a finished attempt, for the
 metrics), `report` (its ops.live.Snapshot, every second), `links` (a completion left links to

@@ -259,6 +259,12 @@ class Worker:
             elif kind == "pause":  # another worker found the node's media folder refusing files
                 if self._pool is not None:
                     await self._pool.pause(str(message["reason"]), str(message["detail"]))
+            elif kind == "host_down" and self._pool is not None:
+                retry_in_s = message["retry_in_s"]
+                if isinstance(retry_in_s, int | float):
+                    self._pool.host_down(str(message["host"]), retry_in_s, str(message["reason"]))
+            elif kind == "host_up" and self._pool is not None:
+                self._pool.host_up(str(message["host"]))
             elif kind == "sync":  # waits for events: the next messages do not wait for it
                 task = asyncio.create_task(self._sync(message.get("n")))
                 self._syncs.add(task)

@@ -35,6 +35,7 @@ from ingestd.policy.hosts import Hinted
 from ingestd.policy.retry import Reason
 from ingestd.policy.workers import (
     CONDITION_EVENTS,
+    CONDITIONS,
     Conditions,
     deaths_after,
     host_shares,
@@ -385,7 +386,8 @@ class Workers:
     def _admit(self, slot: _Slot, event: bytes) -> bytes | None:
         """A worker's event as the node writes it, or None: a host down, a pause or an outage
         is logged once for the node, not once per worker, and so is a hint about a host (the
-        event stays, without it). A pause the node logs is passed on to the other workers."""
+        event stays, without it). A pause, a host down or back that the node logs is passed on
+        to the other workers."""
         hinted = _HINT_MARK in event
         if not hinted and not any(mark in event for mark in _CONDITION_MARKS):
             return event
@@ -393,11 +395,8 @@ class Workers:
         name = fields.get("event")
         if isinstance(name, str) and not self._conditions.admit(slot.index, name, fields):
             return None
-        if name == "downloads_paused":  # the media folder is every worker's: all pause
-            pause = wire.encode("pause", reason=fields.get("reason"), detail=fields.get("detail"))
-            for other in self._slots:
-                if other is not slot and other.channel is not None:
-                    other.channel.send(pause)
+        if isinstance(name, str) and name in _TOLD:
+            self._tell_others(slot, name, fields)
         hint, host = fields.get("hint"), fields.get("host")
         if not hinted or not isinstance(hint, str) or not isinstance(host, str):
             return event
@@ -405,6 +404,18 @@ class Workers:
             return event
         del fields["hint"]
         return encode_event(fields)
+
+    def _tell_others(self, slot: _Slot, event: str, fields: dict[str, Any]) -> None:
+        """Pass the node's news `event` (worker `slot.index`'s) on to the other workers: the
+        media folder and the hosts are all of theirs. Those told of a condition are in it, as
+        if they had found it: the first of them through it may say it is over."""
+        kind, keys = _TOLD[event]
+        message = wire.encode(kind, **{key: fields.get(key) for key in keys})
+        for other in self._slots:
+            if other is not slot and other.channel is not None:
+                other.channel.send(message)
+                if event in CONDITIONS:
+                    self._conditions.admit(other.index, event, fields)
 
     def _received(self, slot: _Slot, message: dict[str, Any]) -> None:
         """One message from worker `slot.index`."""
@@ -430,6 +441,12 @@ class Workers:
             pass  # not a message this version sends: ignored
 
 
+# The node's news each worker hears of (as the message kind, with the fields it carries).
+_TOLD: dict[str, tuple[str, tuple[str, ...]]] = {
+    "downloads_paused": ("pause", ("reason", "detail")),
+    "host_unavailable": ("host_down", ("host", "retry_in_s", "reason")),
+    "host_recovered": ("host_up", ("host",)),
+}
 _CONDITION_MARKS = tuple(f'"{name}"'.encode() for name in sorted(CONDITION_EVENTS))
 _HINT_MARK = b'"hint":'
 
