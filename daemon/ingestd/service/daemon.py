@@ -536,7 +536,7 @@ class Daemon:
             rate = (snapshot.bytes - last_bytes) / elapsed
             received = (snapshot.received - last_received) / elapsed
             last_bytes, last_received, last_time = snapshot.bytes, snapshot.received, now
-            age = 0.0 if oldest is None else parts.db.manifest.clock() - oldest
+            age = 0.0 if oldest is None else manifest.clock() - oldest
             self._metrics.snapshot(counts.items, age, snapshot.in_flight)
             self._notifier.status(status_line(counts, snapshot.in_flight, rate))
             report = node_report(

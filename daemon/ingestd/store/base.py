@@ -176,6 +176,23 @@ NODE_FORGET_S = 7 * 24 * 3600.0
 NODE_COLUMNS = "name, seen_at, state, in_flight, bytes_in_flight, rate, instance"
 
 
+def report_statement(mark: str) -> str:
+    """The upsert of a node report (report_node), with `mark` for each parameter (SQLite's
+    `?`, psycopg's `%s`): the values of NODE_COLUMNS, then the holder's last run (`previous`)
+    and NODE_SILENT_S. It replaces the node's last report only when the name is free for it:
+    the same daemon run, this node's last one, a run that stopped or went silent NODE_SILENT_S
+    before, or one written before instances."""
+    values = ", ".join([mark] * len(NODE_COLUMNS.split(", ")))
+    return (
+        f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES ({values}) ON CONFLICT (name) DO UPDATE SET"
+        " seen_at = excluded.seen_at, state = excluded.state, in_flight = excluded.in_flight,"
+        " bytes_in_flight = excluded.bytes_in_flight, rate = excluded.rate,"
+        " instance = excluded.instance"
+        f" WHERE nodes.instance IN (excluded.instance, {mark}, '') OR nodes.state = 'stopped'"
+        f" OR nodes.seen_at < excluded.seen_at - {mark}"
+    )
+
+
 def node_row(report: NodeReport) -> tuple[str, float, str, int, int, float, str]:
     """`report` as a row of NODE_COLUMNS."""
     r = report

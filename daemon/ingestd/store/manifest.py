@@ -60,6 +60,7 @@ from ingestd.store.base import (
     library_path,
     node_row,
     plan_binding,
+    report_statement,
     same_dir,
 )
 from ingestd.store.merging import (
@@ -323,18 +324,7 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE nodes ADD COLUMN instance TEXT NOT NULL DEFAULT '';
     """,
 }
-# A report replaces its node's last one when the name is free for it: the same daemon run, this
-# node's last one (the second parameter), a run that stopped or went silent NODE_SILENT_S (the
-# third) before, or one of a version before instances.
-_NODE_UPDATE = (
-    "seen_at = excluded.seen_at, state = excluded.state, in_flight = excluded.in_flight,"
-    " bytes_in_flight = excluded.bytes_in_flight, rate = excluded.rate,"
-    " instance = excluded.instance"
-)
-_NODE_FREE = (
-    "nodes.instance IN (excluded.instance, ?, '') OR nodes.state = 'stopped'"
-    " OR nodes.seen_at < excluded.seen_at - ?"
-)
+_REPORT = report_statement("?")
 # An item as a restart finds it (reset_active): an active one is pending again, the attempt it
 # was charged spent; a held one is let go (held, owner and lease are not read). Its updated_at
 # stays: exporting twice gives the very same rows.
@@ -1347,11 +1337,7 @@ class Manifest(DerivedMethods):
         """Keep `report` as its node's latest, unless another daemon holds the name (see
         store.base); forget nodes silent for NODE_FORGET_S."""
         with self._write() as db:
-            kept = db.execute(
-                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                f" ON CONFLICT (name) DO UPDATE SET {_NODE_UPDATE} WHERE {_NODE_FREE}",
-                (*node_row(report), previous, NODE_SILENT_S),
-            ).rowcount
+            kept = db.execute(_REPORT, (*node_row(report), previous, NODE_SILENT_S)).rowcount
             db.execute("DELETE FROM nodes WHERE seen_at < ?", (report.seen_at - NODE_FORGET_S,))
             if kept:
                 return None

@@ -94,6 +94,7 @@ from ingestd.store.base import (
     library_path,
     node_row,
     plan_binding,
+    report_statement,
     same_dir,
 )
 from ingestd.store.merging import (
@@ -419,6 +420,7 @@ _MINE = (
 )
 # In flight: started, or held (claimed ahead). `held` implies `pending`.
 _IN_FLIGHT = "(state = 'active' OR held)"
+_REPORT = report_statement("%s")
 # An outcome written with an owner applies to an item claimed by that owner, or by no one.
 _OWNED = " AND (owner IS NULL OR owner = %s)"
 
@@ -1103,16 +1105,7 @@ class PostgresManifest(DerivedMethods):
         store.base); forget nodes silent for NODE_FORGET_S."""
 
         def report_(cur: Cursor) -> NodeReport | None:
-            cur.execute(
-                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at,"
-                " state = excluded.state, in_flight = excluded.in_flight,"
-                " bytes_in_flight = excluded.bytes_in_flight, rate = excluded.rate,"
-                " instance = excluded.instance"
-                " WHERE nodes.instance IN (excluded.instance, %s, '')"
-                " OR nodes.state = 'stopped' OR nodes.seen_at < excluded.seen_at - %s",
-                (*node_row(report), previous, NODE_SILENT_S),
-            )
+            cur.execute(_REPORT, (*node_row(report), previous, NODE_SILENT_S))
             kept = cur.rowcount
             cur.execute("DELETE FROM nodes WHERE seen_at < %s", (report.seen_at - NODE_FORGET_S,))
             if kept:
