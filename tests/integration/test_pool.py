@@ -299,7 +299,9 @@ async def test_a_cooling_host_does_not_starve_another(tmp_path: Path) -> None:
     await run_for(pool, 3.0)
     assert sum(i.startswith("8") for i in scripted.started) == 10
     assert events.count("host_unavailable") == 1
-    assert len([i for i in scripted.started if i.startswith("7")]) <= 8 + 2
+    # Its first 8, then one probe per cooldown: doubling from 0.05-0.1 s (backoff_base 0.1),
+    # at least 0.05 + 0.1 + 0.2 + 0.4 + 0.8 = 1.55 s for five; a sixth would need 3.15 s.
+    assert len([i for i in scripted.started if i.startswith("7")]) <= 8 + 5
     assert (await states(db)).get(("failed", 0)) == 10
     await pool.shutdown()
 
@@ -693,3 +695,33 @@ async def test_a_pause_another_worker_met_pauses_this_pool_until_its_own_look_cl
         lambda: db.manifest._conn.execute("SELECT max(attempts) FROM items").fetchone(),
     )
     assert rows[0] == 0, "a pause cost an attempt"
+
+
+async def test_a_cooling_host_is_probed_when_its_cooldown_ends(tmp_path: Path) -> None:
+    # Cooldowns of 0.05-0.8 s (backoff_base 0.1, doubling): each probe goes out when the
+    # cooldown before it ends, not at the pool's next look a PROBE_WAIT later.
+    host = "a.example:443"
+    starts: list[float] = []
+    ends: list[float] = []  # when the cooldown that a failure started or grew ends
+
+    async def attempt(item: Item) -> Any:
+        starts.append(time.monotonic())
+        await asyncio.sleep(0.01)
+        return Failure(Reason.UNREACHABLE, detail="connection refused")
+
+    pool, _, _, _ = await setup(tmp_path, records(200, "a.example"), attempt, concurrency=1)
+    finished = pool._hosts.finished
+
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        event = finished(*args, **kwargs)
+        ends.append(time.monotonic() + max(pool._hosts.cooling_until(host) - time.time(), 0.0))
+        return event
+
+    pool._hosts.finished = noted  # type: ignore[method-assign]
+    await run_for(pool, 2.5)
+    await pool.shutdown()
+    # One transfer at a time: failure k is followed by start k + 1; the second one cools.
+    probes = list(zip(ends[1:], starts[2:], strict=False))
+    assert len(probes) >= 3, (starts, ends)
+    late = [round(start - end, 3) for end, start in probes if start - end > 0.25]
+    assert not late, f"probes this late after their cooldown ended: {late}"

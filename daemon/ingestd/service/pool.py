@@ -304,21 +304,20 @@ class DownloadPool:
                 )
             if claimed and launched and len(self._tasks) < concurrency:
                 continue  # there may be more due right now
-            timeout = IDLE_RECHECK
+            timeout, due = IDLE_RECHECK, None
             if deferred and not launched:
                 # All that was due waits for a busy or cooling host: look again when a
-                # transfer ends (a slot frees) or a little later, not at once.
+                # transfer ends (a slot frees), when a cooldown ends, or a little later.
                 timeout = PROBE_WAIT
             elif len(self._tasks) < self._config.concurrency:
-                now = self._clock()
-                due = await self._db.run(self._db.manifest.next_due, self._hosts.blocked(now))
+                blocked = self._hosts.blocked(self._clock())
+                due = await self._db.run(self._db.manifest.next_due, blocked)
                 self._db.outage.answered(self._log)
-                # A cooling host's items are left out of `due`: its probe is due when its
-                # cooldown ends, not at the next idle look.
-                cooled = self._hosts.next_cooldown_end(now)
-                for when in (due, cooled):
-                    if when is not None:
-                        timeout = min(timeout, max(when - self._clock(), 0.01))
+            # A cooling host's items are left out of `due`, or wait here: its probe is due
+            # when its cooldown ends, not at the next look.
+            for when in (due, self._hosts.next_cooldown_end(self._clock())):
+                if when is not None:
+                    timeout = min(timeout, max(when - self._clock(), 0.01))
             if self._unmarked:
                 timeout = min(timeout, MARK_LAG)
             await self._wait(timeout)
